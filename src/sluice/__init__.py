@@ -1,0 +1,51 @@
+"""Sluice: batch and real-time model inference over Arrow data.
+
+Importing ``sluice`` is cheap: the public names below load their modules on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "JobSpec": "sluice.batch",
+    "RunSummary": "sluice.batch",
+    "predict": "sluice.batch",
+    "predict_batches": "sluice.batch",
+    "run_job": "sluice.batch",
+    "Model": "sluice.models",
+    "ModelConfig": "sluice.models",
+    "ModelRepository": "sluice.models",
+    "LoadOptions": "sluice.models",
+    "Signature": "sluice.models",
+    "TensorSpec": "sluice.models",
+    "load_model": "sluice.models",
+    "SluiceError": "sluice.errors",
+}
+
+__all__ = sorted([*_EXPORTS, "__version__"])
+
+if TYPE_CHECKING:
+    from sluice.batch import JobSpec, RunSummary, predict, predict_batches, run_job
+    from sluice.errors import SluiceError
+    from sluice.models import (
+        LoadOptions,
+        Model,
+        ModelConfig,
+        ModelRepository,
+        Signature,
+        TensorSpec,
+        load_model,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sluice' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

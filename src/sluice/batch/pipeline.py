@@ -1,0 +1,328 @@
+"""The local pipelined engine: read → bind → predict → unbind → write.
+
+Reader threads stream shards into a queue of work items; predict workers bind, predict
+and unbind each item and hand the result to its shard, which writes results in input
+order. A semaphore caps the batches in flight, so memory stays flat whatever the input
+size, and reading and writing overlap compute. A shard's part becomes visible only when
+all of its rows are written.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from sluice.batch.plan import JobPlan
+from sluice.batch.predictor import Predictor
+from sluice.batch.progress import ProgressListener
+from sluice.data.readers import RecordFailure, SourceBatch, read_shard
+from sluice.data.shards import Shard
+from sluice.data.writers import ErrorWriter, PartWriter
+from sluice.errors import Interrupted, SluiceError
+from sluice.metrics import LatencyHistogram, StageTimer
+from sluice.models.signature import tensor_to_arrow
+
+__all__ = ["Pipeline", "PipelineStats"]
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    shard: ShardRun
+    seq: int
+    source: SourceBatch
+
+
+@dataclass(frozen=True)
+class Result:
+    seq: int
+    table: pa.Table
+    errors: list[dict[str, Any]]
+
+
+@dataclass
+class PipelineStats:
+    rows: int = 0
+    rows_failed: int = 0
+    latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+    stages: StageTimer = field(default_factory=lambda: StageTimer(("read", "predict", "write")))
+    error_files: list[str] = field(default_factory=list)
+
+
+class ShardRun:
+    """One shard in flight: its writers, and the results waiting for their turn."""
+
+    def __init__(self, shard: Shard, pipeline: Pipeline) -> None:
+        self.shard = shard
+        self.pipeline = pipeline
+        layout = pipeline.layout
+        self.part = PartWriter(layout.part(shard.index), layout.format)
+        self.errors = ErrorWriter(layout.errors(shard.index))
+        self.lock = threading.Lock()
+        self.next_seq = 0
+        self.total: int | None = None
+        self.pending: dict[int, Result] = {}
+        self.finished = False
+        self.rows = 0
+        self.rows_failed = 0
+
+    def deliver(self, result: Result) -> None:
+        with self.lock:
+            self.pending[result.seq] = result
+            while self.next_seq in self.pending:
+                self._write(self.pending.pop(self.next_seq))
+                self.next_seq += 1
+            self._maybe_finish()
+
+    def done_reading(self, total: int) -> None:
+        with self.lock:
+            self.total = total
+            self._maybe_finish()
+
+    def _write(self, result: Result) -> None:
+        start = time.perf_counter()
+        if result.table.num_rows:
+            self.part.write(result.table)
+        self.errors.write(result.errors)
+        self.pipeline.stats.stages.add("write", time.perf_counter() - start)
+        self.rows += result.table.num_rows
+        self.rows_failed += len(result.errors)
+        self.pipeline.slots.release()
+        self.pipeline.progress.advance(result.table.num_rows, len(result.errors))
+
+    def _maybe_finish(self) -> None:
+        if self.finished or self.total is None or self.next_seq < self.total:
+            return
+        start = time.perf_counter()
+        self.errors.commit()
+        self.part.commit(self.pipeline.output_schema)
+        self.pipeline.stats.stages.add("write", time.perf_counter() - start)
+        self.finished = True
+        self.pipeline.shard_finished(self)
+
+    def abort(self) -> None:
+        with self.lock:
+            if not self.finished:
+                self.part.abort()
+                self.errors.abort()
+                self.finished = True
+
+
+_STOP = object()
+
+
+class Pipeline:
+    """Runs the shards of a planned job with ``readers`` reader and ``workers`` predict threads."""
+
+    def __init__(
+        self,
+        plan: JobPlan,
+        layout: Any,
+        shards: list[Shard],
+        *,
+        workers: int,
+        readers: int,
+        progress: ProgressListener,
+    ) -> None:
+        self.plan = plan
+        self.layout = layout
+        self.shards = shards
+        self.workers = workers
+        self.readers = max(1, min(readers, len(shards)))
+        self.progress = progress
+        self.stats = PipelineStats()
+        self.slots = threading.BoundedSemaphore(2 * workers + self.readers)
+        self.stop = threading.Event()
+        self.work: queue.Queue[Any] = queue.Queue()
+        self.runs: list[ShardRun] = []
+        self._runs_lock = threading.Lock()
+        self._shard_iter: Iterator[Shard] = iter(shards)
+        self._remaining = len(shards)
+        self._all_done = threading.Event()
+        self._failure: BaseException | None = None
+        self.predictor = Predictor(plan.model, workers)
+        self.output_schema = _empty_output_schema(plan)
+        self._output_fields = [f for f in self.output_schema if f.name not in plan.columns.passthrough]
+        self._read_schema = plan.columns.read_schema(plan.schema)
+
+    # -- driver ------------------------------------------------------------------------
+
+    def run(self) -> PipelineStats:
+        if not self.shards:
+            return self.stats
+        threads = [
+            threading.Thread(target=self._reader, name=f"sluice-read-{i}", daemon=True)
+            for i in range(self.readers)
+        ] + [
+            threading.Thread(target=self._worker, name=f"sluice-predict-{i}", daemon=True)
+            for i in range(self.workers)
+        ]
+        for t in threads:
+            t.start()
+        try:
+            while not self._all_done.wait(0.1):
+                if self._failure is not None:
+                    break
+        except KeyboardInterrupt:
+            self._shutdown(threads)
+            raise Interrupted("interrupted: completed parts are kept; run the same command again to resume") from None
+        self._shutdown(threads)
+        if self._failure is not None:
+            raise self._failure
+        return self.stats
+
+    def _shutdown(self, threads: list[threading.Thread]) -> None:
+        self.stop.set()
+        for _ in range(self.workers):
+            self.work.put(_STOP)
+        deadline = time.monotonic() + 30
+        for t in threads:
+            t.join(timeout=max(0.0, deadline - time.monotonic()))
+        with self._runs_lock:
+            runs = list(self.runs)
+        for run in runs:
+            run.abort()
+        self.predictor.close()
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._failure is None:
+            self._failure = exc
+        self.stop.set()
+
+    def shard_finished(self, run: ShardRun) -> None:
+        with self._runs_lock:
+            self.stats.rows += run.rows
+            self.stats.rows_failed += run.rows_failed
+            if run.errors.count:
+                self.stats.error_files.append(run.errors.file.target.url)
+            self._remaining -= 1
+            if self._remaining == 0:
+                self._all_done.set()
+        self.progress.shard_done(run.shard, run.rows, run.rows_failed)
+
+    # -- stages ------------------------------------------------------------------------
+
+    def _next_shard(self) -> ShardRun | None:
+        with self._runs_lock:
+            shard = next(self._shard_iter, None)
+            if shard is None or self.stop.is_set():
+                return None
+            run = ShardRun(shard, self)
+            self.runs.append(run)
+            return run
+
+    def _reader(self) -> None:
+        try:
+            while (run := self._next_shard()) is not None:
+                self._read(run)
+        except SluiceError as exc:
+            self._fail(exc)
+        except Exception as exc:  # noqa: BLE001 - surfaced to the driver, never swallowed
+            self._fail(exc)
+
+    def _read(self, run: ShardRun) -> None:
+        cols = self.plan.columns
+        batches = read_shard(
+            run.shard,
+            columns=cols.read,
+            schema=self._read_schema,
+            batch_size=self.plan.spec.batch_size,
+            raw_columns=cols.raw,
+        )
+        seq = 0
+        for seq in itertools.count():
+            if not self._acquire_slot():
+                return
+            start = time.perf_counter()
+            source = next(batches, None)
+            self.stats.stages.add("read", time.perf_counter() - start)
+            if source is None:
+                self.slots.release()
+                break
+            self.work.put(WorkItem(run, seq, source))
+        run.done_reading(seq)
+
+    def _acquire_slot(self) -> bool:
+        while not self.stop.is_set():
+            if self.slots.acquire(timeout=0.1):
+                return True
+        return False
+
+    def _worker(self) -> None:
+        while True:
+            item = self.work.get()
+            if item is _STOP or self.stop.is_set():
+                return
+            try:
+                item.shard.deliver(self._process(item))
+            except Exception as exc:  # noqa: BLE001 - surfaced to the driver, never swallowed
+                self._fail(exc)
+                return
+
+    def _process(self, item: WorkItem) -> Result:
+        source = item.source
+        batch = source.batch
+        shard = item.shard.shard
+        start = time.perf_counter()
+        bound = self.plan.columns.bind.bind(batch)
+        errors = [_source_error(shard, f) for f in source.failures]
+        row_numbers = source.rows
+        for row, fld, message in bound.failures:
+            errors.append(_error(shard, int(row_numbers[row]), fld, message, batch, row, self._key))
+        keep = bound.rows
+        if bound.num_rows:
+            result = self.predictor.run(bound.inputs, bound.num_rows, self.stats.latency.record)
+            for index, message in result.failed:
+                row = int(keep[index])
+                errors.append(_error(shard, int(row_numbers[row]), None, message, batch, row, self._key))
+            keep = keep[result.ok]
+            outputs = self.plan.model.signature.unbind(result.outputs, int(keep.size))
+        else:
+            outputs = [(f.name, pa.array([], f.type)) for f in self._output_fields]
+        passthrough = batch.select(list(self.plan.columns.passthrough))
+        if keep.size != batch.num_rows:
+            passthrough = passthrough.take(pa.array(keep))
+        names = [*passthrough.schema.names, *(n for n, _ in outputs)]
+        table = pa.Table.from_arrays([*passthrough.columns, *(a for _, a in outputs)], names=names)
+        self.stats.stages.add("predict", time.perf_counter() - start)
+        errors.sort(key=lambda e: (e["row"] is None, e["row"] or 0))
+        return Result(item.seq, table, errors)
+
+    @property
+    def _key(self) -> str | None:
+        return self.plan.spec.key_column
+
+
+def _empty_output_schema(plan: JobPlan) -> pa.Schema:
+    fields = [plan.schema.field(name) for name in plan.columns.passthrough]
+    for spec in plan.model.signature.outputs:
+        probe = np.zeros((0, *(max(d, 1) for d in spec.shape[1:])), dtype=spec.dtype)
+        fields.append(pa.field(spec.name, tensor_to_arrow(spec.name, probe, 0).type))
+    return pa.schema(fields)
+
+
+def _source_error(shard: Shard, failure: RecordFailure) -> dict[str, Any]:
+    record: dict[str, Any] = {"source": shard.source, "row": failure.row}
+    if failure.line is not None:
+        record["line"] = failure.line
+    record["field"] = failure.field
+    record["error"] = failure.message
+    return record
+
+
+def _error(
+    shard: Shard, row: int, fld: str | None, message: str, batch: pa.RecordBatch, index: int, key: str | None
+) -> dict[str, Any]:
+    record: dict[str, Any] = {"source": shard.source, "row": row}
+    if key is not None:
+        record["key"] = batch.column(key)[index].as_py()
+    record["field"] = fld
+    record["error"] = message
+    return record

@@ -1,0 +1,110 @@
+"""Planning a job: the model, the shards, and how columns bind and pass through."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from sluice.batch.spec import JobSpec
+from sluice.data.readers import infer_schema
+from sluice.data.shards import Shard, plan_shards
+from sluice.errors import ConfigError, DataError
+from sluice.models.base import Model
+from sluice.models.loader import load_source, resolve_model
+from sluice.models.signature import BindPlan
+
+__all__ = ["ColumnPlan", "JobPlan", "plan_columns", "plan_job"]
+
+
+@dataclass(frozen=True)
+class ColumnPlan:
+    """Which columns are read, which feed the model, which are copied to the output."""
+
+    passthrough: tuple[str, ...]
+    bind: BindPlan
+    read: tuple[str, ...]
+    raw: tuple[str, ...]  # feature-only columns of text inputs, parsed by the model's dtype
+
+    def read_schema(self, schema: pa.Schema) -> pa.Schema:
+        """Types to read text inputs with: integer-looking features widen to float64."""
+        fields = [
+            pa.field(f.name, pa.float64()) if f.name in self.raw and pa.types.is_integer(f.type) else f
+            for f in schema
+        ]
+        return pa.schema(fields)
+
+
+@dataclass
+class JobPlan:
+    spec: JobSpec
+    model: Model
+    shards: list[Shard]
+    schema: pa.Schema
+    columns: ColumnPlan
+    model_digest: str
+
+    def fingerprint(self) -> dict[str, object]:
+        """What a re-run must share with this run to resume its output."""
+        return {
+            "model": self.model.source.display_name,
+            "model_digest": self.model_digest,
+            "shards": [s.identity() for s in self.shards],
+            "columns": list(self.columns.passthrough),
+            "features": list(self.columns.bind.columns),
+            "output_format": self.spec.output_format,
+        }
+
+
+def plan_job(spec: JobSpec, model: Model | None = None) -> JobPlan:
+    if model is None:
+        model = load_source(resolve_model(spec.model, spec.repository, options=spec.load_options()))
+    shards = plan_shards(spec.input, spec.input_format, shard_rows=spec.shard_rows)
+    schema = infer_schema(shards[0])
+    columns = plan_columns(spec, model, schema, text_input=shards[0].format != "parquet")
+    return JobPlan(spec, model, shards, schema, columns, model_digest(model))
+
+
+def plan_columns(spec: JobSpec, model: Model, schema: pa.Schema, *, text_input: bool) -> ColumnPlan:
+    names = schema.names
+    for option, listed in (("--include", spec.include), ("--exclude", spec.exclude)):
+        unknown = [c for c in listed or [] if c not in names]
+        if unknown:
+            raise DataError(f"{option} names column(s) {unknown} that the input does not have; columns: {names}")
+    if spec.key_column is not None and spec.key_column not in names:
+        raise DataError(f"--key-column '{spec.key_column}' is not a column of the input; columns: {names}")
+    if spec.exclude is not None:
+        passthrough = [c for c in names if c not in spec.exclude]
+    else:
+        passthrough = list(spec.include or [])
+    if spec.key_column is not None:
+        passthrough = [spec.key_column, *(c for c in passthrough if c != spec.key_column)]
+    outputs = {s.name for s in model.signature.outputs}
+    clash = sorted(outputs.intersection(passthrough))
+    if clash:
+        raise ConfigError(
+            f"column(s) {clash} would be both passed through and written as model outputs; "
+            "leave them out with --exclude or --include"
+        )
+    features = spec.features or model.source.config.features or model.default_features
+    bind = model.signature.plan(
+        schema, features, not_features=passthrough, allow_nan=model.source.config.allow_nan
+    )
+    read = tuple(dict.fromkeys([*passthrough, *bind.columns]))
+    raw = tuple(c for c in bind.columns if c not in passthrough) if text_input else ()
+    return ColumnPlan(tuple(passthrough), bind, read, raw)
+
+
+def model_digest(model: Model) -> str:
+    """A content hash of the model artifact (or the callable's reference)."""
+    source = model.source
+    digest = hashlib.sha256()
+    if source.format == "python":
+        digest.update(source.location.encode())
+    else:
+        with open(source.location, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
+    digest.update(repr(sorted(source.config.model_dump().items())).encode())
+    return digest.hexdigest()[:16]

@@ -1,0 +1,103 @@
+"""Running ``Model.predict`` on bound batches: in threads or worker processes, isolating bad rows."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable, Mapping
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from sluice.errors import PredictError
+from sluice.models.base import Model, ModelSource
+from sluice.models.loader import load_source
+
+__all__ = ["Predictor", "PredictResult"]
+
+Tensors = dict[str, np.ndarray]
+# A batch that fails as a whole this large says the model is broken, not the data.
+BROKEN_MODEL_ROWS = 16
+
+
+@dataclass
+class PredictResult:
+    """Outputs for the rows that succeeded (``ok`` indexes the input rows) and the failures."""
+
+    outputs: Tensors
+    ok: np.ndarray
+    failed: list[tuple[int, str]] = field(default_factory=list)
+
+
+class Predictor:
+    """Calls the model, in this process (threads) or in a pool of worker processes.
+
+    When a batch fails, it is split in halves until the failing rows are isolated, so one
+    record the model cannot take costs that record alone, not its whole batch.
+    """
+
+    def __init__(self, model: Model, workers: int) -> None:
+        self.model = model
+        self.workers = workers
+        self._pool: ProcessPoolExecutor | None = None
+        if model.concurrency == "processes":
+            self._pool = ProcessPoolExecutor(
+                max_workers=workers, initializer=_worker_init, initargs=(model.source,)
+            )
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def _call(self, inputs: Mapping[str, np.ndarray]) -> Tensors:
+        if self._pool is None:
+            return self.model.predict_checked(inputs)
+        return self._pool.submit(_worker_predict, dict(inputs)).result()
+
+    def run(self, inputs: Tensors, num_rows: int, on_latency: Callable[[float], None]) -> PredictResult:
+        import time
+
+        start = time.perf_counter()
+        try:
+            outputs = self._call(inputs)
+        except PredictError as exc:
+            result = self._isolate(inputs, np.arange(num_rows), exc)
+            if num_rows >= BROKEN_MODEL_ROWS and not result.ok.size:
+                raise PredictError(
+                    f"the model failed on every one of {num_rows} records of a batch: {exc}"
+                ) from exc
+            return result
+        on_latency(time.perf_counter() - start)
+        return PredictResult(outputs, np.arange(num_rows))
+
+    def _isolate(self, inputs: Tensors, rows: np.ndarray, error: PredictError) -> PredictResult:
+        if rows.size == 1:
+            return PredictResult({}, np.empty(0, dtype=np.int64), [(int(rows[0]), str(error))])
+        parts: list[PredictResult] = []
+        for half in np.array_split(np.arange(rows.size), 2):
+            sub = {k: v[half] for k, v in inputs.items()}
+            try:
+                parts.append(PredictResult(self._call(sub), rows[half]))
+            except PredictError as exc:
+                parts.append(self._isolate(sub, rows[half], exc))
+        good = [p for p in parts if p.ok.size]
+        names = good[0].outputs.keys() if good else ()
+        outputs = {k: np.concatenate([p.outputs[k] for p in good]) for k in names}
+        ok = np.concatenate([p.ok for p in parts])
+        return PredictResult(outputs, ok, [f for p in parts for f in p.failed])
+
+
+_WORKER_MODEL: Model | None = None
+
+
+def _worker_init(source: ModelSource) -> None:
+    global _WORKER_MODEL  # noqa: PLW0603 - one model per worker process, loaded once
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and shuts us down
+    _WORKER_MODEL = load_source(source)
+
+
+def _worker_predict(inputs: Tensors) -> Tensors:
+    if _WORKER_MODEL is None:
+        raise PredictError("worker process has no model loaded")
+    return _WORKER_MODEL.predict_checked(inputs)

@@ -1,0 +1,140 @@
+"""The run summary (``summary.json``) and the resource monitor that feeds it."""
+
+from __future__ import annotations
+
+import os
+import resource
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import psutil
+
+__all__ = ["ResourceMonitor", "ResourceUsage", "RunSummary", "cost_per_million"]
+
+
+def cost_per_million(price_per_hour: float | None, rows_per_second: float) -> float | None:
+    """USD per 1M predictions: price per hour / (rows per second × 3600) × 1e6."""
+    if price_per_hour is None or rows_per_second <= 0:
+        return None
+    return price_per_hour / (rows_per_second * 3600) * 1e6
+
+
+@dataclass
+class ResourceUsage:
+    peak_rss_bytes: int
+    cpu_utilization: float
+    gpu_utilization: float | None
+
+
+class ResourceMonitor:
+    """Samples memory (this process and its workers) and GPU use while a job runs."""
+
+    def __init__(self, interval_s: float = 0.25) -> None:
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._process = psutil.Process()
+        self._peak_children = 0
+        self._gpu_samples: list[float] = []
+        self._start_wall = 0.0
+        self._start_cpu = 0.0
+        self._nvml: Any = None
+
+    def start(self) -> None:
+        self._start_wall = time.perf_counter()
+        self._start_cpu = _cpu_seconds(self._process)
+        self._nvml = _nvml_handles()
+        self._thread = threading.Thread(target=self._run, name="sluice-monitor", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._sample()
+
+    def _sample(self) -> None:
+        try:
+            children = sum(c.memory_info().rss for c in self._process.children(recursive=True))
+        except psutil.Error:
+            children = 0
+        self._peak_children = max(self._peak_children, children)
+        if self._nvml is not None:
+            nvml, handles = self._nvml
+            util = [nvml.nvmlDeviceGetUtilizationRates(h).gpu for h in handles]
+            self._gpu_samples.append(sum(util) / len(util) / 100)
+
+    def stop(self) -> ResourceUsage:
+        self._sample()
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        wall = max(time.perf_counter() - self._start_wall, 1e-9)
+        cpu = _cpu_seconds(self._process) - self._start_cpu
+        peak_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        gpu = sum(self._gpu_samples) / len(self._gpu_samples) if self._gpu_samples else None
+        if self._nvml is not None:
+            self._nvml[0].nvmlShutdown()
+        return ResourceUsage(
+            peak_rss_bytes=peak_self + self._peak_children,
+            cpu_utilization=round(cpu / (wall * (os.cpu_count() or 1)), 3),
+            gpu_utilization=None if gpu is None else round(gpu, 3),
+        )
+
+
+def _cpu_seconds(process: psutil.Process) -> float:
+    t = process.cpu_times()
+    own = t.user + t.system + t.children_user + t.children_system
+    try:
+        live = sum(sum(c.cpu_times()[:2]) for c in process.children(recursive=True))
+    except psutil.Error:
+        live = 0.0
+    return float(own + live)
+
+
+def _nvml_handles() -> tuple[Any, list[Any]] | None:
+    try:
+        import pynvml
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+        count = pynvml.nvmlDeviceGetCount()
+    except Exception:  # noqa: BLE001 - no driver / no GPU: NVML raises its own error types
+        return None
+    if not count:
+        pynvml.nvmlShutdown()
+        return None
+    return pynvml, [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
+
+
+@dataclass
+class RunSummary:
+    """The figures of one run, with the stable keys of ``summary.json``."""
+
+    rows: int
+    rows_failed: int
+    seconds: float
+    rows_per_second: float
+    batch_size: int
+    workers: int
+    batch_latency_ms: dict[str, float | None]
+    stage_busy_fraction: dict[str, float]
+    peak_rss_bytes: int
+    cpu_utilization: float
+    gpu_utilization: float | None
+    cost_per_million_usd: float | None
+    model: str = ""
+    input: str = ""
+    output: str = ""
+    shards: int = 0
+    shards_skipped: int = 0
+    error_files: list[str] = field(default_factory=list)
+
+    @property
+    def error_fraction(self) -> float:
+        total = self.rows + self.rows_failed
+        return self.rows_failed / total if total else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,220 @@
+"""The ``sluice`` command: parses flags, calls the Python API, renders the result."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+
+import typer
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from sluice.batch.summary import RunSummary
+
+app = typer.Typer(
+    name="sluice",
+    help="Batch and real-time inference for ML models over Parquet, CSV and JSON Lines.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+models_app = typer.Typer(help="Inspect the model repository.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+T = TypeVar("T")
+
+
+def _console(stderr: bool = True) -> Console:
+    from rich.console import Console
+
+    return Console(stderr=stderr)
+
+
+def _run(action: Callable[[], T]) -> T:
+    """Call the API; translate errors into a message and the error's exit code."""
+    from sluice.errors import SluiceError
+
+    try:
+        return action()
+    except SluiceError as exc:
+        _console().print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        summary = getattr(exc, "summary", None)
+        if summary is not None:
+            _render_summary(summary)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        _console().print("[yellow]interrupted[/]")
+        raise typer.Exit(130) from None
+
+
+def _split(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+RepositoryOption = Annotated[
+    str | None,
+    typer.Option(
+        "--repository",
+        "-r",
+        help="Model repository directory (default: $SLUICE_REPOSITORY, else ./models).",
+        show_default=False,
+    ),
+]
+
+
+@app.command()
+def predict(
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Model file (.onnx, .skops, .pkl), 'module:function', or NAME[@VERSION|@LABEL] in the repository.", show_default=False)] = None,
+    input: Annotated[str | None, typer.Option("--input", "-i", help="Input file, directory, glob or URI (s3://…).", show_default=False)] = None,  # noqa: A002
+    output: Annotated[str | None, typer.Option("--output", "-o", help="Output directory or URI prefix for part-NNNNN files.", show_default=False)] = None,
+    spec: Annotated[Path | None, typer.Option("--spec", help="Job spec (YAML/JSON); flags override its fields.", show_default=False)] = None,
+    repository: RepositoryOption = None,
+    input_format: Annotated[str | None, typer.Option(help="parquet, csv or jsonl (default: from the file extension).", show_default=False)] = None,
+    output_format: Annotated[str | None, typer.Option(help="parquet, csv or jsonl.  [default: parquet]", show_default=False)] = None,
+    features: Annotated[str | None, typer.Option(help="Comma-separated feature columns (default: model.yaml, else every numeric column not passed through).", show_default=False)] = None,
+    key_column: Annotated[str | None, typer.Option(help="Column copied to the output and the error files to identify each record.", show_default=False)] = None,
+    include: Annotated[str | None, typer.Option(help="Comma-separated columns to copy to the output.", show_default=False)] = None,
+    exclude: Annotated[str | None, typer.Option(help="Copy every column except these (comma-separated) to the output.", show_default=False)] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Rows per model call.  [default: 4096]", show_default=False)] = None,
+    workers: Annotated[int | None, typer.Option(help="Parallel predict workers (threads, or processes for Python models).  [default: one per core]", show_default=False)] = None,
+    readers: Annotated[int | None, typer.Option(help="Input shards read at once.  [default: 2]", show_default=False)] = None,
+    intra_op_threads: Annotated[int | None, typer.Option(help="Threads inside one ONNX Runtime call.  [default: cores / workers]", show_default=False)] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.  [default: auto]", show_default=False)] = None,
+    max_error_fraction: Annotated[float | None, typer.Option(help="Fraction of records allowed to fail before the exit code is 3.  [default: 0]", show_default=False)] = None,
+    price_per_hour: Annotated[float | None, typer.Option(help="Machine price in USD/hour, for cost per 1M predictions.", show_default=False)] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing output instead of resuming it.")] = False,
+    trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow pickle/joblib model files (they can run arbitrary code).")] = False,
+    trust_type: Annotated[list[str] | None, typer.Option("--trust-type", help="A type a skops file may contain that you reviewed (repeatable).", show_default=False)] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no summary table.")] = False,
+    summary_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
+) -> None:
+    """Run a model over a data set and write predictions plus per-record error files.
+
+    Writes OUTPUT/part-NNNNN.<format> (one per input shard, rows in input order),
+    errors-NNNNN.jsonl for records the model could not take, summary.json and _SUCCESS.
+    Re-running the same command resumes: complete parts are skipped.
+
+    Exit codes: 0 success, 2 usage error or unusable input, 3 error fraction exceeded,
+    130 interrupted.
+    """
+    fields: dict[str, Any] = {
+        "model": model, "input": input, "output": output, "repository": repository,
+        "input_format": input_format, "output_format": output_format,
+        "features": _split(features), "key_column": key_column,
+        "include": _split(include), "exclude": _split(exclude), "batch_size": batch_size,
+        "workers": workers, "readers": readers, "intra_op_threads": intra_op_threads,
+        "device": device, "max_error_fraction": max_error_fraction,
+        "price_per_hour": price_per_hour, "overwrite": overwrite or None,
+        "trust_pickle": trust_pickle or None, "trusted_types": trust_type or None,
+    }
+    summary = _run(lambda: _predict(spec, fields, quiet))
+    if summary_json:
+        import json
+
+        print(json.dumps(summary.to_dict(), indent=2))
+    elif not quiet:
+        _render_summary(summary)
+
+
+def _predict(spec_path: Path | None, fields: dict[str, Any], quiet: bool) -> RunSummary:
+    from sluice.batch import JobSpec, run_job
+    from sluice.cli.progress import make_progress
+    from sluice.errors import ConfigError
+
+    given = {k: v for k, v in fields.items() if v is not None}
+    if spec_path is not None:
+        job = JobSpec.from_file(spec_path, **given)
+    else:
+        missing = [f"--{k}" for k in ("model", "input", "output") if k not in given]
+        if missing:
+            raise ConfigError(f"{', '.join(missing)} required (or give them in a --spec file)")
+        job = JobSpec.build(**given)
+    return run_job(job, progress=make_progress(_console(), quiet))
+
+
+def _render_summary(summary: RunSummary) -> None:
+    from sluice.cli.render import summary_table
+
+    _console().print(summary_table(summary))
+
+
+@app.command()
+def demo(
+    directory: Annotated[Path, typer.Option("--dir", help="Where to put demo-data/, models/ and demo-output/.")] = Path("."),
+    rows: Annotated[int, typer.Option(help="Rows of synthetic data.")] = 1_000_000,
+    files: Annotated[int, typer.Option(help="Parquet files to split the data into.")] = 8,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no summary table.")] = False,
+) -> None:
+    """Create a synthetic data set and a small ONNX classifier, then run `sluice predict` on them.
+
+    The data (an `id` column and 32 float features, deterministic) and the model
+    (models/demo/1/model.onnx) are made only if missing; the predictions go to
+    demo-output/, replacing an earlier demo run.
+    """
+    from sluice.demo import prepare_demo
+
+    console = _console()
+    if not quiet:
+        console.print(f"Preparing the demo under {directory.resolve()} …")
+    paths = _run(lambda: prepare_demo(directory, rows=rows, files=files))
+    if not quiet:
+        console.print(
+            f"sluice predict --model demo --repository {paths.repository} --input {paths.data} "
+            f"--output {paths.output} --key-column id --overwrite",
+            style="dim", highlight=False,
+        )
+    fields = {
+        "model": "demo", "repository": str(paths.repository), "input": str(paths.data),
+        "output": str(paths.output), "key_column": "id", "overwrite": True,
+    }
+    summary = _run(lambda: _predict(None, fields, quiet))
+    if not quiet:
+        _render_summary(summary)
+
+
+@models_app.command("list")
+def models_list(repository: RepositoryOption = None) -> None:
+    """List the models in the repository with their versions and labels."""
+    from sluice.cli.render import models_table
+    from sluice.models import ModelRepository, default_repository
+
+    repo = ModelRepository(repository or default_repository())
+    _console(stderr=False).print(_run(lambda: models_table(repo)))
+
+
+@models_app.command("show")
+def models_show(
+    model: Annotated[str, typer.Argument(help="Model file, 'module:function', or NAME[@VERSION|@LABEL].")],
+    repository: RepositoryOption = None,
+    trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow pickle/joblib model files.")] = False,
+) -> None:
+    """Load a model and print its signature (inputs and outputs)."""
+    from sluice.cli.render import signature_table
+    from sluice.models import LoadOptions, load_model
+
+    loaded = _run(lambda: load_model(model, repository, options=LoadOptions(trust_pickle=trust_pickle)))
+    _console(stderr=False).print(signature_table(loaded))
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    if version:
+        from sluice import __version__
+
+        print(__version__)
+        raise typer.Exit(0)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    app()

@@ -1,0 +1,70 @@
+"""Rich tables for summaries, models and signatures."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+from sluice.batch.summary import RunSummary
+from sluice.models import Model, ModelRepository
+
+__all__ = ["models_table", "signature_table", "summary_table"]
+
+
+def _bytes(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024:
+            return f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.0%}"
+
+
+def summary_table(s: RunSummary) -> Table:
+    table = Table(title="sluice predict", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    lat = s.batch_latency_ms
+    busy = s.stage_busy_fraction
+    rows = [
+        ("model", s.model),
+        ("output", s.output),
+        ("rows", f"{s.rows:,}"),
+        ("rows failed", f"{s.rows_failed:,}" + (f"  (see {len(s.error_files)} errors-*.jsonl)" if s.error_files else "")),
+        ("parts", f"{s.shards}" + (f"  ({s.shards_skipped} already complete, skipped)" if s.shards_skipped else "")),
+        ("time", f"{s.seconds:.2f} s"),
+        ("throughput", f"{s.rows_per_second:,.0f} rows/s"),
+        ("batch size × workers", f"{s.batch_size} × {s.workers}"),
+        ("batch latency", " ".join(f"{k} {v:.2f} ms" for k, v in lat.items() if v is not None) or "n/a"),
+        ("stage busy", "  ".join(f"{k} {_pct(v)}" for k, v in busy.items())),
+        ("peak memory", _bytes(s.peak_rss_bytes)),
+        ("CPU / GPU use", f"{_pct(s.cpu_utilization)} / {_pct(s.gpu_utilization)}"),
+        ("cost per 1M", "n/a (pass --price-per-hour)" if s.cost_per_million_usd is None else f"${s.cost_per_million_usd:.4f}"),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    return table
+
+
+def models_table(repo: ModelRepository) -> Table:
+    table = Table(title=f"models in {repo.root}", title_justify="left")
+    for col in ("name", "versions", "labels", "format"):
+        table.add_column(col)
+    for name in repo.names():
+        config = repo.config(name)
+        labels = ", ".join(f"{k}→{v}" for k, v in sorted(config.labels.items()))
+        table.add_row(name, ", ".join(map(str, repo.versions(name))), labels, config.format or "auto")
+    return table
+
+
+def signature_table(model: Model) -> Table:
+    table = Table(title=f"{model.source.display_name} ({model.source.format}, {model.concurrency})", title_justify="left")
+    for col in ("kind", "name", "dtype", "shape"):
+        table.add_column(col)
+    for kind, specs in (("input", model.signature.inputs), ("output", model.signature.outputs)):
+        for spec in specs:
+            table.add_row(kind, spec.name, spec.dtype.name, str(list(spec.shape)))
+    return table

@@ -1,0 +1,178 @@
+"""Sinks: output parts written under a temporary name and made visible whole.
+
+On a local filesystem a part is written as a hidden temporary file and renamed into place;
+on object stores (``s3://`` and friends) an object only becomes visible when its upload
+completes, so the part is written to its final key directly. Either way no reader ever
+sees half a part.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Mapping
+from typing import IO, Any, Literal
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from sluice.data.jsonl import encode_jsonl, encode_values
+from sluice.data.location import Location
+
+__all__ = ["AtomicFile", "ErrorWriter", "OutputFormat", "PartWriter", "part_name"]
+
+OutputFormat = Literal["parquet", "csv", "jsonl"]
+_EXTENSIONS = {"parquet": "parquet", "csv": "csv", "jsonl": "jsonl"}
+ROW_GROUP_ROWS = 1 << 17
+
+
+def part_name(index: int, fmt: OutputFormat) -> str:
+    return f"part-{index:05d}.{_EXTENSIONS[fmt]}"
+
+
+class AtomicFile:
+    """A file that appears at ``target`` only on :meth:`commit`."""
+
+    def __init__(self, target: Location) -> None:
+        self.target = target
+        self._path = target.path
+        if target.is_local:
+            directory, name = os.path.split(target.path)
+            self._path = os.path.join(directory, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
+        self._handle: IO[Any] | None = None
+
+    def open(self) -> IO[Any]:
+        if self._handle is None:
+            self._handle = self.target.fs.open(self._path, "wb")
+        return self._handle
+
+    @property
+    def opened(self) -> bool:
+        return self._handle is not None
+
+    def commit(self) -> None:
+        self.open().close()
+        if self._path != self.target.path:
+            os.replace(self._path, self.target.path)
+
+    def abort(self) -> None:
+        if self._handle is not None:
+            try:
+                self._handle.close()
+            finally:
+                if self.target.fs.exists(self._path):
+                    self.target.fs.rm(self._path)
+
+
+class PartWriter:
+    """Streams Arrow tables into one output part in Parquet, CSV or JSON Lines."""
+
+    def __init__(self, target: Location, fmt: OutputFormat) -> None:
+        self.file = AtomicFile(target)
+        self.format = fmt
+        self.rows = 0
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
+        self._writer: Any = None
+        self._schema: pa.Schema | None = None
+
+    def write(self, table: pa.Table) -> None:
+        if self._schema is None:
+            self._schema = table.schema
+        elif table.schema != self._schema:
+            table = table.cast(self._schema)
+        self.rows += table.num_rows
+        if self.format != "parquet":
+            self._write_text(table)
+            return
+        self._pending.append(table)
+        self._pending_rows += table.num_rows
+        if self._pending_rows >= ROW_GROUP_ROWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        table = pa.concat_tables(self._pending) if len(self._pending) > 1 else self._pending[0]
+        self._pending, self._pending_rows = [], 0
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self.file.open(), table.schema)
+        self._writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
+
+    def _write_text(self, table: pa.Table) -> None:
+        handle = self.file.open()
+        if self.format == "jsonl":
+            handle.write(encode_jsonl(table))
+            return
+        table = flatten_lists(table)
+        if self._writer is None:
+            self._writer = pacsv.CSVWriter(handle, table.schema)
+        self._writer.write_table(table)
+
+    def commit(self, empty_schema: pa.Schema) -> None:
+        """Finish the part and make it visible; ``empty_schema`` shapes a part with no rows."""
+        if self._schema is None:
+            self._schema = empty_schema
+            if self.format == "parquet":
+                self._pending.append(empty_schema.empty_table())
+            elif self.format == "csv":
+                self._write_text(empty_schema.empty_table())
+        self._flush()
+        if self._writer is not None:
+            self._writer.close()
+        self.file.commit()
+
+    def abort(self) -> None:
+        try:
+            if self._writer is not None:
+                self._writer.close()
+        except (OSError, pa.ArrowException):
+            pass
+        finally:
+            self.file.abort()
+
+
+def flatten_lists(table: pa.Table) -> pa.Table:
+    """CSV has no list type: a fixed-size list column ``p`` becomes ``p_0``, ``p_1``, …"""
+    if not any(pa.types.is_fixed_size_list(t) or pa.types.is_list(t) for t in table.schema.types):
+        return table
+    names: list[str] = []
+    arrays: list[pa.ChunkedArray] = []
+    for name, column in zip(table.column_names, table.columns, strict=True):
+        t = column.type
+        if pa.types.is_fixed_size_list(t):
+            for i in range(t.list_size):
+                names.append(f"{name}_{i}")
+                arrays.append(pc.list_element(column, i))
+        elif pa.types.is_list(t) or pa.types.is_large_list(t):
+            names.append(name)
+            arrays.append(pa.chunked_array([encode_values(c) for c in column.chunks], pa.string()))
+        else:
+            names.append(name)
+            arrays.append(column)
+    return pa.table(arrays, names=names)
+
+
+class ErrorWriter:
+    """The per-record error file of one part (``errors-00000.jsonl``), written only if needed."""
+
+    def __init__(self, target: Location) -> None:
+        self.file = AtomicFile(target)
+        self.count = 0
+
+    def write(self, records: list[Mapping[str, Any]]) -> None:
+        if not records:
+            return
+        lines = "".join(json.dumps(r, default=str) + "\n" for r in records)
+        self.file.open().write(lines.encode())
+        self.count += len(records)
+
+    def commit(self) -> None:
+        if self.file.opened:
+            self.file.commit()
+
+    def abort(self) -> None:
+        self.file.abort()

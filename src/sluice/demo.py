@@ -1,0 +1,102 @@
+"""The embedded demo: a synthetic tabular data set and a small classifier exported to ONNX."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from sluice.errors import MissingDependency
+from sluice.models.config import ModelConfig
+from sluice.models.repository import ModelRepository
+
+__all__ = ["DemoPaths", "feature_names", "make_demo_data", "make_demo_model", "prepare_demo"]
+
+SEED = 20261129
+FEATURES = 32
+
+
+@dataclass(frozen=True)
+class DemoPaths:
+    data: Path
+    repository: Path
+    output: Path
+
+
+def feature_names(count: int = FEATURES) -> list[str]:
+    return [f"f{i}" for i in range(count)]
+
+
+def _weights(features: int) -> np.ndarray:
+    return np.random.default_rng(SEED).normal(size=features).astype(np.float32)
+
+
+def make_demo_data(directory: Path, rows: int = 1_000_000, files: int = 8, features: int = FEATURES) -> list[Path]:
+    """Write ``rows`` rows (``id`` plus ``features`` float32 columns) as ``files`` Parquet files.
+
+    Deterministic: the same arguments always produce the same values. Existing files are kept.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    per_file = -(-rows // files)
+    names = feature_names(features)
+    for i in range(files):
+        path = directory / f"demo-{i:02d}.parquet"
+        paths.append(path)
+        start = i * per_file
+        count = max(0, min(per_file, rows - start))
+        if path.exists():
+            continue
+        rng = np.random.default_rng([SEED, i])
+        x = rng.normal(size=(count, features)).astype(np.float32)
+        columns = [pa.array(np.arange(start, start + count, dtype=np.int64))]
+        columns += [pa.array(x[:, j]) for j in range(features)]
+        tmp = path.with_name(f".{path.name}.tmp")
+        pq.write_table(pa.table(columns, names=["id", *names]), tmp, row_group_size=1 << 16)
+        tmp.replace(path)
+    return paths
+
+
+def make_demo_model(repository: Path, name: str = "demo", features: int = FEATURES, sample: int = 20_000) -> int:
+    """Train a logistic regression on synthetic rows, export it to ONNX and publish it.
+
+    Returns the published version; an existing model of that name is left as it is.
+    """
+    repo = ModelRepository(repository)
+    if repo.versions(name):
+        return repo.versions(name)[-1]
+    try:
+        from sklearn.linear_model import LogisticRegression
+        from skl2onnx import to_onnx
+    except ImportError as exc:
+        raise MissingDependency(exc.name or "scikit-learn", "sklearn", "The demo model") from None
+    rng = np.random.default_rng([SEED, 999])
+    x = rng.normal(size=(sample, features)).astype(np.float32)
+    logits = x @ _weights(features) + rng.normal(scale=0.5, size=sample)
+    y = (logits > 0).astype(np.int64)
+    clf = LogisticRegression(max_iter=500).fit(x, y)
+    onx = to_onnx(clf, x[:1], options={id(clf): {"zipmap": False}}, target_opset=17)
+    staging = repository / f".{name}-build"
+    staging.mkdir(parents=True, exist_ok=True)
+    artifact = staging / "model.onnx"
+    artifact.write_bytes(onx.SerializeToString())
+    config = ModelConfig(
+        features=feature_names(features),
+        labels={"stable": 1},
+        description="Logistic regression over 32 synthetic features (sluice demo).",
+    )
+    version = repo.publish(name, artifact, config)
+    artifact.unlink()
+    staging.rmdir()
+    return version
+
+
+def prepare_demo(root: Path, rows: int = 1_000_000, files: int = 8) -> DemoPaths:
+    """Create (if missing) the demo data and model under ``root``."""
+    paths = DemoPaths(root / "demo-data", root / "models", root / "demo-output")
+    make_demo_data(paths.data, rows=rows, files=files)
+    make_demo_model(paths.repository)
+    return paths

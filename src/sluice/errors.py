@@ -1,0 +1,103 @@
+"""The one exception tree of Sluice.
+
+Every error a user can cause derives from :class:`SluiceError`. Each class knows the
+CLI exit code and the HTTP status it maps to, so the edges (the CLI and the server)
+translate errors without guessing; nothing else catches broadly.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BindError",
+    "ConfigError",
+    "DataError",
+    "ErrorFractionExceeded",
+    "Interrupted",
+    "MissingDependency",
+    "ModelError",
+    "ModelLoadError",
+    "ModelNotFound",
+    "OutputConflict",
+    "PredictError",
+    "SluiceError",
+    "UnsafeModelError",
+]
+
+
+class SluiceError(Exception):
+    """Base class: a problem the user can act on, with a message that says how."""
+
+    exit_code: int = 2
+    http_status: int = 400
+
+
+class ConfigError(SluiceError):
+    """A job spec, option or configuration file is invalid."""
+
+
+class MissingDependency(SluiceError):
+    """An optional engine is not installed; the message carries the install hint."""
+
+    exit_code = 2
+    http_status = 500
+
+    def __init__(self, package: str, extra: str, purpose: str) -> None:
+        super().__init__(
+            f"{purpose} needs the Python package '{package}', which is not installed. "
+            f"Install it with: pip install 'sluice[{extra}]'"
+        )
+        self.package = package
+        self.extra = extra
+
+
+class ModelError(SluiceError):
+    """Base class for problems with a model."""
+
+
+class ModelNotFound(ModelError):
+    """A model reference names nothing in the repository or on disk."""
+
+    http_status = 404
+
+
+class ModelLoadError(ModelError):
+    """A model artifact exists but cannot be loaded."""
+
+
+class UnsafeModelError(ModelError):
+    """Loading the artifact would execute arbitrary code and the user has not allowed it."""
+
+
+class BindError(ModelError):
+    """Columns do not match the model's signature (missing column, wrong dtype or width)."""
+
+
+class PredictError(ModelError):
+    """The model failed on a batch or returned something that breaks its signature."""
+
+    exit_code = 1
+    http_status = 500
+
+
+class DataError(SluiceError):
+    """Input data is unusable as a whole (missing file, unreadable format, missing column)."""
+
+
+class OutputConflict(SluiceError):
+    """The output location holds results of a different job."""
+
+
+class ErrorFractionExceeded(SluiceError):
+    """More records failed than the job allows; ``summary`` holds the run's figures."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, summary: object = None) -> None:
+        super().__init__(message)
+        self.summary = summary
+
+
+class Interrupted(SluiceError):
+    """The user interrupted the run; completed parts are kept."""
+
+    exit_code = 130

@@ -1,0 +1,68 @@
+"""One small recorder for counts and latency distributions.
+
+The batch summary, the server's ``/metrics`` and the benchmarks all use
+:class:`LatencyHistogram`: log-spaced buckets (about 2% wide), so memory stays constant
+however many samples arrive, and percentiles are within a bucket's width.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import Counter
+
+__all__ = ["LatencyHistogram", "StageTimer"]
+
+_GROWTH = 1.02
+_LOG_GROWTH = math.log(_GROWTH)
+
+
+class LatencyHistogram:
+    """Thread-safe histogram of durations in seconds."""
+
+    def __init__(self) -> None:
+        self._buckets: Counter[int] = Counter()
+        self._lock = threading.Lock()
+        self.count = 0
+        self.total_s = 0.0
+        self.max_s = 0.0
+
+    def record(self, seconds: float) -> None:
+        index = math.floor(math.log(seconds) / _LOG_GROWTH) if seconds > 0 else -10_000
+        with self._lock:
+            self._buckets[index] += 1
+            self.count += 1
+            self.total_s += seconds
+            self.max_s = max(self.max_s, seconds)
+
+    def quantile(self, q: float) -> float | None:
+        """The ``q`` quantile (0..1) in seconds, or None with no samples."""
+        with self._lock:
+            if not self.count:
+                return None
+            rank = q * self.count
+            seen = 0
+            for index in sorted(self._buckets):
+                seen += self._buckets[index]
+                if seen >= rank:
+                    return min(self.max_s, _GROWTH ** (index + 0.5)) if index > -10_000 else 0.0
+            return self.max_s
+
+    def percentiles_ms(self, qs: tuple[int, ...] = (50, 95, 99)) -> dict[str, float | None]:
+        out: dict[str, float | None] = {}
+        for q in qs:
+            value = self.quantile(q / 100)
+            out[f"p{q}"] = None if value is None else round(value * 1000, 3)
+        return out
+
+
+class StageTimer:
+    """Busy seconds per pipeline stage, summed across threads."""
+
+    def __init__(self, stages: tuple[str, ...]) -> None:
+        self.seconds = dict.fromkeys(stages, 0.0)
+        self._lock = threading.Lock()
+
+    def add(self, stage: str, seconds: float) -> None:
+        with self._lock:
+            self.seconds[stage] += seconds

@@ -1,0 +1,92 @@
+"""The :class:`Model` contract every adapter implements."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from sluice.errors import PredictError
+from sluice.models.config import Concurrency, LoadOptions, ModelConfig, ModelFormat
+from sluice.models.signature import Signature
+
+__all__ = ["Model", "ModelSource"]
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model comes from: enough to load it again, e.g. in a worker process."""
+
+    format: ModelFormat
+    location: str  # artifact path, or 'module:attr' for python callables
+    config: ModelConfig = field(default_factory=ModelConfig)
+    options: LoadOptions = field(default_factory=LoadOptions)
+    name: str | None = None
+    version: int | None = None
+    search_path: str | None = None  # directory put on sys.path for python models
+
+    @property
+    def display_name(self) -> str:
+        if self.name is not None:
+            return f"{self.name}@{self.version}"
+        return Path(self.location).name if self.format != "python" else self.location
+
+    def with_options(self, options: LoadOptions) -> ModelSource:
+        return ModelSource(
+            self.format, self.location, self.config, options, self.name, self.version, self.search_path
+        )
+
+
+class Model(abc.ABC):
+    """A loaded model: a :class:`Signature` and a whole-batch :meth:`predict`.
+
+    ``concurrency`` tells the engines how ``predict`` may run in parallel: ``threads`` when
+    it is thread-safe and releases the GIL, ``processes`` when it holds the GIL (plain
+    Python), ``serial`` when it must never run twice at once.
+    """
+
+    signature: Signature
+    source: ModelSource
+    concurrency: Concurrency = "threads"
+
+    @abc.abstractmethod
+    def predict(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the model on one batch; every output has one entry per input row."""
+
+    @property
+    def default_features(self) -> list[str] | None:
+        """Feature columns the artifact itself names (e.g. scikit-learn's feature_names_in_)."""
+        return None
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources (sessions, devices)."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.source.display_name} {self.signature.describe()}>"
+
+    def predict_checked(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """:meth:`predict`, with the output names and row counts checked against the input."""
+        num_rows = next(iter(inputs.values())).shape[0] if inputs else 0
+        outputs = self.predict(inputs)
+        if not isinstance(outputs, Mapping):
+            raise PredictError(
+                f"model {self.source.display_name} returned {type(outputs).__name__}, "
+                "expected a mapping of output name to array"
+            )
+        for spec in self.signature.outputs:
+            value = outputs.get(spec.name)
+            if value is None:
+                raise PredictError(
+                    f"model {self.source.display_name} returned no output '{spec.name}' "
+                    f"(it returned {sorted(outputs)})"
+                )
+            rows = np.shape(value)[0] if np.ndim(value) else None
+            if rows != num_rows:
+                raise PredictError(
+                    f"model {self.source.display_name} returned {rows} rows of '{spec.name}' "
+                    f"for a batch of {num_rows} rows"
+                )
+        return dict(outputs)

@@ -1,0 +1,114 @@
+"""Model configuration: what ``<repository>/<name>/model.yaml`` and load options hold."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from sluice.errors import ConfigError
+
+__all__ = ["Concurrency", "LoadOptions", "ModelConfig", "ModelFormat", "TensorConfig", "read_yaml_model"]
+
+ModelFormat = Literal["onnx", "sklearn", "pickle", "python"]
+Concurrency = Literal["threads", "processes", "serial"]
+
+
+class TensorConfig(BaseModel):
+    """A declared tensor of a python model's signature."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    dtype: str = "float64"
+    shape: list[int] = Field(default_factory=lambda: [-1])
+
+
+class ModelConfig(BaseModel):
+    """The per-model settings kept in ``model.yaml``, shared by every version."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: ModelFormat | None = Field(
+        default=None, description="Artifact format; detected from the file extension when omitted."
+    )
+    artifact: str | None = Field(
+        default=None, description="File name inside each version directory (detected when omitted)."
+    )
+    callable: str | None = Field(
+        default=None, description="For format 'python': 'module:function' or 'module:Class'."
+    )
+    features: list[str] | dict[str, list[str]] | None = Field(
+        default=None, description="Feature columns: a list for a one-input model, or per input."
+    )
+    inputs: list[TensorConfig] | None = Field(
+        default=None, description="For format 'python': the inputs (default: one 2-D float64 'input')."
+    )
+    outputs: list[TensorConfig] | None = Field(
+        default=None, description="For format 'python': the outputs (default: one float64 'prediction')."
+    )
+    allow_nan: bool = Field(default=False, description="Whether NaN feature values are valid input.")
+    concurrency: Concurrency | None = Field(
+        default=None, description="Override how predict may run in parallel (threads/processes/serial)."
+    )
+    labels: dict[str, int] = Field(
+        default_factory=dict, description="Named versions, e.g. {stable: 1, canary: 2}."
+    )
+    trusted_types: list[str] = Field(
+        default_factory=list,
+        description="Types the skops artifacts may contain that you reviewed and trust.",
+    )
+    description: str | None = None
+
+    @field_validator("labels")
+    @classmethod
+    def _labels_are_names(cls, labels: dict[str, int]) -> dict[str, int]:
+        for label in labels:
+            if not label or label.isdigit():
+                raise ValueError(f"label {label!r} must be a name, not a number")
+        return labels
+
+
+class LoadOptions(BaseModel):
+    """How to load a model on this machine (not stored with the model)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    intra_op_threads: int | None = Field(default=None, ge=1, description="Threads inside one predict call.")
+    inter_op_threads: int | None = Field(default=None, ge=1, description="Threads across graph branches.")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    trust_pickle: bool = Field(
+        default=False, description="Allow pickle/joblib artifacts, which can run arbitrary code."
+    )
+    trusted_types: tuple[str, ...] = Field(
+        default=(), description="Types a skops file may contain beyond skops' default trusted set."
+    )
+
+
+ConfigT = TypeVar("ConfigT", bound=BaseModel)
+
+
+def read_yaml_model(path: Path, model: type[ConfigT]) -> ConfigT:
+    """Read a YAML file into a pydantic model, with errors that name the file and the field."""
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of settings, found {type(data).__name__}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {format_validation_error(exc)}") from exc
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)

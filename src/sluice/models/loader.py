@@ -1,0 +1,71 @@
+"""``load_model``: one entry point from a reference string to a loaded :class:`Model`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from sluice.errors import ModelNotFound
+from sluice.models.base import Model, ModelSource
+from sluice.models.config import LoadOptions, ModelConfig
+from sluice.models.repository import (
+    DEFAULT_REPOSITORY,
+    ModelRepository,
+    format_for_path,
+    is_callable_reference,
+)
+
+__all__ = ["default_repository", "load_model", "load_source", "resolve_model"]
+
+
+def default_repository() -> str:
+    """``$SLUICE_REPOSITORY``, else ``./models``."""
+    return os.environ.get("SLUICE_REPOSITORY") or DEFAULT_REPOSITORY
+
+
+def resolve_model(
+    ref: str,
+    repository: str | os.PathLike[str] | None = None,
+    *,
+    options: LoadOptions | None = None,
+    config: ModelConfig | None = None,
+) -> ModelSource:
+    """Where ``ref`` points: a model file, ``module:function``, or ``NAME[@VERSION|@LABEL]``.
+
+    ``config`` applies to file and callable references, which have no model.yaml.
+    """
+    options = options or LoadOptions()
+    if is_callable_reference(ref):
+        return ModelSource("python", ref, config or ModelConfig(), options, search_path=os.getcwd())
+    path = Path(ref)
+    if path.is_file():
+        return ModelSource(format_for_path(path), str(path), config or ModelConfig(), options)
+    if os.sep in ref or path.suffix.lower() in {".onnx", ".skops", ".pkl", ".pickle", ".joblib"}:
+        raise ModelNotFound(f"model file {ref} does not exist")
+    return ModelRepository(repository or default_repository()).resolve(ref, options)
+
+
+def load_source(source: ModelSource) -> Model:
+    """Load the model a :class:`ModelSource` describes, with the adapter for its format."""
+    if source.format == "onnx":
+        from sluice.models.onnx import OnnxModel
+
+        return OnnxModel(source)
+    if source.format in ("sklearn", "pickle"):
+        from sluice.models.sklearn import SklearnModel
+
+        return SklearnModel(source)
+    from sluice.models.python import PythonModel
+
+    return PythonModel(source)
+
+
+def load_model(
+    ref: str,
+    repository: str | os.PathLike[str] | None = None,
+    *,
+    options: LoadOptions | None = None,
+    config: ModelConfig | None = None,
+) -> Model:
+    """Load a model by reference, e.g. ``load_model("demo@stable", repository="models")``."""
+    return load_source(resolve_model(ref, repository, options=options, config=config))

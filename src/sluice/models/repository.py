@@ -1,0 +1,169 @@
+"""The model repository: ``<root>/<name>/<version>/<artifact>`` plus ``<root>/<name>/model.yaml``."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from sluice.errors import ConfigError, ModelNotFound
+from sluice.models.base import ModelSource
+from sluice.models.config import LoadOptions, ModelConfig, ModelFormat, read_yaml_model
+
+__all__ = [
+    "DEFAULT_REPOSITORY",
+    "ModelRepository",
+    "format_for_path",
+    "is_callable_reference",
+    "parse_reference",
+    "write_config",
+]
+
+DEFAULT_REPOSITORY = "models"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+_EXTENSIONS: dict[str, ModelFormat] = {
+    ".onnx": "onnx",
+    ".skops": "sklearn",
+    ".pkl": "pickle",
+    ".pickle": "pickle",
+    ".joblib": "pickle",
+}
+
+
+def format_for_path(path: Path) -> ModelFormat:
+    try:
+        return _EXTENSIONS[path.suffix.lower()]
+    except KeyError:
+        known = ", ".join(sorted(_EXTENSIONS))
+        raise ModelNotFound(f"cannot tell the format of model file {path}: expected one of {known}") from None
+
+
+def parse_reference(ref: str) -> tuple[str, str | None]:
+    """Split ``NAME[@VERSION|@LABEL]``; rejects names that could escape the repository root."""
+    name, _, selector = ref.partition("@")
+    if not _NAME.match(name) or ".." in name:
+        raise ModelNotFound(
+            f"model reference {ref!r} is not a valid name: use letters, digits, '.', '_' or '-' "
+            "(optionally @VERSION or @LABEL), or give a path to a model file"
+        )
+    if "@" in ref and not _NAME.match(selector):
+        raise ModelNotFound(f"model reference {ref!r}: '@' must be followed by a version number or a label")
+    return name, selector or None
+
+
+class ModelRepository:
+    """A directory of named, versioned models."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    def names(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and _NAME.match(p.name))
+
+    def model_dir(self, name: str) -> Path:
+        parse_reference(name)
+        root = self.root.resolve()
+        path = (root / name).resolve()
+        if path.parent != root:
+            raise ModelNotFound(f"model name {name!r} resolves outside the repository {self.root}")
+        return path
+
+    def config(self, name: str) -> ModelConfig:
+        path = self.model_dir(name) / "model.yaml"
+        if not path.is_file():
+            return ModelConfig()
+        return read_yaml_model(path, ModelConfig)
+
+    def versions(self, name: str) -> list[int]:
+        directory = self.model_dir(name)
+        if not directory.is_dir():
+            return []
+        return sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit())
+
+    def resolve(self, ref: str, options: LoadOptions | None = None) -> ModelSource:
+        """Turn ``NAME``, ``NAME@VERSION`` or ``NAME@LABEL`` into a loadable :class:`ModelSource`."""
+        name, selector = parse_reference(ref)
+        directory = self.model_dir(name)
+        if not directory.is_dir():
+            known = ", ".join(self.names()) or "none"
+            raise ModelNotFound(f"no model named '{name}' in repository {self.root} (models there: {known})")
+        config = self.config(name)
+        version = self._select(name, selector, config)
+        version_dir = directory / str(version)
+        return _source_in(version_dir, config, options or LoadOptions(), name, version)
+
+    def _select(self, name: str, selector: str | None, config: ModelConfig) -> int:
+        versions = self.versions(name)
+        if not versions:
+            raise ModelNotFound(f"model '{name}' in {self.root} has no version directories (1/, 2/, …)")
+        if selector is None:
+            return config.labels.get("stable", versions[-1])
+        if selector.isdigit():
+            if int(selector) not in versions:
+                raise ModelNotFound(f"model '{name}' has no version {selector}; versions: {versions}")
+            return int(selector)
+        if selector == "latest":
+            return versions[-1]
+        if selector not in config.labels:
+            raise ModelNotFound(
+                f"model '{name}' has no label '{selector}'; labels: {sorted(config.labels) or 'none'}"
+            )
+        version = config.labels[selector]
+        if version not in versions:
+            raise ModelNotFound(f"label '{selector}' of model '{name}' points to missing version {version}")
+        return version
+
+    def publish(self, name: str, artifact: Path, config: ModelConfig | None = None) -> int:
+        """Copy ``artifact`` in as the next version of ``name``; the version appears atomically."""
+        directory = self.model_dir(name)
+        directory.mkdir(parents=True, exist_ok=True)
+        if config is not None:
+            write_config(directory / "model.yaml", config)
+        versions = self.versions(name)
+        version = (versions[-1] + 1) if versions else 1
+        staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=directory))
+        shutil.copy2(artifact, staging / artifact.name)
+        staging.rename(directory / str(version))
+        return version
+
+
+def write_config(path: Path, config: ModelConfig) -> None:
+    data = config.model_dump(exclude_defaults=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
+    tmp.replace(path)
+
+
+def _source_in(
+    version_dir: Path, config: ModelConfig, options: LoadOptions, name: str, version: int
+) -> ModelSource:
+    if config.format == "python" or config.callable:
+        if not config.callable:
+            raise ConfigError(f"model '{name}': format 'python' needs 'callable: module:function' in model.yaml")
+        return ModelSource("python", config.callable, config, options, name, version, str(version_dir))
+    if config.artifact:
+        artifact = version_dir / config.artifact
+        if not artifact.is_file():
+            raise ModelNotFound(f"model '{name}' version {version}: artifact {artifact} does not exist")
+    else:
+        candidates = sorted(p for p in version_dir.iterdir() if p.suffix.lower() in _EXTENSIONS)
+        if len(candidates) != 1:
+            found = ", ".join(p.name for p in candidates) or "no model file"
+            raise ModelNotFound(
+                f"model '{name}' version {version}: expected one model file in {version_dir}, "
+                f"found {found}; set 'artifact' in model.yaml"
+            )
+        artifact = candidates[0]
+    fmt = config.format or format_for_path(artifact)
+    return ModelSource(fmt, str(artifact), config, options, name, version)
+
+
+def is_callable_reference(ref: str) -> bool:
+    return bool(_CALLABLE.match(ref)) and not Path(ref).exists()
