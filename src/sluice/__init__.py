@@ -28,10 +28,10 @@ _EXPORTS = {
 
 __all__ = sorted([*_EXPORTS, "__version__"])
 
-if TYPE_CHECKING:
-    from sluice.batch import JobSpec, RunSummary, predict, predict_batches, run_job
-    from sluice.errors import SluiceError
-    from sluice.models import (
+if TYPE_CHECKING:  # names for type checkers; at run time __getattr__ imports them lazily
+    from sluice.batch import JobSpec, RunSummary, predict, predict_batches, run_job  # noqa: F401
+    from sluice.errors import SluiceError  # noqa: F401
+    from sluice.models import (  # noqa: F401
         LoadOptions,
         Model,
         ModelConfig,

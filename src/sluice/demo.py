@@ -69,8 +69,8 @@ def make_demo_model(repository: Path, name: str = "demo", features: int = FEATUR
     if repo.versions(name):
         return repo.versions(name)[-1]
     try:
-        from sklearn.linear_model import LogisticRegression
         from skl2onnx import to_onnx
+        from sklearn.linear_model import LogisticRegression
     except ImportError as exc:
         raise MissingDependency(exc.name or "scikit-learn", "sklearn", "The demo model") from None
     rng = np.random.default_rng([SEED, 999])

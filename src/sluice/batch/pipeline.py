@@ -158,11 +158,9 @@ class Pipeline:
         if not self.shards:
             return self.stats
         threads = [
-            threading.Thread(target=self._reader, name=f"sluice-read-{i}", daemon=True)
-            for i in range(self.readers)
+            threading.Thread(target=self._reader, name=f"sluice-read-{i}", daemon=True) for i in range(self.readers)
         ] + [
-            threading.Thread(target=self._worker, name=f"sluice-predict-{i}", daemon=True)
-            for i in range(self.workers)
+            threading.Thread(target=self._worker, name=f"sluice-predict-{i}", daemon=True) for i in range(self.workers)
         ]
         for t in threads:
             t.start()

@@ -30,8 +30,7 @@ class ColumnPlan:
     def read_schema(self, schema: pa.Schema) -> pa.Schema:
         """Types to read text inputs with: integer-looking features widen to float64."""
         fields = [
-            pa.field(f.name, pa.float64()) if f.name in self.raw and pa.types.is_integer(f.type) else f
-            for f in schema
+            pa.field(f.name, pa.float64()) if f.name in self.raw and pa.types.is_integer(f.type) else f for f in schema
         ]
         return pa.schema(fields)
 
@@ -74,10 +73,8 @@ def plan_columns(spec: JobSpec, model: Model, schema: pa.Schema, *, text_input: 
             raise DataError(f"{option} names column(s) {unknown} that the input does not have; columns: {names}")
     if spec.key_column is not None and spec.key_column not in names:
         raise DataError(f"--key-column '{spec.key_column}' is not a column of the input; columns: {names}")
-    if spec.exclude is not None:
-        passthrough = [c for c in names if c not in spec.exclude]
-    else:
-        passthrough = list(spec.include or [])
+    excluded = spec.exclude
+    passthrough = [c for c in names if c not in excluded] if excluded is not None else list(spec.include or [])
     if spec.key_column is not None:
         passthrough = [spec.key_column, *(c for c in passthrough if c != spec.key_column)]
     outputs = {s.name for s in model.signature.outputs}
@@ -88,9 +85,7 @@ def plan_columns(spec: JobSpec, model: Model, schema: pa.Schema, *, text_input: 
             "leave them out with --exclude or --include"
         )
     features = spec.features or model.source.config.features or model.default_features
-    bind = model.signature.plan(
-        schema, features, not_features=passthrough, allow_nan=model.source.config.allow_nan
-    )
+    bind = model.signature.plan(schema, features, not_features=passthrough, allow_nan=model.source.config.allow_nan)
     read = tuple(dict.fromkeys([*passthrough, *bind.columns]))
     raw = tuple(c for c in bind.columns if c not in passthrough) if text_input else ()
     return ColumnPlan(tuple(passthrough), bind, read, raw)

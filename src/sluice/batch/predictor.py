@@ -13,7 +13,7 @@ from sluice.errors import PredictError
 from sluice.models.base import Model, ModelSource
 from sluice.models.loader import load_source
 
-__all__ = ["Predictor", "PredictResult"]
+__all__ = ["PredictResult", "Predictor"]
 
 Tensors = dict[str, np.ndarray]
 # A batch that fails as a whole this large says the model is broken, not the data.
@@ -41,9 +41,7 @@ class Predictor:
         self.workers = workers
         self._pool: ProcessPoolExecutor | None = None
         if model.concurrency == "processes":
-            self._pool = ProcessPoolExecutor(
-                max_workers=workers, initializer=_worker_init, initargs=(model.source,)
-            )
+            self._pool = ProcessPoolExecutor(max_workers=workers, initializer=_worker_init, initargs=(model.source,))
 
     def close(self) -> None:
         if self._pool is not None:
@@ -64,9 +62,7 @@ class Predictor:
         except PredictError as exc:
             result = self._isolate(inputs, np.arange(num_rows), exc)
             if num_rows >= BROKEN_MODEL_ROWS and not result.ok.size:
-                raise PredictError(
-                    f"the model failed on every one of {num_rows} records of a batch: {exc}"
-                ) from exc
+                raise PredictError(f"the model failed on every one of {num_rows} records of a batch: {exc}") from exc
             return result
         on_latency(time.perf_counter() - start)
         return PredictResult(outputs, np.arange(num_rows))

@@ -70,27 +70,92 @@ RepositoryOption = Annotated[
 
 @app.command()
 def predict(
-    model: Annotated[str | None, typer.Option("--model", "-m", help="Model file (.onnx, .skops, .pkl), 'module:function', or NAME[@VERSION|@LABEL] in the repository.", show_default=False)] = None,
-    input: Annotated[str | None, typer.Option("--input", "-i", help="Input file, directory, glob or URI (s3://…).", show_default=False)] = None,  # noqa: A002
-    output: Annotated[str | None, typer.Option("--output", "-o", help="Output directory or URI prefix for part-NNNNN files.", show_default=False)] = None,
-    spec: Annotated[Path | None, typer.Option("--spec", help="Job spec (YAML/JSON); flags override its fields.", show_default=False)] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="Model file (.onnx, .skops, .pkl), 'module:function', or NAME[@VERSION|@LABEL] in the repository.",
+            show_default=False,
+        ),
+    ] = None,
+    input_: Annotated[
+        str | None,
+        typer.Option("--input", "-i", help="Input file, directory, glob or URI (s3://…).", show_default=False),
+    ] = None,
+    output: Annotated[
+        str | None,
+        typer.Option("--output", "-o", help="Output directory or URI prefix for part-NNNNN files.", show_default=False),
+    ] = None,
+    spec: Annotated[
+        Path | None, typer.Option("--spec", help="Job spec (YAML/JSON); flags override its fields.", show_default=False)
+    ] = None,
     repository: RepositoryOption = None,
-    input_format: Annotated[str | None, typer.Option(help="parquet, csv or jsonl (default: from the file extension).", show_default=False)] = None,
-    output_format: Annotated[str | None, typer.Option(help="parquet, csv or jsonl.  [default: parquet]", show_default=False)] = None,
-    features: Annotated[str | None, typer.Option(help="Comma-separated feature columns (default: model.yaml, else every numeric column not passed through).", show_default=False)] = None,
-    key_column: Annotated[str | None, typer.Option(help="Column copied to the output and the error files to identify each record.", show_default=False)] = None,
-    include: Annotated[str | None, typer.Option(help="Comma-separated columns to copy to the output.", show_default=False)] = None,
-    exclude: Annotated[str | None, typer.Option(help="Copy every column except these (comma-separated) to the output.", show_default=False)] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Rows per model call.  [default: 4096]", show_default=False)] = None,
-    workers: Annotated[int | None, typer.Option(help="Parallel predict workers (threads, or processes for Python models).  [default: one per core]", show_default=False)] = None,
-    readers: Annotated[int | None, typer.Option(help="Input shards read at once.  [default: 2]", show_default=False)] = None,
-    intra_op_threads: Annotated[int | None, typer.Option(help="Threads inside one ONNX Runtime call.  [default: cores / workers]", show_default=False)] = None,
+    input_format: Annotated[
+        str | None, typer.Option(help="parquet, csv or jsonl (default: from the file extension).", show_default=False)
+    ] = None,
+    output_format: Annotated[
+        str | None, typer.Option(help="parquet, csv or jsonl.  [default: parquet]", show_default=False)
+    ] = None,
+    features: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated feature columns (default: model.yaml, else every numeric column not passed through).",
+            show_default=False,
+        ),
+    ] = None,
+    key_column: Annotated[
+        str | None,
+        typer.Option(
+            help="Column copied to the output and the error files to identify each record.", show_default=False
+        ),
+    ] = None,
+    include: Annotated[
+        str | None, typer.Option(help="Comma-separated columns to copy to the output.", show_default=False)
+    ] = None,
+    exclude: Annotated[
+        str | None,
+        typer.Option(help="Copy every column except these (comma-separated) to the output.", show_default=False),
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Rows per model call.  [default: 4096]", show_default=False)
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="Parallel predict workers (threads, or processes for Python models).  [default: one per core]",
+            show_default=False,
+        ),
+    ] = None,
+    readers: Annotated[
+        int | None, typer.Option(help="Input shards read at once.  [default: 2]", show_default=False)
+    ] = None,
+    intra_op_threads: Annotated[
+        int | None,
+        typer.Option(help="Threads inside one ONNX Runtime call.  [default: cores / workers]", show_default=False),
+    ] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.  [default: auto]", show_default=False)] = None,
-    max_error_fraction: Annotated[float | None, typer.Option(help="Fraction of records allowed to fail before the exit code is 3.  [default: 0]", show_default=False)] = None,
-    price_per_hour: Annotated[float | None, typer.Option(help="Machine price in USD/hour, for cost per 1M predictions.", show_default=False)] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing output instead of resuming it.")] = False,
-    trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow pickle/joblib model files (they can run arbitrary code).")] = False,
-    trust_type: Annotated[list[str] | None, typer.Option("--trust-type", help="A type a skops file may contain that you reviewed (repeatable).", show_default=False)] = None,
+    max_error_fraction: Annotated[
+        float | None,
+        typer.Option(
+            help="Fraction of records allowed to fail before the exit code is 3.  [default: 0]", show_default=False
+        ),
+    ] = None,
+    price_per_hour: Annotated[
+        float | None, typer.Option(help="Machine price in USD/hour, for cost per 1M predictions.", show_default=False)
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace existing output instead of resuming it.")
+    ] = False,
+    trust_pickle: Annotated[
+        bool, typer.Option("--trust-pickle", help="Allow pickle/joblib model files (they can run arbitrary code).")
+    ] = False,
+    trust_type: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--trust-type", help="A type a skops file may contain that you reviewed (repeatable).", show_default=False
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no summary table.")] = False,
     summary_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
 ) -> None:
@@ -104,14 +169,26 @@ def predict(
     130 interrupted.
     """
     fields: dict[str, Any] = {
-        "model": model, "input": input, "output": output, "repository": repository,
-        "input_format": input_format, "output_format": output_format,
-        "features": _split(features), "key_column": key_column,
-        "include": _split(include), "exclude": _split(exclude), "batch_size": batch_size,
-        "workers": workers, "readers": readers, "intra_op_threads": intra_op_threads,
-        "device": device, "max_error_fraction": max_error_fraction,
-        "price_per_hour": price_per_hour, "overwrite": overwrite or None,
-        "trust_pickle": trust_pickle or None, "trusted_types": trust_type or None,
+        "model": model,
+        "input": input_,
+        "output": output,
+        "repository": repository,
+        "input_format": input_format,
+        "output_format": output_format,
+        "features": _split(features),
+        "key_column": key_column,
+        "include": _split(include),
+        "exclude": _split(exclude),
+        "batch_size": batch_size,
+        "workers": workers,
+        "readers": readers,
+        "intra_op_threads": intra_op_threads,
+        "device": device,
+        "max_error_fraction": max_error_fraction,
+        "price_per_hour": price_per_hour,
+        "overwrite": overwrite or None,
+        "trust_pickle": trust_pickle or None,
+        "trusted_types": trust_type or None,
     }
     summary = _run(lambda: _predict(spec, fields, quiet))
     if summary_json:
@@ -146,7 +223,9 @@ def _render_summary(summary: RunSummary) -> None:
 
 @app.command()
 def demo(
-    directory: Annotated[Path, typer.Option("--dir", help="Where to put demo-data/, models/ and demo-output/.")] = Path("."),
+    directory: Annotated[Path, typer.Option("--dir", help="Where to put demo-data/, models/ and demo-output/.")] = Path(
+        "."
+    ),
     rows: Annotated[int, typer.Option(help="Rows of synthetic data.")] = 1_000_000,
     files: Annotated[int, typer.Option(help="Parquet files to split the data into.")] = 8,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no summary table.")] = False,
@@ -167,11 +246,16 @@ def demo(
         console.print(
             f"sluice predict --model demo --repository {paths.repository} --input {paths.data} "
             f"--output {paths.output} --key-column id --overwrite",
-            style="dim", highlight=False,
+            style="dim",
+            highlight=False,
         )
     fields = {
-        "model": "demo", "repository": str(paths.repository), "input": str(paths.data),
-        "output": str(paths.output), "key_column": "id", "overwrite": True,
+        "model": "demo",
+        "repository": str(paths.repository),
+        "input": str(paths.data),
+        "output": str(paths.output),
+        "key_column": "id",
+        "overwrite": True,
     }
     summary = _run(lambda: _predict(None, fields, quiet))
     if not quiet:

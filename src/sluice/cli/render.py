@@ -33,7 +33,10 @@ def summary_table(s: RunSummary) -> Table:
         ("model", s.model),
         ("output", s.output),
         ("rows", f"{s.rows:,}"),
-        ("rows failed", f"{s.rows_failed:,}" + (f"  (see {len(s.error_files)} errors-*.jsonl)" if s.error_files else "")),
+        (
+            "rows failed",
+            f"{s.rows_failed:,}" + (f"  (see {len(s.error_files)} errors-*.jsonl)" if s.error_files else ""),
+        ),
         ("parts", f"{s.shards}" + (f"  ({s.shards_skipped} already complete, skipped)" if s.shards_skipped else "")),
         ("time", f"{s.seconds:.2f} s"),
         ("throughput", f"{s.rows_per_second:,.0f} rows/s"),
@@ -42,7 +45,10 @@ def summary_table(s: RunSummary) -> Table:
         ("stage busy", "  ".join(f"{k} {_pct(v)}" for k, v in busy.items())),
         ("peak memory", _bytes(s.peak_rss_bytes)),
         ("CPU / GPU use", f"{_pct(s.cpu_utilization)} / {_pct(s.gpu_utilization)}"),
-        ("cost per 1M", "n/a (pass --price-per-hour)" if s.cost_per_million_usd is None else f"${s.cost_per_million_usd:.4f}"),
+        (
+            "cost per 1M",
+            "n/a (pass --price-per-hour)" if s.cost_per_million_usd is None else f"${s.cost_per_million_usd:.4f}",
+        ),
     ]
     for key, value in rows:
         table.add_row(key, value)
@@ -61,7 +67,9 @@ def models_table(repo: ModelRepository) -> Table:
 
 
 def signature_table(model: Model) -> Table:
-    table = Table(title=f"{model.source.display_name} ({model.source.format}, {model.concurrency})", title_justify="left")
+    table = Table(
+        title=f"{model.source.display_name} ({model.source.format}, {model.concurrency})", title_justify="left"
+    )
     for col in ("kind", "name", "dtype", "shape"):
         table.add_column(col)
     for kind, specs in (("input", model.signature.inputs), ("output", model.signature.outputs)):

@@ -179,7 +179,9 @@ def _read_csv(shard: Shard, columns: Sequence[str], schema: pa.Schema, raw: set[
             raise DataError(f"{shard.source} is not a readable CSV file: {exc}") from exc
         rows, rejected = numbers.take(0)
         if rejected:
-            yield SourceBatch(pa.RecordBatch.from_pylist([], schema=_target_schema(schema, columns, raw)), rows, rejected)
+            yield SourceBatch(
+                pa.RecordBatch.from_pylist([], schema=_target_schema(schema, columns, raw)), rows, rejected
+            )
 
 
 def _target_schema(schema: pa.Schema, columns: Sequence[str], raw: set[str]) -> pa.Schema:

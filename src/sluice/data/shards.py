@@ -60,7 +60,7 @@ def open_parquet(location: Location) -> pq.ParquetFile:
         return pq.ParquetFile(location.open())
     except OSError as exc:
         raise DataError(f"{location.url} is not a readable Parquet file: {exc}") from exc
-    except Exception as exc:  # noqa: BLE001 - pyarrow raises ArrowInvalid and friends
+    except Exception as exc:
         raise DataError(f"{location.url} is not a readable Parquet file: {exc}") from exc
 
 

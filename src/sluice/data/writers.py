@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import IO, Any, Literal
 
 import pyarrow as pa
@@ -163,7 +163,7 @@ class ErrorWriter:
         self.file = AtomicFile(target)
         self.count = 0
 
-    def write(self, records: list[Mapping[str, Any]]) -> None:
+    def write(self, records: Sequence[Mapping[str, Any]]) -> None:
         if not records:
             return
         lines = "".join(json.dumps(r, default=str) + "\n" for r in records)

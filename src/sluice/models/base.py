@@ -35,9 +35,7 @@ class ModelSource:
         return Path(self.location).name if self.format != "python" else self.location
 
     def with_options(self, options: LoadOptions) -> ModelSource:
-        return ModelSource(
-            self.format, self.location, self.config, options, self.name, self.version, self.search_path
-        )
+        return ModelSource(self.format, self.location, self.config, options, self.name, self.version, self.search_path)
 
 
 class Model(abc.ABC):
@@ -80,8 +78,7 @@ class Model(abc.ABC):
             value = outputs.get(spec.name)
             if value is None:
                 raise PredictError(
-                    f"model {self.source.display_name} returned no output '{spec.name}' "
-                    f"(it returned {sorted(outputs)})"
+                    f"model {self.source.display_name} returned no output '{spec.name}' (it returned {sorted(outputs)})"
                 )
             rows = np.shape(value)[0] if np.ndim(value) else None
             if rows != num_rows:

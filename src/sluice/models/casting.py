@@ -80,9 +80,7 @@ def numpy_to_arrow_type(dtype: np.dtype[np.generic]) -> pa.DataType:
     return pa.from_numpy_dtype(dtype)
 
 
-def parse_numeric(
-    col: pa.Array, name: str, failures: RowFailures, target: pa.DataType | None = None
-) -> pa.Array:
+def parse_numeric(col: pa.Array, name: str, failures: RowFailures, target: pa.DataType | None = None) -> pa.Array:
     """Parse a string column into numbers; unparseable values become failures (and nulls)."""
     target = target or pa.float64()
     trimmed = pc.utf8_trim_whitespace(col)

@@ -37,9 +37,7 @@ class ModelConfig(BaseModel):
     artifact: str | None = Field(
         default=None, description="File name inside each version directory (detected when omitted)."
     )
-    callable: str | None = Field(
-        default=None, description="For format 'python': 'module:function' or 'module:Class'."
-    )
+    callable: str | None = Field(default=None, description="For format 'python': 'module:function' or 'module:Class'.")
     features: list[str] | dict[str, list[str]] | None = Field(
         default=None, description="Feature columns: a list for a one-input model, or per input."
     )
@@ -53,9 +51,7 @@ class ModelConfig(BaseModel):
     concurrency: Concurrency | None = Field(
         default=None, description="Override how predict may run in parallel (threads/processes/serial)."
     )
-    labels: dict[str, int] = Field(
-        default_factory=dict, description="Named versions, e.g. {stable: 1, canary: 2}."
-    )
+    labels: dict[str, int] = Field(default_factory=dict, description="Named versions, e.g. {stable: 1, canary: 2}.")
     trusted_types: list[str] = Field(
         default_factory=list,
         description="Types the skops artifacts may contain that you reviewed and trust.",

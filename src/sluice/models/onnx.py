@@ -83,7 +83,7 @@ class OnnxModel(Model):
     def predict(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         try:
             values = self._session.run(self._output_names, dict(inputs))
-        except Exception as exc:  # noqa: BLE001 - ORT errors are untyped; translated here
+        except Exception as exc:
             raise PredictError(f"ONNX Runtime failed: {exc}") from exc
         return dict(zip(self._output_names, values, strict=True))
 
@@ -121,4 +121,4 @@ def _strip_zipmap(content: bytes, path: Path) -> bytes:
                 graph.output.remove(out)
                 graph.output.insert(i, new)
                 break
-    return model.SerializeToString()
+    return bytes(model.SerializeToString())

@@ -58,7 +58,7 @@ class PythonModel(Model):
                 result = self._fn(inputs[self.signature.inputs[0].name])
             else:
                 result = self._fn(**inputs)
-        except Exception as exc:  # noqa: BLE001 - user code raises anything; translated here
+        except Exception as exc:
             raise PredictError(f"{self.source.location} raised {type(exc).__name__}: {exc}") from exc
         if isinstance(result, Mapping):
             return {str(k): np.asarray(v) for k, v in result.items()}

@@ -112,9 +112,7 @@ class ModelRepository:
         if selector == "latest":
             return versions[-1]
         if selector not in config.labels:
-            raise ModelNotFound(
-                f"model '{name}' has no label '{selector}'; labels: {sorted(config.labels) or 'none'}"
-            )
+            raise ModelNotFound(f"model '{name}' has no label '{selector}'; labels: {sorted(config.labels) or 'none'}")
         version = config.labels[selector]
         if version not in versions:
             raise ModelNotFound(f"label '{selector}' of model '{name}' points to missing version {version}")
@@ -141,9 +139,7 @@ def write_config(path: Path, config: ModelConfig) -> None:
     tmp.replace(path)
 
 
-def _source_in(
-    version_dir: Path, config: ModelConfig, options: LoadOptions, name: str, version: int
-) -> ModelSource:
+def _source_in(version_dir: Path, config: ModelConfig, options: LoadOptions, name: str, version: int) -> ModelSource:
     if config.format == "python" or config.callable:
         if not config.callable:
             raise ConfigError(f"model '{name}': format 'python' needs 'callable: module:function' in model.yaml")

@@ -149,9 +149,7 @@ class Signature:
         columns = []
         for spec in self.outputs:
             if spec.name not in outputs:
-                raise PredictError(
-                    f"the model returned no output '{spec.name}'; it returned {sorted(outputs)}"
-                )
+                raise PredictError(f"the model returned no output '{spec.name}'; it returned {sorted(outputs)}")
             columns.append((spec.name, tensor_to_arrow(spec.name, outputs[spec.name], num_rows)))
         return columns
 
@@ -182,9 +180,7 @@ class BindPlan:
 
 
 def _is_value_type(t: pa.DataType) -> bool:
-    return bool(
-        pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
-    ) or pa.types.is_decimal(t)
+    return bool(pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)) or pa.types.is_decimal(t)
 
 
 def _field_type(schema: pa.Schema, name: str, spec: TensorSpec) -> pa.DataType:
@@ -276,7 +272,7 @@ def _scalar_column(
     if col.null_count:
         failures.add_mask(col.is_null().to_numpy(zero_copy_only=False), name, "missing value")
         col = col.fill_null(0)
-    values = col.to_numpy(zero_copy_only=False)
+    values: np.ndarray = col.to_numpy(zero_copy_only=False)
     if not allow_nan and values.dtype.kind == "f":
         nan = np.isnan(values)
         if nan.any():
@@ -311,7 +307,7 @@ def _list_column(b: InputBinding, col: pa.Array, failures: RowFailures, allow_na
         flat = values.to_numpy(zero_copy_only=False).astype(b.spec.dtype, copy=False)
         out[good] = flat.reshape(-1, expected)
         if not allow_nan and out.dtype.kind == "f":
-            nan = np.isnan(out).any(axis=1)
+            nan = np.asarray(np.isnan(out).any(axis=1))
             if nan.any():
                 failures.add_mask(nan, name, "value is NaN and the model does not accept NaN (allow_nan: false)")
     return out.reshape((n, *(d if d >= 0 else -1 for d in b.spec.shape[1:])))

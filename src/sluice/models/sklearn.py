@@ -61,7 +61,7 @@ class SklearnModel(Model):
                 classes = np.asarray(self.estimator.classes_)
                 return {"label": classes[proba.argmax(axis=1)], "probabilities": proba}
             out = np.asarray(self.estimator.predict(x))
-        except Exception as exc:  # noqa: BLE001 - estimator errors are arbitrary; translated here
+        except Exception as exc:
             raise PredictError(f"{type(self.estimator).__name__}.predict failed: {exc}") from exc
         name = self.signature.outputs[0].name
         return {name: out}
@@ -82,7 +82,7 @@ def _load_skops(path: Path, source: ModelSource) -> Any:
     trusted = [*source.config.trusted_types, *source.options.trusted_types]
     try:
         untrusted = [t for t in sio.get_untrusted_types(file=path) if t not in trusted]
-    except Exception as exc:  # noqa: BLE001 - skops raises assorted errors on corrupt files
+    except Exception as exc:
         raise ModelLoadError(f"{path} is not a readable skops file: {exc}") from exc
     if untrusted:
         raise UnsafeModelError(
@@ -107,5 +107,5 @@ def _load_pickle(path: Path, source: ModelSource) -> Any:
             with path.open("rb") as fh:
                 return pickle.load(fh)  # noqa: S301 - the user passed --trust-pickle
         return joblib.load(path)
-    except Exception as exc:  # noqa: BLE001 - unpickling raises anything; translated here
+    except Exception as exc:
         raise ModelLoadError(f"cannot unpickle {path}: {exc}") from exc
