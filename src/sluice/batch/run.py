@@ -16,6 +16,7 @@ from sluice.batch.predictor import Predictor
 from sluice.batch.progress import NullProgress, ProgressListener
 from sluice.batch.spec import DEFAULT_BATCH_SIZE, JobSpec
 from sluice.batch.summary import ResourceMonitor, RunSummary, cost_per_million
+from sluice.data.shards import estimate_rows
 from sluice.errors import ErrorFractionExceeded, PredictError
 from sluice.models.base import Model
 from sluice.models.loader import load_source, resolve_model
@@ -62,8 +63,8 @@ def run_job(spec: JobSpec, *, progress: ProgressListener | None = None) -> RunSu
     layout = OutputLayout(spec.output, spec.output_format)
     done = layout.prepare(plan.fingerprint(), spec.overwrite)
     pending = [s for s in plan.shards if s.index not in done]
-    known = [s.num_rows for s in pending]
-    total = sum(n for n in known if n is not None) if all(n is not None for n in known) else None
+    estimates = [estimate_rows(s) for s in pending]
+    total = None if None in estimates else sum(n for n in estimates if n is not None)
     workers = spec.workers or 1
     pipeline = Pipeline(
         plan,

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 from sluice.data.location import DataFormat, Location, detect_format, list_inputs
 from sluice.errors import DataError
 
-__all__ = ["DEFAULT_SHARD_ROWS", "Shard", "open_parquet", "plan_shards"]
+__all__ = ["DEFAULT_SHARD_ROWS", "Shard", "estimate_rows", "open_parquet", "plan_shards"]
 
 DEFAULT_SHARD_ROWS = 1 << 20
 
@@ -33,13 +33,14 @@ class Shard:
     first_row: int = 0
     num_rows: int | None = None
     size_bytes: int = 0
+    file_row_groups: int = 0  # row groups in the whole file, to tell a split file
 
     @property
     def source(self) -> str:
         return self.location.url
 
     def describe(self) -> str:
-        if self.row_groups is None:
+        if not self.row_groups or len(self.row_groups) == self.file_row_groups:
             return self.source
         first, last = self.row_groups[0], self.row_groups[-1]
         return f"{self.source} (row groups {first}-{last})"
@@ -82,9 +83,24 @@ def plan_shards(
         groups = _group_row_groups([meta.row_group(i).num_rows for i in range(meta.num_row_groups)], shard_rows)
         first_row = 0
         for group, rows in groups:
-            shards.append(Shard(len(shards), loc, "parquet", None, group, first_row, rows, size))
+            shards.append(Shard(len(shards), loc, "parquet", None, group, first_row, rows, size, meta.num_row_groups))
             first_row += rows
     return shards
+
+
+def estimate_rows(shard: Shard, sample_bytes: int = 1 << 18) -> int | None:
+    """Rows in a shard: exact for Parquet, estimated from line lengths for plain text files."""
+    if shard.num_rows is not None:
+        return shard.num_rows
+    if shard.compression is not None or not shard.size_bytes:
+        return None
+    with shard.location.open() as fh:
+        head = bytes(fh.read(sample_bytes))
+    lines = head.count(b"\n")
+    if lines < 2:
+        return None
+    header = 1 if shard.format == "csv" else 0
+    return max(0, round(shard.size_bytes * lines / len(head)) - header)
 
 
 def _format_of(path: str, fmt: DataFormat | None) -> tuple[DataFormat, str | None]:

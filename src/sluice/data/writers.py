@@ -99,7 +99,9 @@ class PartWriter:
         table = pa.concat_tables(self._pending) if len(self._pending) > 1 else self._pending[0]
         self._pending, self._pending_rows = [], 0
         if self._writer is None:
-            self._writer = pq.ParquetWriter(self.file.open(), table.schema)
+            self._writer = pq.ParquetWriter(
+                self.file.open(), table.schema, use_dictionary=_dictionary_columns(table.schema)
+            )
         self._writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
 
     def _write_text(self, table: pa.Table) -> None:
@@ -133,6 +135,13 @@ class PartWriter:
             pass
         finally:
             self.file.abort()
+
+
+def _dictionary_columns(schema: pa.Schema) -> list[str]:
+    """Dictionary-encode text columns only: on unique numbers (ids, scores) it is slower
+    (7x on 1M float probabilities here) and no smaller."""
+    text = (pa.types.is_string, pa.types.is_large_string, pa.types.is_binary, pa.types.is_dictionary)
+    return [f.name for f in schema if any(check(f.type) for check in text)]
 
 
 def flatten_lists(table: pa.Table) -> pa.Table:

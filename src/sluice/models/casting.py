@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["RowFailures", "cast_column", "numpy_to_arrow_type", "parse_numeric"]
+__all__ = ["RowFailures", "cast_column", "parse_numeric"]
 
 _NUMBER = r"^[-+]?((\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|nan|inf|infinity)$"
 
@@ -72,12 +72,6 @@ class RowFailures:
 
     def first(self) -> tuple[int, str | None, str]:
         return next(iter(self))
-
-
-def numpy_to_arrow_type(dtype: np.dtype[np.generic]) -> pa.DataType:
-    if dtype.kind in "OU":
-        return pa.string()
-    return pa.from_numpy_dtype(dtype)
 
 
 def parse_numeric(col: pa.Array, name: str, failures: RowFailures, target: pa.DataType | None = None) -> pa.Array:

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from sluice.errors import BindError, PredictError
-from sluice.models.casting import RowFailures, numpy_to_arrow_type, parse_numeric
+from sluice.models.casting import RowFailures, parse_numeric
 
 __all__ = ["BindPlan", "BoundBatch", "FeatureSpec", "InputBinding", "Signature", "TensorSpec"]
 
@@ -320,11 +320,19 @@ def tensor_to_arrow(name: str, values: np.ndarray, num_rows: int) -> pa.Array:
         found = "a scalar" if arr.ndim == 0 else f"{arr.shape[0]} rows"
         raise PredictError(f"output '{name}' has {found} for a batch of {num_rows} rows")
     if arr.ndim == 1:
-        if arr.dtype.kind == "O":
-            return pa.array(arr.tolist())
-        return pa.array(arr, type=numpy_to_arrow_type(arr.dtype))
-    arr = np.ascontiguousarray(arr)
-    flat = pa.array(arr.reshape(-1), type=numpy_to_arrow_type(arr.dtype))
+        return _array(arr)
+    flat = _array(np.ascontiguousarray(arr).reshape(-1))
     for size in reversed(arr.shape[1:]):
         flat = pa.FixedSizeListArray.from_arrays(flat, int(size))
     return flat
+
+
+def _array(values: np.ndarray) -> pa.Array:
+    # pa.array(ndarray) is zero-copy for primitive dtypes; passing type= takes a per-value path
+    if values.dtype.kind == "O":
+        return pa.array(values.tolist(), type=pa.string() if _all_str(values) else None)
+    return pa.array(values)
+
+
+def _all_str(values: np.ndarray) -> bool:
+    return all(isinstance(v, str) for v in values[:16])
