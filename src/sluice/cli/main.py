@@ -21,6 +21,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
 )
 models_app = typer.Typer(help="Inspect the model repository.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
@@ -75,7 +76,8 @@ def predict(
         typer.Option(
             "--model",
             "-m",
-            help="Model file (.onnx, .skops, .pkl), 'module:function', or NAME[@VERSION|@LABEL] in the repository.",
+            help="Model file (.onnx, .skops, .pkl), 'module:function', or NAME, NAME@VERSION, NAME@LABEL "
+            "in the repository.",
             show_default=False,
         ),
     ] = None,
@@ -95,7 +97,7 @@ def predict(
         str | None, typer.Option(help="parquet, csv or jsonl (default: from the file extension).", show_default=False)
     ] = None,
     output_format: Annotated[
-        str | None, typer.Option(help="parquet, csv or jsonl.  [default: parquet]", show_default=False)
+        str | None, typer.Option(help="parquet, csv or jsonl (default: parquet).", show_default=False)
     ] = None,
     features: Annotated[
         str | None,
@@ -118,27 +120,27 @@ def predict(
         typer.Option(help="Copy every column except these (comma-separated) to the output.", show_default=False),
     ] = None,
     batch_size: Annotated[
-        int | None, typer.Option(help="Rows per model call.  [default: 4096]", show_default=False)
+        int | None, typer.Option(help="Rows per model call (default: 4096).", show_default=False)
     ] = None,
     workers: Annotated[
         int | None,
         typer.Option(
-            help="Parallel predict workers (threads, or processes for Python models).  [default: one per core]",
+            help="Parallel predict workers (threads, or processes for Python models) (default: one per core).",
             show_default=False,
         ),
     ] = None,
     readers: Annotated[
-        int | None, typer.Option(help="Input shards read at once.  [default: 2]", show_default=False)
+        int | None, typer.Option(help="Input shards read at once (default: 2).", show_default=False)
     ] = None,
     intra_op_threads: Annotated[
         int | None,
-        typer.Option(help="Threads inside one ONNX Runtime call.  [default: cores / workers]", show_default=False),
+        typer.Option(help="Threads inside one ONNX Runtime call (default: cores / workers).", show_default=False),
     ] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.  [default: auto]", show_default=False)] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda (default: auto).", show_default=False)] = None,
     max_error_fraction: Annotated[
         float | None,
         typer.Option(
-            help="Fraction of records allowed to fail before the exit code is 3.  [default: 0]", show_default=False
+            help="Fraction of records allowed to fail before the exit code is 3 (default: 0).", show_default=False
         ),
     ] = None,
     price_per_hour: Annotated[
@@ -161,12 +163,11 @@ def predict(
 ) -> None:
     """Run a model over a data set and write predictions plus per-record error files.
 
-    Writes OUTPUT/part-NNNNN.<format> (one per input shard, rows in input order),
+    Writes OUTPUT/part-NNNNN.parquet (or .csv, .jsonl; one per input shard, rows in input order),
     errors-NNNNN.jsonl for records the model could not take, summary.json and _SUCCESS.
-    Re-running the same command resumes: complete parts are skipped.
+    Re-running the same command resumes: complete parts are skipped; --overwrite starts over.
 
-    Exit codes: 0 success, 2 usage error or unusable input, 3 error fraction exceeded,
-    130 interrupted.
+    Exit codes: 0 success, 2 usage error or unusable input, 3 error fraction exceeded, 130 interrupted.
     """
     fields: dict[str, Any] = {
         "model": model,
@@ -274,7 +275,7 @@ def models_list(repository: RepositoryOption = None) -> None:
 
 @models_app.command("show")
 def models_show(
-    model: Annotated[str, typer.Argument(help="Model file, 'module:function', or NAME[@VERSION|@LABEL].")],
+    model: Annotated[str, typer.Argument(help="Model file, 'module:function', or NAME, NAME@VERSION, NAME@LABEL.")],
     repository: RepositoryOption = None,
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow pickle/joblib model files.")] = False,
 ) -> None:

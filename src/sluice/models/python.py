@@ -61,6 +61,12 @@ class PythonModel(Model):
         except Exception as exc:
             raise PredictError(f"{self.source.location} raised {type(exc).__name__}: {exc}") from exc
         if isinstance(result, Mapping):
+            declared = {s.name for s in self.signature.outputs}
+            if not declared.issubset(result):
+                raise PredictError(
+                    f"{self.source.location} returned outputs {sorted(map(str, result))} but the model "
+                    f"declares {sorted(declared)}; declare its outputs under 'outputs:' in model.yaml"
+                )
             return {str(k): np.asarray(v) for k, v in result.items()}
         if len(self.signature.outputs) != 1:
             names = [s.name for s in self.signature.outputs]
