@@ -233,6 +233,7 @@ class Pipeline:
             schema=self._read_schema,
             batch_size=self.plan.spec.batch_size,
             raw_columns=cols.raw,
+            key_column=self._key,
         )
         seq = 0
         for seq in itertools.count():
@@ -270,7 +271,7 @@ class Pipeline:
         shard = item.shard.shard
         start = time.perf_counter()
         bound = self.plan.columns.bind.bind(batch)
-        errors = [_source_error(shard, f) for f in source.failures]
+        errors = [_source_error(shard, f, self._key) for f in source.failures]
         row_numbers = source.rows
         for row, fld, message in bound.failures:
             errors.append(_error(shard, int(row_numbers[row]), fld, message, batch, row, self._key))
@@ -306,10 +307,12 @@ def _empty_output_schema(plan: JobPlan) -> pa.Schema:
     return pa.schema(fields)
 
 
-def _source_error(shard: Shard, failure: RecordFailure) -> dict[str, Any]:
+def _source_error(shard: Shard, failure: RecordFailure, key: str | None) -> dict[str, Any]:
     record: dict[str, Any] = {"source": shard.source, "row": failure.row}
     if failure.line is not None:
         record["line"] = failure.line
+    if key is not None:
+        record["key"] = failure.key
     record["field"] = failure.field
     record["error"] = failure.message
     return record

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from sluice.batch.spec import JobSpec
-from sluice.data.readers import infer_schema
+from sluice.data.schema import infer_schema
 from sluice.data.shards import Shard, plan_shards
 from sluice.errors import ConfigError, DataError
 from sluice.models.base import Model

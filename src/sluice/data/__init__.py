@@ -1,7 +1,8 @@
 """Data: sources and sinks over Arrow and fsspec, sharding, atomic output, error files."""
 
 from sluice.data.location import DataFormat, Location, detect_format, list_inputs, resolve_location
-from sluice.data.readers import RecordFailure, SourceBatch, infer_schema, read_shard
+from sluice.data.readers import RecordFailure, SourceBatch, read_shard
+from sluice.data.schema import infer_schema
 from sluice.data.shards import DEFAULT_SHARD_ROWS, Shard, plan_shards
 from sluice.data.writers import AtomicFile, ErrorWriter, OutputFormat, PartWriter, part_name
 

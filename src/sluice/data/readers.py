@@ -21,11 +21,11 @@ import pyarrow.json as pajson
 
 from sluice.data.shards import Shard, open_parquet
 from sluice.errors import DataError
-from sluice.models.casting import RowFailures, cast_column
+from sluice.models.casting import RowFailures, cast_column, describe_type
 
-__all__ = ["RecordFailure", "SourceBatch", "infer_schema", "read_shard", "rebatch"]
+__all__ = ["RecordFailure", "SourceBatch", "open_stream", "read_shard", "rebatch"]
 
-_TEXT_BLOCK_BYTES = 1 << 20
+TEXT_BLOCK_BYTES = 1 << 20
 _PARQUET_READ_ROWS = 1 << 16
 
 
@@ -37,6 +37,7 @@ class RecordFailure:
     message: str
     field: str | None = None
     line: int | None = None
+    key: object = None
 
 
 @dataclass
@@ -46,34 +47,6 @@ class SourceBatch:
     failures: list[RecordFailure] = field(default_factory=list)
 
 
-def infer_schema(shard: Shard) -> pa.Schema:
-    """The schema of a shard's file: Parquet metadata, or types inferred from the first block."""
-    if shard.format == "parquet":
-        return open_parquet(shard.location).schema_arrow
-    with _open_stream(shard) as stream:
-        if shard.format == "csv":
-            try:
-                reader = pacsv.open_csv(stream, read_options=pacsv.ReadOptions(block_size=_TEXT_BLOCK_BYTES))
-                return reader.schema
-            except pa.ArrowInvalid as exc:
-                raise DataError(f"{shard.source} is not a readable CSV file: {exc}") from exc
-        head = _read_block(stream, _TEXT_BLOCK_BYTES)
-    try:
-        return pajson.read_json(io.BytesIO(head)).schema
-    except pa.ArrowInvalid:
-        return _infer_json_lenient(shard, head)
-
-
-def _infer_json_lenient(shard: Shard, head: bytes) -> pa.Schema:
-    good = [ln for ln in head.splitlines() if ln.strip() and _json_object(ln) is not None]
-    if not good:
-        raise DataError(f"{shard.source} holds no readable JSON object in its first block")
-    try:
-        return pajson.read_json(io.BytesIO(b"\n".join(good))).schema
-    except pa.ArrowInvalid as exc:
-        raise DataError(f"cannot infer the columns of {shard.source}: {exc}") from exc
-
-
 def read_shard(
     shard: Shard,
     *,
@@ -81,11 +54,13 @@ def read_shard(
     schema: pa.Schema,
     batch_size: int,
     raw_columns: Sequence[str] = (),
+    key_column: str | None = None,
 ) -> Iterator[SourceBatch]:
     """Stream ``columns`` of a shard as batches of at most ``batch_size`` rows.
 
     For CSV and JSON Lines, ``schema`` gives the column types; ``raw_columns`` stay as read
     (strings for CSV) so that the model's own input type decides how they are parsed.
+    ``key_column`` names the column whose value identifies a record that fails to read.
     """
     missing = [c for c in columns if c not in schema.names]
     if missing:
@@ -93,8 +68,8 @@ def read_shard(
     if shard.format == "parquet":
         return _read_parquet(shard, columns, batch_size)
     if shard.format == "csv":
-        return rebatch(_read_csv(shard, columns, schema, set(raw_columns)), batch_size)
-    return rebatch(_read_jsonl(shard, columns, schema), batch_size)
+        return rebatch(_read_csv(shard, columns, schema, set(raw_columns), key_column), batch_size)
+    return rebatch(_read_jsonl(shard, columns, schema, key_column), batch_size)
 
 
 def _quote(names: Sequence[str]) -> str:
@@ -119,7 +94,7 @@ def _read_parquet(shard: Shard, columns: Sequence[str], batch_size: int) -> Iter
             row += batch.num_rows
 
 
-def _open_stream(shard: Shard) -> pa.NativeFile:
+def open_stream(shard: Shard) -> pa.NativeFile:
     loc = shard.location
     try:
         source: Any = loc.path if loc.is_local else loc.open()
@@ -128,7 +103,7 @@ def _open_stream(shard: Shard) -> pa.NativeFile:
         raise DataError(f"cannot open {shard.source}: {exc}") from exc
 
 
-def _read_block(stream: pa.NativeFile, size: int) -> bytes:
+def read_block(stream: pa.NativeFile, size: int) -> bytes:
     return bytes(stream.read(size))
 
 
@@ -163,13 +138,15 @@ class _CsvRowNumbers:
         return rows, rejected
 
 
-def _read_csv(shard: Shard, columns: Sequence[str], schema: pa.Schema, raw: set[str]) -> Iterator[SourceBatch]:
+def _read_csv(
+    shard: Shard, columns: Sequence[str], schema: pa.Schema, raw: set[str], key: str | None
+) -> Iterator[SourceBatch]:
     numbers = _CsvRowNumbers(header_lines=1)
-    with _open_stream(shard) as stream:
+    with open_stream(shard) as stream:
         try:
             reader = pacsv.open_csv(
                 stream,
-                read_options=pacsv.ReadOptions(use_threads=False, block_size=_TEXT_BLOCK_BYTES),
+                read_options=pacsv.ReadOptions(use_threads=False, block_size=TEXT_BLOCK_BYTES),
                 parse_options=pacsv.ParseOptions(invalid_row_handler=numbers.handle),
                 convert_options=pacsv.ConvertOptions(
                     column_types={name: pa.string() for name in columns},
@@ -180,7 +157,7 @@ def _read_csv(shard: Shard, columns: Sequence[str], schema: pa.Schema, raw: set[
             )
             for batch in reader:
                 rows, rejected = numbers.take(batch.num_rows)
-                yield _typed(batch, rows, rejected, schema, raw)
+                yield _typed(batch, rows, rejected, schema, raw, key)
         except pa.ArrowInvalid as exc:
             raise DataError(f"{shard.source} is not a readable CSV file: {exc}") from exc
         rows, rejected = numbers.take(0)
@@ -195,7 +172,12 @@ def _target_schema(schema: pa.Schema, columns: Sequence[str], raw: set[str]) -> 
 
 
 def _typed(
-    batch: pa.RecordBatch, rows: np.ndarray, rejected: list[RecordFailure], schema: pa.Schema, raw: set[str]
+    batch: pa.RecordBatch,
+    rows: np.ndarray,
+    rejected: list[RecordFailure],
+    schema: pa.Schema,
+    raw: set[str],
+    key: str | None,
 ) -> SourceBatch:
     """Cast each non-raw column to its schema type; rows with values that do not fit drop out."""
     failures = RowFailures()
@@ -207,23 +189,26 @@ def _typed(
     if not failures:
         return SourceBatch(typed, rows, rejected)
     bad = failures.mask(batch.num_rows)
-    rejected = rejected + [RecordFailure(int(rows[r]), msg, fld) for r, fld, msg in failures]
+    keys = batch.column(key) if key is not None else None
+    rejected = rejected + [
+        RecordFailure(int(rows[r]), msg, fld, key=None if keys is None else keys[r].as_py()) for r, fld, msg in failures
+    ]
     return SourceBatch(typed.filter(pa.array(~bad)), rows[~bad], rejected)
 
 
 # -- JSON Lines ----------------------------------------------------------------------------
 
 
-def _read_jsonl(shard: Shard, columns: Sequence[str], schema: pa.Schema) -> Iterator[SourceBatch]:
+def _read_jsonl(shard: Shard, columns: Sequence[str], schema: pa.Schema, key: str | None) -> Iterator[SourceBatch]:
     target = pa.schema([schema.field(c) for c in columns])
     options = pajson.ParseOptions(explicit_schema=target, unexpected_field_behavior="ignore")
     next_row, next_line = 0, 1
-    with _open_stream(shard) as stream:
+    with open_stream(shard) as stream:
         for chunk in _line_chunks(stream):
             try:
                 table = pajson.read_json(io.BytesIO(chunk), parse_options=options)
             except pa.ArrowInvalid:
-                out, next_row = _jsonl_slow(chunk, target, options, next_row, next_line)
+                out, next_row = _jsonl_slow(chunk, target, options, (next_row, next_line), key)
                 yield out
             else:
                 table = table.combine_chunks()
@@ -236,7 +221,7 @@ def _read_jsonl(shard: Shard, columns: Sequence[str], schema: pa.Schema) -> Iter
 def _line_chunks(stream: pa.NativeFile) -> Iterator[bytes]:
     rest = b""
     while True:
-        block = _read_block(stream, _TEXT_BLOCK_BYTES)
+        block = read_block(stream, TEXT_BLOCK_BYTES)
         if not block:
             if rest.strip():
                 yield rest if rest.endswith(b"\n") else rest + b"\n"
@@ -251,57 +236,54 @@ def _line_chunks(stream: pa.NativeFile) -> Iterator[bytes]:
 
 
 def _jsonl_slow(
-    chunk: bytes, schema: pa.Schema, options: pajson.ParseOptions, first_row: int, first_line: int
+    chunk: bytes, schema: pa.Schema, options: pajson.ParseOptions, start: tuple[int, int], key: str | None
 ) -> tuple[SourceBatch, int]:
     """Parse a chunk that failed as a whole line by line, setting the bad lines aside."""
     good: list[bytes] = []
     rows: list[int] = []
     failures: list[RecordFailure] = []
-    row = first_row
+    row, first_line = start
     for offset, line in enumerate(chunk.split(b"\n")[:-1]):
         if not line.strip():
             continue
-        problem = _json_problem(line, schema, options)
+        problem = _json_problem(line, schema, options, key)
         if problem is None:
             good.append(line)
             rows.append(row)
         else:
-            fld, message = problem
-            failures.append(RecordFailure(row, message, fld, line=first_line + offset))
+            failures.append(RecordFailure(row, problem.message, problem.field, first_line + offset, problem.key))
         row += 1
+    record_batch = pa.RecordBatch.from_pylist([], schema=schema)
     if good:
-        batch = pajson.read_json(io.BytesIO(b"\n".join(good)), parse_options=options).combine_chunks()
-        record_batch = batch.to_batches()[0] if batch.num_rows else pa.RecordBatch.from_pylist([], schema=schema)
-    else:
-        record_batch = pa.RecordBatch.from_pylist([], schema=schema)
+        table = pajson.read_json(io.BytesIO(b"\n".join(good)), parse_options=options).combine_chunks()
+        record_batch = table.to_batches()[0]
     return SourceBatch(record_batch, np.asarray(rows, dtype=np.int64), failures), row
 
 
-def _json_object(line: bytes) -> dict[str, Any] | None:
-    try:
-        value = json.loads(line)
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def _json_problem(line: bytes, schema: pa.Schema, options: pajson.ParseOptions) -> tuple[str | None, str] | None:
+def _json_problem(
+    line: bytes, schema: pa.Schema, options: pajson.ParseOptions, key: str | None
+) -> RecordFailure | None:
+    """Why one JSON line does not read (row numbers are filled in by the caller)."""
     try:
         value = json.loads(line)
     except ValueError as exc:
-        return None, f"not valid JSON: {exc}"
+        return RecordFailure(None, f"not valid JSON: {exc}")
     if not isinstance(value, dict):
-        return None, f"expected a JSON object, found {type(value).__name__}"
+        return RecordFailure(None, f"expected a JSON object, found {type(value).__name__}")
     try:
         pajson.read_json(io.BytesIO(line), parse_options=options)
     except pa.ArrowInvalid:
+        found_key = value.get(key) if key is not None else None
         for name in schema.names:
-            if name in value and value[name] is not None:
-                try:
-                    pa.array([value[name]], type=schema.field(name).type)
-                except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
-                    return name, f"expected {schema.field(name).type}, found {value[name]!r}"
-        return None, "the record does not fit the columns of the file"
+            if value.get(name) is None:
+                continue
+            target = schema.field(name).type
+            try:
+                pa.array([value[name]], type=target)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
+                message = f"expected {describe_type(target)}, found {value[name]!r}"
+                return RecordFailure(None, message, name, key=found_key)
+        return RecordFailure(None, "the record does not fit the columns of the file", key=found_key)
     return None
 
 

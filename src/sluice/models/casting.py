@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["RowFailures", "cast_column", "parse_numeric"]
+__all__ = ["RowFailures", "cast_column", "describe_type", "parse_numeric"]
 
 _NUMBER = r"^[-+]?((\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|nan|inf|infinity)$"
 
@@ -104,7 +104,7 @@ def cast_column(col: pa.Array, name: str, target: pa.DataType, failures: RowFail
     rows = np.flatnonzero(bad)
     if rows.size:
         found = col.take(pa.array(rows)).to_pylist()
-        failures.add_rows(rows, name, [f"expected {_type_word(target)}, found {v!r}" for v in found])
+        failures.add_rows(rows, name, [f"expected {describe_type(target)}, found {v!r}" for v in found])
     return cast
 
 
@@ -123,7 +123,8 @@ def _cast_each(col: pa.Array, target: pa.DataType, bad: np.ndarray) -> tuple[pa.
     return pa.array(values, type=target), bad
 
 
-def _type_word(t: pa.DataType) -> str:
+def describe_type(t: pa.DataType) -> str:
+    """A type as a user reads it in an error message: 'a number', 'an integer'…"""
     if pa.types.is_floating(t) or pa.types.is_decimal(t):
         return "a number"
     if pa.types.is_integer(t):
