@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import signal
 from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor
@@ -41,7 +42,14 @@ class Predictor:
         self.workers = workers
         self._pool: ProcessPoolExecutor | None = None
         if model.concurrency == "processes":
-            self._pool = ProcessPoolExecutor(max_workers=workers, initializer=_worker_init, initargs=(model.source,))
+            # forkserver: workers fork from a clean single-threaded server, never from this
+            # process, whose reader threads may hold locks that a forked child would inherit.
+            self._pool = ProcessPoolExecutor(
+                max_workers=workers,
+                mp_context=multiprocessing.get_context("forkserver"),
+                initializer=_worker_init,
+                initargs=(model.source,),
+            )
 
     def close(self) -> None:
         if self._pool is not None:
