@@ -183,6 +183,10 @@ def _is_value_type(t: pa.DataType) -> bool:
     return bool(pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)) or pa.types.is_decimal(t)
 
 
+def _is_text(t: pa.DataType) -> bool:
+    return bool(pa.types.is_string(t) or pa.types.is_large_string(t))
+
+
 def _field_type(schema: pa.Schema, name: str, spec: TensorSpec) -> pa.DataType:
     index = schema.get_field_index(name)
     if index < 0:
@@ -198,7 +202,7 @@ def _stack_binding(spec: TensorSpec, names: list[str], schema: pa.Schema) -> Inp
         raise BindError(f"no feature columns given for model input '{spec.name}'")
     for name in names:
         t = _field_type(schema, name, spec)
-        if not (_is_value_type(t) or pa.types.is_string(t) or pa.types.is_large_string(t)):
+        if not (_is_value_type(t) or _is_text(t) or pa.types.is_null(t)):
             raise BindError(
                 f"column '{name}' has type {t}; model input '{spec.name}' takes "
                 f"{spec.dtype.name} values, one per column"
@@ -265,7 +269,10 @@ def _scalar_column(
         if col.null_count:
             failures.add_mask(col.is_null().to_numpy(zero_copy_only=False), name, "missing value")
         return np.asarray(col.to_numpy(zero_copy_only=False), dtype=object)
-    if pa.types.is_string(t) or pa.types.is_large_string(t):
+    if pa.types.is_null(t):
+        failures.add_mask(np.ones(len(col), dtype=bool), name, "missing value")
+        return np.zeros(len(col), dtype=dtype)
+    if _is_text(t):
         col = parse_numeric(col, name, failures, pa.int64() if dtype.kind in "iu" else None)
     elif not _is_value_type(t):
         raise BindError(f"column '{name}' has type {t}; expected {dtype.name} values")
