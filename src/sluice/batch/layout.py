@@ -20,6 +20,9 @@ __all__ = ["OutputLayout"]
 MANIFEST = "_sluice_job.json"
 SUMMARY = "summary.json"
 SUCCESS = "_SUCCESS"
+_LEFTOVER = re.compile(
+    r"^\.(part-\d{5}\.(parquet|csv|jsonl)|errors-\d{5}\.jsonl|summary\.json|_SUCCESS|_sluice_job\.json)\.tmp-[0-9a-f]+$"
+)
 _OWNED = re.compile(r"^(part-\d{5}\.(parquet|csv|jsonl)|errors-\d{5}\.jsonl|summary\.json|_SUCCESS|_sluice_job\.json)$")
 
 
@@ -39,6 +42,8 @@ class OutputLayout:
         fs = self.root.fs
         fs.makedirs(self.root.path, exist_ok=True)
         existing = {p.rsplit("/", 1)[-1] for p in fs.ls(self.root.path, detail=False)}
+        for name in sorted(n for n in existing if _LEFTOVER.match(n)):
+            fs.rm(self.root.child(name).path)  # a temporary file of a run that crashed
         if overwrite:
             for name in sorted(n for n in existing if _OWNED.match(n)):
                 fs.rm(self.root.child(name).path)

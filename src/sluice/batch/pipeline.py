@@ -276,15 +276,15 @@ class Pipeline:
         for row, fld, message in bound.failures:
             errors.append(_error(shard, int(row_numbers[row]), fld, message, batch, row, self._key))
         keep = bound.rows
+        outputs = [(f.name, pa.array([], f.type)) for f in self._output_fields]
         if bound.num_rows:
             result = self.predictor.run(bound.inputs, bound.num_rows, self.stats.latency.record)
             for index, message in result.failed:
                 row = int(keep[index])
                 errors.append(_error(shard, int(row_numbers[row]), None, message, batch, row, self._key))
             keep = keep[result.ok]
-            outputs = self.plan.model.signature.unbind(result.outputs, int(keep.size))
-        else:
-            outputs = [(f.name, pa.array([], f.type)) for f in self._output_fields]
+            if keep.size:
+                outputs = self.plan.model.signature.unbind(result.outputs, int(keep.size))
         passthrough = batch.select(list(self.plan.columns.passthrough))
         if keep.size != batch.num_rows:
             passthrough = passthrough.take(pa.array(keep))

@@ -42,7 +42,9 @@ def _run(action: Callable[[], T]) -> T:
     try:
         return action()
     except SluiceError as exc:
-        _console().print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        from rich.markup import escape
+
+        _console().print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         summary = getattr(exc, "summary", None)
         if summary is not None:
             _render_summary(summary)
@@ -287,15 +289,21 @@ def models_show(
     _console(stderr=False).print(signature_table(loaded))
 
 
-@app.callback()
-def _main(
-    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
-) -> None:
-    if version:
+def _print_version(value: bool) -> None:
+    if value:
         from sluice import __version__
 
         print(__version__)
         raise typer.Exit(0)
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", help="Print the version and exit.", is_eager=True, callback=_print_version)
+    ] = False,
+) -> None:
+    """Batch and real-time inference for ML models over Parquet, CSV and JSON Lines."""
 
 
 def main() -> None:

@@ -51,7 +51,7 @@ def encode_values(col: pa.Array) -> pa.Array:
 
 
 def _encode_list(col: pa.Array) -> pa.Array:
-    if pa.types.is_fixed_size_list(col.type):
+    if not pa.types.is_list(col.type):  # fixed-size and large lists: one offsets layout
         col = pc.cast(col, pa.list_(col.type.value_type))
     flat = col.flatten() if col.null_count == 0 else col.fill_null(pa.scalar([], col.type)).flatten()
     items = encode_values(flat)
@@ -62,6 +62,8 @@ def _encode_list(col: pa.Array) -> pa.Array:
 
 
 def _quote(col: pa.Array) -> pa.Array:
+    if not pa.types.is_string(col.type):  # large_string: the join kernels need one string type
+        col = pc.cast(col, pa.string())
     escaped = pc.replace_substring(col, "\\", "\\\\")
     escaped = pc.replace_substring(escaped, '"', '\\"')
     if pc.any(pc.match_substring_regex(escaped, r"[\x00-\x1f]")).as_py():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -158,6 +159,10 @@ def _read_csv(
             for batch in reader:
                 rows, rejected = numbers.take(batch.num_rows)
                 yield _typed(batch, rows, rejected, schema, raw, key)
+        except pa.ArrowKeyError as exc:
+            found = re.search(r"Column '(.*)' in include_columns", str(exc))
+            missing = f"'{found.group(1)}'" if found else "a needed column"
+            raise DataError(f"{shard.source} has no column {missing} (needed as a feature or to pass through)") from exc
         except pa.ArrowInvalid as exc:
             raise DataError(f"{shard.source} is not a readable CSV file: {exc}") from exc
         rows, rejected = numbers.take(0)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pickle
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ class SklearnModel(Model):
         names = getattr(self.estimator, "feature_names_in_", None)
         self.feature_names = [str(n) for n in names] if names is not None else None
         self._proba = _has_proba(self.estimator)
+        self._frame = _named_frame(self.feature_names) if self.feature_names else (lambda x: x)
         outputs: tuple[TensorSpec, ...]
         if hasattr(self.estimator, "classes_"):
             classes = np.asarray(self.estimator.classes_)
@@ -54,7 +55,7 @@ class SklearnModel(Model):
         return self.feature_names
 
     def predict(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        x = inputs["input"]
+        x = self._frame(inputs["input"])
         try:
             if self._proba:
                 proba = np.asarray(self.estimator.predict_proba(x))
@@ -65,6 +66,15 @@ class SklearnModel(Model):
             raise PredictError(f"{type(self.estimator).__name__}.predict failed: {exc}") from exc
         name = self.signature.outputs[0].name
         return {name: out}
+
+
+def _named_frame(names: list[str]) -> Callable[[np.ndarray], Any]:
+    """Estimators fitted on named columns want them back (else scikit-learn warns per call)."""
+    try:
+        import pandas as pd
+    except ImportError:
+        return lambda x: x
+    return lambda x: pd.DataFrame(x, columns=names, copy=False)
 
 
 def _has_proba(estimator: Any) -> bool:
