@@ -57,7 +57,13 @@ class PipelineStats:
 
 
 class ShardRun:
-    """One shard in flight: its writers, and the results waiting for their turn."""
+    """One shard in flight: its writers, and the results waiting for their turn.
+
+    Results arrive from any worker in any order. Whichever worker finds no write in progress
+    becomes the drainer: it writes every result that is next in order, outside the state
+    lock, so other workers deposit their results and go back to predicting instead of
+    waiting for the file.
+    """
 
     def __init__(self, shard: Shard, pipeline: Pipeline) -> None:
         self.shard = shard
@@ -65,54 +71,80 @@ class ShardRun:
         layout = pipeline.layout
         self.part = PartWriter(layout.part(shard.index), layout.format)
         self.errors = ErrorWriter(layout.errors(shard.index))
-        self.lock = threading.Lock()
+        self.lock = threading.Lock()  # guards the fields below
+        self.io_lock = threading.Lock()  # guards the files
         self.next_seq = 0
         self.total: int | None = None
         self.pending: dict[int, Result] = {}
+        self.draining = False
         self.finished = False
+        self.aborted = False
         self.rows = 0
         self.rows_failed = 0
 
     def deliver(self, result: Result) -> None:
         with self.lock:
             self.pending[result.seq] = result
-            while self.next_seq in self.pending:
-                self._write(self.pending.pop(self.next_seq))
-                self.next_seq += 1
-            self._maybe_finish()
+            if self.draining:
+                return
+            self.draining = True
+        self._drain()
 
     def done_reading(self, total: int) -> None:
         with self.lock:
             self.total = total
-            self._maybe_finish()
+            if self.draining:
+                return
+            self.draining = True
+        self._drain()
+
+    def _drain(self) -> None:
+        while True:
+            with self.lock:
+                result = self.pending.pop(self.next_seq, None)
+                complete = self.total is not None and self.next_seq >= self.total
+                commit = result is None and complete and not self.finished
+                if result is None and not commit:
+                    self.draining = False
+                    return
+                if commit:
+                    self.finished = True
+                else:
+                    self.next_seq += 1
+            with self.io_lock:
+                if result is None:
+                    self._commit()
+                    return
+                self._write(result)
 
     def _write(self, result: Result) -> None:
-        start = time.perf_counter()
-        if result.table.num_rows:
-            self.part.write(result.table)
-        self.errors.write(result.errors)
-        self.pipeline.stats.stages.add("write", time.perf_counter() - start)
-        self.rows += result.table.num_rows
-        self.rows_failed += len(result.errors)
+        if not self.aborted:
+            start = time.perf_counter()
+            if result.table.num_rows:
+                self.part.write(result.table)
+            self.errors.write(result.errors)
+            self.pipeline.stats.stages.add("write", time.perf_counter() - start)
+            self.rows += result.table.num_rows
+            self.rows_failed += len(result.errors)
+            self.pipeline.progress.advance(result.table.num_rows, len(result.errors))
         self.pipeline.slots.release()
-        self.pipeline.progress.advance(result.table.num_rows, len(result.errors))
 
-    def _maybe_finish(self) -> None:
-        if self.finished or self.total is None or self.next_seq < self.total:
-            return
+    def _commit(self) -> None:
         start = time.perf_counter()
         self.errors.commit()
         self.part.commit(self.pipeline.output_schema)
         self.pipeline.stats.stages.add("write", time.perf_counter() - start)
-        self.finished = True
         self.pipeline.shard_finished(self)
 
     def abort(self) -> None:
-        with self.lock:
-            if not self.finished:
-                self.part.abort()
-                self.errors.abort()
-                self.finished = True
+        """Drop an unfinished part: its temporary files go, nothing becomes visible."""
+        with self.io_lock:
+            with self.lock:
+                if self.finished:
+                    return
+                self.finished = self.aborted = True
+            self.part.abort()
+            self.errors.abort()
 
 
 _STOP = object()

@@ -88,7 +88,12 @@ def _read_parquet(shard: Shard, columns: Sequence[str], batch_size: int) -> Iter
     # Decoding in large batches and slicing them (zero-copy) halves the read cost of small
     # batch sizes: per-batch overhead in the Parquet reader is paid once per 64k rows.
     read_size = max(batch_size, _PARQUET_READ_ROWS)
-    for big in pf.iter_batches(batch_size=read_size, row_groups=shard.row_groups, columns=list(columns)):
+    # Several shards are read at once by their own threads, so decoding each one's columns
+    # on Arrow's thread pool too only adds contention on a small machine.
+    batches = pf.iter_batches(
+        batch_size=read_size, row_groups=shard.row_groups, columns=list(columns), use_threads=False
+    )
+    for big in batches:
         for start in range(0, big.num_rows, batch_size):
             batch = big.slice(start, batch_size)
             yield SourceBatch(batch, np.arange(row, row + batch.num_rows))

@@ -253,17 +253,22 @@ def _gather(b: InputBinding, batch: pa.RecordBatch, failures: RowFailures, allow
     dtype = b.spec.dtype
     if not b.stacked:
         return _list_column(b, batch.column(b.columns[0]), failures, allow_nan)
-    out = np.empty((n, len(b.columns)), dtype=dtype)
-    for j, name in enumerate(b.columns):
-        out[:, j] = _scalar_column(name, batch.column(name), dtype, failures, allow_nan)
+    values = [_scalar_column(name, batch.column(name), dtype, failures) for name in b.columns]
+    # One strided copy into the row-major tensor; casting as an assignment would.
+    out = np.stack(values, axis=1, dtype=dtype, casting="unsafe") if n else np.empty((0, len(values)), dtype)
+    if not allow_nan and out.dtype.kind == "f" and np.isnan(out).any():
+        nan = np.isnan(out)
+        for j in np.flatnonzero(nan.any(axis=0)):
+            failures.add_mask(nan[:, j], b.columns[j], _NAN_MESSAGE)
     if len(b.spec.shape) <= 1:
         return out.reshape(n)
     return out.reshape((n, *(d if d >= 0 else -1 for d in b.spec.shape[1:])))
 
 
-def _scalar_column(
-    name: str, col: pa.Array, dtype: np.dtype[np.generic], failures: RowFailures, allow_nan: bool
-) -> np.ndarray:
+_NAN_MESSAGE = "value is NaN and the model does not accept NaN (allow_nan: false)"
+
+
+def _scalar_column(name: str, col: pa.Array, dtype: np.dtype[np.generic], failures: RowFailures) -> np.ndarray:
     t = col.type
     if dtype.kind in "OUS":
         if col.null_count:
@@ -280,10 +285,6 @@ def _scalar_column(
         failures.add_mask(col.is_null().to_numpy(zero_copy_only=False), name, "missing value")
         col = col.fill_null(0)
     values: np.ndarray = col.to_numpy(zero_copy_only=False)
-    if not allow_nan and values.dtype.kind == "f":
-        nan = np.isnan(values)
-        if nan.any():
-            failures.add_mask(nan, name, "value is NaN and the model does not accept NaN (allow_nan: false)")
     return values
 
 
@@ -316,7 +317,7 @@ def _list_column(b: InputBinding, col: pa.Array, failures: RowFailures, allow_na
         if not allow_nan and out.dtype.kind == "f":
             nan = np.asarray(np.isnan(out).any(axis=1))
             if nan.any():
-                failures.add_mask(nan, name, "value is NaN and the model does not accept NaN (allow_nan: false)")
+                failures.add_mask(nan, name, _NAN_MESSAGE)
     return out.reshape((n, *(d if d >= 0 else -1 for d in b.spec.shape[1:])))
 
 
