@@ -180,8 +180,9 @@ class Pipeline:
         self._all_done = threading.Event()
         self._failure: BaseException | None = None
         self.predictor = Predictor(plan.model, workers)
-        self.output_schema = _empty_output_schema(plan)
-        self._output_fields = [f for f in self.output_schema if f.name not in plan.columns.passthrough]
+        self._empty_outputs = _empty_outputs(plan)
+        passthrough = [plan.schema.field(name) for name in plan.columns.passthrough]
+        self.output_schema = pa.schema([*passthrough, *(pa.field(n, a.type) for n, a in self._empty_outputs)])
         self._read_schema = plan.columns.read_schema(plan.schema)
 
     # -- driver ------------------------------------------------------------------------
@@ -308,7 +309,7 @@ class Pipeline:
         for row, fld, message in bound.failures:
             errors.append(_error(shard, int(row_numbers[row]), fld, message, batch, row, self._key))
         keep = bound.rows
-        outputs = [(f.name, pa.array([], f.type)) for f in self._output_fields]
+        outputs = self._empty_outputs
         if bound.num_rows:
             result = self.predictor.run(bound.inputs, bound.num_rows, self.stats.latency.record)
             for index, message in result.failed:
@@ -331,12 +332,13 @@ class Pipeline:
         return self.plan.spec.key_column
 
 
-def _empty_output_schema(plan: JobPlan) -> pa.Schema:
-    fields = [plan.schema.field(name) for name in plan.columns.passthrough]
+def _empty_outputs(plan: JobPlan) -> list[tuple[str, pa.Array]]:
+    """Zero-row output columns, for batches in which no record reached the model."""
+    outputs = []
     for spec in plan.model.signature.outputs:
         probe = np.zeros((0, *(max(d, 1) for d in spec.shape[1:])), dtype=spec.dtype)
-        fields.append(pa.field(spec.name, tensor_to_arrow(spec.name, probe, 0).type))
-    return pa.schema(fields)
+        outputs.append((spec.name, tensor_to_arrow(spec.name, probe, 0)))
+    return outputs
 
 
 def _source_error(shard: Shard, failure: RecordFailure, key: str | None) -> dict[str, Any]:

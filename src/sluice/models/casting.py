@@ -9,14 +9,49 @@ only for the values that failed.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["RowFailures", "cast_column", "describe_type", "parse_numeric"]
+__all__ = ["RowFailures", "array_from_numpy", "cast_column", "describe_type", "numpy_view", "parse_numeric"]
 
 _NUMBER = r"^[-+]?((\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|nan|inf|infinity)$"
+
+
+# Arrow ↔ numpy for primitive numbers, by buffer: zero-copy, and unlike pa.array() and
+# Array.to_numpy() it does not make pyarrow import pandas (0.2 s) on first use.
+_NUMERIC: dict[pa.DataType, np.dtype[Any]] = {
+    pa.int8(): np.dtype("int8"),
+    pa.int16(): np.dtype("int16"),
+    pa.int32(): np.dtype("int32"),
+    pa.int64(): np.dtype("int64"),
+    pa.uint8(): np.dtype("uint8"),
+    pa.uint16(): np.dtype("uint16"),
+    pa.uint32(): np.dtype("uint32"),
+    pa.uint64(): np.dtype("uint64"),
+    pa.float16(): np.dtype("float16"),
+    pa.float32(): np.dtype("float32"),
+    pa.float64(): np.dtype("float64"),
+}
+_ARROW = {dtype: t for t, dtype in _NUMERIC.items()}
+
+
+def numpy_view(col: pa.Array) -> np.ndarray:
+    """The values of an Arrow column as numpy, zero-copy for primitive numbers without nulls."""
+    dtype = _NUMERIC.get(col.type)
+    if dtype is None or col.null_count:
+        return np.asarray(col.to_numpy(zero_copy_only=False))
+    return np.frombuffer(col.buffers()[1], dtype=dtype, count=len(col), offset=col.offset * dtype.itemsize)
+
+
+def array_from_numpy(values: np.ndarray) -> pa.Array:
+    """A 1-D numpy array as an Arrow array, zero-copy for primitive numbers."""
+    arrow_type = _ARROW.get(values.dtype.newbyteorder("=")) if values.dtype.isnative else None
+    if arrow_type is None or not values.flags.c_contiguous:
+        return pa.array(values)
+    return pa.Array.from_buffers(arrow_type, len(values), [None, pa.py_buffer(values)])
 
 
 class RowFailures:

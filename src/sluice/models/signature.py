@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from sluice.errors import BindError, PredictError
-from sluice.models.casting import RowFailures, parse_numeric
+from sluice.models.casting import RowFailures, array_from_numpy, numpy_view, parse_numeric
 
 __all__ = ["BindPlan", "BoundBatch", "FeatureSpec", "InputBinding", "Signature", "TensorSpec"]
 
@@ -284,8 +284,7 @@ def _scalar_column(name: str, col: pa.Array, dtype: np.dtype[np.generic], failur
     if col.null_count:
         failures.add_mask(col.is_null().to_numpy(zero_copy_only=False), name, "missing value")
         col = col.fill_null(0)
-    values: np.ndarray = col.to_numpy(zero_copy_only=False)
-    return values
+    return numpy_view(col)
 
 
 def _list_column(b: InputBinding, col: pa.Array, failures: RowFailures, allow_nan: bool) -> np.ndarray:
@@ -336,10 +335,9 @@ def tensor_to_arrow(name: str, values: np.ndarray, num_rows: int) -> pa.Array:
 
 
 def _array(values: np.ndarray) -> pa.Array:
-    # pa.array(ndarray) is zero-copy for primitive dtypes; passing type= takes a per-value path
     if values.dtype.kind == "O":
         return pa.array(values.tolist(), type=pa.string() if _all_str(values) else None)
-    return pa.array(values)
+    return array_from_numpy(values)
 
 
 def _all_str(values: np.ndarray) -> bool:
