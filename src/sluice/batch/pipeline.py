@@ -20,13 +20,14 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from sluice.batch.layout import OutputLayout
 from sluice.batch.plan import JobPlan
 from sluice.batch.predictor import Predictor
 from sluice.batch.progress import ProgressListener
 from sluice.data.readers import RecordFailure, SourceBatch, read_shard
 from sluice.data.shards import Shard
 from sluice.data.writers import ErrorWriter, PartWriter
-from sluice.errors import Interrupted, SluiceError
+from sluice.errors import Interrupted
 from sluice.metrics import LatencyHistogram, StageTimer
 from sluice.models.signature import tensor_to_arrow
 
@@ -156,7 +157,7 @@ class Pipeline:
     def __init__(
         self,
         plan: JobPlan,
-        layout: Any,
+        layout: OutputLayout,
         shards: list[Shard],
         *,
         workers: int,
@@ -253,8 +254,6 @@ class Pipeline:
         try:
             while (run := self._next_shard()) is not None:
                 self._read(run)
-        except SluiceError as exc:
-            self._fail(exc)
         except Exception as exc:  # noqa: BLE001 - surfaced to the driver, never swallowed
             self._fail(exc)
 
@@ -299,22 +298,17 @@ class Pipeline:
                 return
 
     def _process(self, item: WorkItem) -> Result:
-        source = item.source
-        batch = source.batch
-        shard = item.shard.shard
+        """Bind, predict and unbind one batch; every record ends in the table or in the errors."""
         start = time.perf_counter()
+        batch = item.source.batch
+        failures = list(item.source.failures)
         bound = self.plan.columns.bind.bind(batch)
-        errors = [_source_error(shard, f, self._key) for f in source.failures]
-        row_numbers = source.rows
-        for row, fld, message in bound.failures:
-            errors.append(_error(shard, int(row_numbers[row]), fld, message, batch, row, self._key))
+        failures += [self._failure_at(item, row, fld, message) for row, fld, message in bound.failures]
         keep = bound.rows
         outputs = self._empty_outputs
         if bound.num_rows:
             result = self.predictor.run(bound.inputs, bound.num_rows, self.stats.latency.record)
-            for index, message in result.failed:
-                row = int(keep[index])
-                errors.append(_error(shard, int(row_numbers[row]), None, message, batch, row, self._key))
+            failures += [self._failure_at(item, int(keep[i]), None, message) for i, message in result.failed]
             keep = keep[result.ok]
             if keep.size:
                 outputs = self.plan.model.signature.unbind(result.outputs, int(keep.size))
@@ -323,9 +317,15 @@ class Pipeline:
             passthrough = passthrough.take(pa.array(keep))
         names = [*passthrough.schema.names, *(n for n, _ in outputs)]
         table = pa.Table.from_arrays([*passthrough.columns, *(a for _, a in outputs)], names=names)
+        failures.sort(key=lambda f: (f.row is None, f.row or 0))
+        errors = [_error_record(item.shard.shard, f, self._key is not None) for f in failures]
         self.stats.stages.add("predict", time.perf_counter() - start)
-        errors.sort(key=lambda e: (e["row"] is None, e["row"] or 0))
         return Result(item.seq, table, errors)
+
+    def _failure_at(self, item: WorkItem, row: int, fld: str | None, message: str) -> RecordFailure:
+        """A failure of the batch's ``row``, numbered within its source file, with its key."""
+        key = item.source.batch.column(self._key)[row].as_py() if self._key is not None else None
+        return RecordFailure(int(item.source.rows[row]), message, fld, key=key)
 
     @property
     def _key(self) -> str | None:
@@ -341,23 +341,13 @@ def _empty_outputs(plan: JobPlan) -> list[tuple[str, pa.Array]]:
     return outputs
 
 
-def _source_error(shard: Shard, failure: RecordFailure, key: str | None) -> dict[str, Any]:
+def _error_record(shard: Shard, failure: RecordFailure, with_key: bool) -> dict[str, Any]:
+    """One line of an errors-NNNNN.jsonl file."""
     record: dict[str, Any] = {"source": shard.source, "row": failure.row}
     if failure.line is not None:
         record["line"] = failure.line
-    if key is not None:
+    if with_key:
         record["key"] = failure.key
     record["field"] = failure.field
     record["error"] = failure.message
-    return record
-
-
-def _error(
-    shard: Shard, row: int, fld: str | None, message: str, batch: pa.RecordBatch, index: int, key: str | None
-) -> dict[str, Any]:
-    record: dict[str, Any] = {"source": shard.source, "row": row}
-    if key is not None:
-        record["key"] = batch.column(key)[index].as_py()
-    record["field"] = fld
-    record["error"] = message
     return record
