@@ -75,7 +75,7 @@ def make_demo_model(repository: Path, name: str = "demo", features: int = FEATUR
         raise MissingDependency(exc.name or "scikit-learn", "sklearn", "The demo model") from None
     rng = np.random.default_rng([SEED, 999])
     x = rng.normal(size=(sample, features)).astype(np.float32)
-    logits = x @ _weights(features) + rng.normal(scale=0.5, size=sample)
+    logits = x @ _weights(features) + rng.normal(scale=4.0, size=sample)  # overlapping classes
     y = (logits > 0).astype(np.int64)
     clf = LogisticRegression(max_iter=500).fit(x, y)
     onx = to_onnx(clf, x[:1], options={id(clf): {"zipmap": False}}, target_opset=17)
