@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import multiprocessing
-import signal
 from collections.abc import Callable, Mapping
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from sluice.errors import PredictError
-from sluice.models.base import Model, ModelSource
-from sluice.models.loader import load_source
+from sluice.models.base import Model
+from sluice.models.runner import ModelRunner
 
 __all__ = ["PredictResult", "Predictor"]
 
@@ -39,27 +36,13 @@ class Predictor:
 
     def __init__(self, model: Model, workers: int) -> None:
         self.model = model
-        self.workers = workers
-        self._pool: ProcessPoolExecutor | None = None
-        if model.concurrency == "processes":
-            # forkserver: workers fork from a clean single-threaded server, never from this
-            # process, whose reader threads may hold locks that a forked child would inherit.
-            self._pool = ProcessPoolExecutor(
-                max_workers=workers,
-                mp_context=multiprocessing.get_context("forkserver"),
-                initializer=_worker_init,
-                initargs=(model.source,),
-            )
+        self.runner = ModelRunner(model, workers).start()
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        self.runner.close()
 
     def _call(self, inputs: Mapping[str, np.ndarray]) -> Tensors:
-        if self._pool is None:
-            return self.model.predict_checked(inputs)
-        return self._pool.submit(_worker_predict, dict(inputs)).result()
+        return self.runner.call(inputs)
 
     def run(self, inputs: Tensors, num_rows: int, on_latency: Callable[[float], None]) -> PredictResult:
         import time
@@ -90,18 +73,3 @@ class Predictor:
         outputs = {k: np.concatenate([p.outputs[k] for p in good]) for k in names}
         ok = np.concatenate([p.ok for p in parts])
         return PredictResult(outputs, ok, [f for p in parts for f in p.failed])
-
-
-_WORKER_MODEL: Model | None = None
-
-
-def _worker_init(source: ModelSource) -> None:
-    global _WORKER_MODEL  # noqa: PLW0603 - one model per worker process, loaded once
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and shuts us down
-    _WORKER_MODEL = load_source(source)
-
-
-def _worker_predict(inputs: Tensors) -> Tensors:
-    if _WORKER_MODEL is None:
-        raise PredictError("worker process has no model loaded")
-    return _WORKER_MODEL.predict_checked(inputs)
