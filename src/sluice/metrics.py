@@ -8,10 +8,11 @@ however many samples arrive, and percentiles are within a bucket's width.
 from __future__ import annotations
 
 import math
+import resource
 import threading
 from collections import Counter
 
-__all__ = ["LatencyHistogram", "StageTimer"]
+__all__ = ["LatencyHistogram", "StageTimer", "peak_rss_bytes", "reset_peak_rss"]
 
 _GROWTH = 1.02
 _LOG_GROWTH = math.log(_GROWTH)
@@ -66,3 +67,24 @@ class StageTimer:
     def add(self, stage: str, seconds: float) -> None:
         with self._lock:
             self.seconds[stage] += seconds
+
+
+def reset_peak_rss() -> None:
+    """Start the kernel's peak-RSS mark afresh (Linux), so a peak is a run's, not the process's."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        pass
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident memory of this process since the last :func:`reset_peak_rss`."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

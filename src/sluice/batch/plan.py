@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import pyarrow as pa
 
 from sluice.batch.spec import JobSpec
-from sluice.data.schema import infer_schema
+from sluice.data.schema import feature_read_schema, infer_schema
 from sluice.data.shards import Shard, plan_shards
 from sluice.errors import ConfigError, DataError
 from sluice.models.base import Model
-from sluice.models.loader import load_source, resolve_model
+from sluice.models.loader import load_source, model_digest, resolve_model
 from sluice.models.signature import BindPlan
 
 __all__ = ["ColumnPlan", "JobPlan", "plan_columns", "plan_job"]
@@ -28,11 +27,7 @@ class ColumnPlan:
     raw: tuple[str, ...]  # feature-only columns of text inputs, parsed by the model's dtype
 
     def read_schema(self, schema: pa.Schema) -> pa.Schema:
-        """Types to read text inputs with: integer-looking features widen to float64."""
-        fields = [
-            pa.field(f.name, pa.float64()) if f.name in self.raw and pa.types.is_integer(f.type) else f for f in schema
-        ]
-        return pa.schema(fields)
+        return feature_read_schema(schema, self.raw)
 
 
 @dataclass
@@ -89,17 +84,3 @@ def plan_columns(spec: JobSpec, model: Model, schema: pa.Schema, *, text_input: 
     read = tuple(dict.fromkeys([*passthrough, *bind.columns]))
     raw = tuple(c for c in bind.columns if c not in passthrough) if text_input else ()
     return ColumnPlan(tuple(passthrough), bind, read, raw)
-
-
-def model_digest(model: Model) -> str:
-    """A content hash of the model artifact (or the callable's reference)."""
-    source = model.source
-    digest = hashlib.sha256()
-    if source.format == "python":
-        digest.update(source.location.encode())
-    else:
-        with open(source.location, "rb") as fh:
-            while chunk := fh.read(1 << 20):
-                digest.update(chunk)
-    digest.update(repr(sorted(source.config.model_dump().items())).encode())
-    return digest.hexdigest()[:16]

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
-import resource
 import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import psutil
+
+from sluice.metrics import peak_rss_bytes, reset_peak_rss
 
 __all__ = ["ResourceMonitor", "ResourceUsage", "RunSummary", "cost_per_million"]
 
@@ -43,7 +44,7 @@ class ResourceMonitor:
         self._nvml: Any = None
 
     def start(self) -> None:
-        _reset_peak_rss()
+        reset_peak_rss()
         self._start_wall = time.perf_counter()
         self._start_cpu = _cpu_seconds(self._process)
         self._nvml = _nvml_handles()
@@ -72,7 +73,7 @@ class ResourceMonitor:
             self._thread.join()
         wall = max(time.perf_counter() - self._start_wall, 1e-9)
         cpu = _cpu_seconds(self._process) - self._start_cpu
-        peak_self = _peak_rss()
+        peak_self = peak_rss_bytes()
         gpu = sum(self._gpu_samples) / len(self._gpu_samples) if self._gpu_samples else None
         if self._nvml is not None:
             self._nvml[0].nvmlShutdown()
@@ -81,26 +82,6 @@ class ResourceMonitor:
             cpu_utilization=round(cpu / (wall * (os.cpu_count() or 1)), 3),
             gpu_utilization=None if gpu is None else round(gpu, 3),
         )
-
-
-def _reset_peak_rss() -> None:
-    """Start the kernel's peak-RSS mark afresh, so the peak is this run's, not the process's."""
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-    except OSError:
-        pass
-
-
-def _peak_rss() -> int:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _cpu_seconds(process: psutil.Process) -> float:

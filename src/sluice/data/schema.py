@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 from collections import Counter
+from collections.abc import Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -21,7 +22,7 @@ from sluice.data.readers import TEXT_BLOCK_BYTES, open_stream, read_block
 from sluice.data.shards import Shard, open_parquet
 from sluice.errors import DataError
 
-__all__ = ["infer_schema"]
+__all__ = ["feature_read_schema", "infer_schema"]
 
 # A text column is numeric when at least this share of its sampled values are numbers.
 NUMERIC_SHARE = 0.9
@@ -36,6 +37,15 @@ def infer_schema(shard: Shard) -> pa.Schema:
     if shard.format == "csv":
         return _infer_csv(shard)
     return _infer_jsonl(shard)
+
+
+def feature_read_schema(schema: pa.Schema, raw: Sequence[str]) -> pa.Schema:
+    """Types to read text inputs with: features whose sample looked integral widen to float64,
+    so that a later ``1.5`` is a value, not an error (the model's dtype decides in the end)."""
+    wide = set(raw)
+    return pa.schema(
+        [pa.field(f.name, pa.float64()) if f.name in wide and pa.types.is_integer(f.type) else f for f in schema]
+    )
 
 
 def _infer_csv(shard: Shard) -> pa.Schema:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from sluice.models.repository import (
     is_callable_reference,
 )
 
-__all__ = ["default_repository", "load_model", "load_source", "resolve_model"]
+__all__ = ["default_repository", "load_model", "load_source", "model_digest", "resolve_model"]
 
 
 def default_repository() -> str:
@@ -69,3 +70,17 @@ def load_model(
 ) -> Model:
     """Load a model by reference, e.g. ``load_model("demo@stable", repository="models")``."""
     return load_source(resolve_model(ref, repository, options=options, config=config))
+
+
+def model_digest(model: Model) -> str:
+    """A content hash of the model artifact (or the callable's reference)."""
+    source = model.source
+    digest = hashlib.sha256()
+    if source.format == "python":
+        digest.update(source.location.encode())
+    else:
+        with open(source.location, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
+    digest.update(repr(sorted(source.config.model_dump().items())).encode())
+    return digest.hexdigest()[:16]

@@ -57,6 +57,17 @@ class ModelRunner:
             return self.model.predict_checked(inputs)
         return self._pool.submit(_worker_predict, dict(inputs)).result()
 
+    def worker_memory_bytes(self) -> int:
+        """Resident memory of the worker processes (0 when predict runs in this process)."""
+        if self._pool is None:
+            return 0
+        import psutil
+
+        try:
+            return sum(int(c.memory_info().rss) for c in psutil.Process().children(recursive=True))
+        except psutil.Error:
+            return 0
+
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)

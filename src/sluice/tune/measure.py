@@ -1,0 +1,141 @@
+"""Measuring one set-up of a real model on real rows: throughput, latency, memory.
+
+Each measurement loads the model with the set-up's intra-op thread count (sessions are
+reused between set-ups with the same count), warms up, then has ``workers`` threads call
+``predict`` on batches cut from the sample for at least ``min_seconds``. Memory is the
+growth of the process's peak RSS over the measurement (plus worker processes for Python
+models). Running out of memory or past the time cap is recorded, never fatal.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping
+
+import numpy as np
+
+from sluice.errors import PredictError
+from sluice.metrics import LatencyHistogram, peak_rss_bytes, reset_peak_rss
+from sluice.models.base import Model, ModelSource
+from sluice.models.loader import load_source
+from sluice.models.runner import ModelRunner
+from sluice.tune.profile import Measurement, Setup
+
+__all__ = ["ModelBench"]
+
+_OOM_HINTS = ("alloc", "out of memory", "bad_alloc")
+
+
+class ModelBench:
+    """A ``measure(setup)`` function for the search, over a model and a bound sample."""
+
+    def __init__(
+        self,
+        source: ModelSource,
+        sample: Mapping[str, np.ndarray],
+        *,
+        min_seconds: float = 0.25,
+        min_calls: int = 3,
+        max_batch_seconds: float = 10.0,
+        memory_limit_bytes: int | None = None,
+    ) -> None:
+        self.source = source
+        self.sample = dict(sample)
+        self.sample_rows = int(next(iter(self.sample.values())).shape[0])
+        self.min_seconds = min_seconds
+        self.min_calls = min_calls
+        self.max_batch_seconds = max_batch_seconds
+        self.memory_limit_bytes = memory_limit_bytes
+        self._models: dict[int, Model] = {}
+        self.row_bytes = sum(v[:1].nbytes for v in self.sample.values())
+
+    def close(self) -> None:
+        for model in self._models.values():
+            model.close()
+        self._models.clear()
+
+    def model(self, intra_op_threads: int) -> Model:
+        if intra_op_threads not in self._models:
+            options = self.source.options.model_copy(update={"intra_op_threads": intra_op_threads})
+            self._models[intra_op_threads] = load_source(self.source.with_options(options))
+        return self._models[intra_op_threads]
+
+    def batches(self, size: int, count: int) -> list[dict[str, np.ndarray]]:
+        """``count`` batches of ``size`` rows cut from the sample (repeating it when short)."""
+        out = []
+        for i in range(count):
+            start = (i * size) % self.sample_rows
+            index = np.arange(start, start + size) % self.sample_rows
+            out.append({k: np.ascontiguousarray(v[index]) for k, v in self.sample.items()})
+        return out
+
+    def __call__(self, setup: Setup) -> Measurement:
+        inputs_bytes = self.row_bytes * setup.batch_size * setup.workers
+        if self.memory_limit_bytes is not None and inputs_bytes > self.memory_limit_bytes:
+            return Measurement(setup, "over_memory", note=f"inputs alone need {inputs_bytes:,} bytes")
+        runner = ModelRunner(self.model(setup.intra_op_threads), setup.workers)
+        try:
+            runner.start()
+            return self._measure(runner, setup)
+        except MemoryError:
+            return Measurement(setup, "oom", note="MemoryError")
+        except PredictError as exc:
+            if any(h in str(exc).lower() for h in _OOM_HINTS):
+                return Measurement(setup, "oom", note=str(exc)[:300])
+            return Measurement(setup, "error", note=str(exc)[:300])
+        finally:
+            runner.close()
+
+    def _measure(self, runner: ModelRunner, setup: Setup) -> Measurement:
+        baseline = _rss()
+        reset_peak_rss()
+        batches = self.batches(setup.batch_size, max(2, setup.workers))
+        start = time.perf_counter()
+        for b in batches[: setup.workers]:
+            runner.call(b)  # warm-up: first calls allocate and plan
+        first = (time.perf_counter() - start) / setup.workers
+        if first > self.max_batch_seconds:
+            return Measurement(setup, "timeout", note=f"one batch took {first:.1f} s")
+        latency = LatencyHistogram()
+        rows = [0] * setup.workers
+        errors: list[BaseException] = []
+        deadline = time.perf_counter() + self.min_seconds
+
+        def work(i: int) -> None:
+            calls = 0
+            try:
+                while calls < self.min_calls or time.perf_counter() < deadline:
+                    t = time.perf_counter()
+                    runner.call(batches[(i + calls) % len(batches)])
+                    latency.record(time.perf_counter() - t)
+                    rows[i] += setup.batch_size
+                    calls += 1
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the measuring thread
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(setup.workers)]
+        start = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.perf_counter() - start
+        if errors:
+            raise errors[0]
+        pct = latency.percentiles_ms((50, 99))
+        return Measurement(
+            setup,
+            "ok",
+            rows_per_second=sum(rows) / wall,
+            latency_p50_ms=pct["p50"],
+            latency_p99_ms=pct["p99"],
+            peak_memory_bytes=max(0, peak_rss_bytes() - baseline) + runner.worker_memory_bytes(),
+            batches=latency.count,
+        )
+
+
+def _rss() -> int:
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
