@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,6 +11,16 @@ import numpy as np
 import pytest
 
 from support import FEATURES
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Automatic batch sizes are cached per machine; tests keep theirs out of ~/.cache."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SLUICE_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+    yield
+    mp.undo()
+
 
 # -- models --------------------------------------------------------------------------------
 

@@ -38,7 +38,16 @@ STABLE_KEYS = {
     "gpu_utilization",
     "cost_per_million_usd",
 }
-RUN_KEYS = {"model", "input", "output", "shards", "shards_skipped", "error_files"}
+RUN_KEYS = {
+    "model",
+    "input",
+    "output",
+    "shards",
+    "shards_skipped",
+    "error_files",
+    "batch_size_source",
+    "tuning_seconds",
+}
 
 
 def _inputs(directory: Path, fmt: str) -> list[pa.Table]:
@@ -346,7 +355,7 @@ def test_spec_file_with_unknown_field(tmp_path: Path) -> None:
 def test_invalid_batch_size(tmp_path: Path, models) -> None:
     result = invoke("predict", "-m", models.onnx, "-i", tmp_path, "-o", tmp_path / "out", "--batch-size", "0")
     assert result.exit_code == 2
-    assert "invalid job: batch_size: Input should be greater than or equal to 1" in result.stderr
+    assert "invalid job: batch_size: must be between 1 and 16777216, or 'auto'; found 0" in result.stderr
     assert "Traceback" not in result.output
 
 

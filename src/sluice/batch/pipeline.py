@@ -160,6 +160,7 @@ class Pipeline:
         layout: OutputLayout,
         shards: list[Shard],
         *,
+        batch_size: int,
         workers: int,
         readers: int,
         progress: ProgressListener,
@@ -167,6 +168,7 @@ class Pipeline:
         self.plan = plan
         self.layout = layout
         self.shards = shards
+        self.batch_size = batch_size
         self.workers = workers
         self.readers = max(1, min(readers, len(shards)))
         self.progress = progress
@@ -263,7 +265,7 @@ class Pipeline:
             run.shard,
             columns=cols.read,
             schema=self._read_schema,
-            batch_size=self.plan.spec.batch_size,
+            batch_size=self.batch_size,
             raw_columns=cols.raw,
             key_column=self._key,
         )

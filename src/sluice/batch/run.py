@@ -9,6 +9,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from sluice.batch.autotune import BatchSizeChoice, choose_batch_size
 from sluice.batch.layout import SUMMARY, OutputLayout
 from sluice.batch.pipeline import Pipeline
 from sluice.batch.plan import plan_job
@@ -65,11 +66,15 @@ def run_job(spec: JobSpec, *, progress: ProgressListener | None = None) -> RunSu
     pending = [s for s in plan.shards if s.index not in done]
     estimates = [estimate_rows(s) for s in pending]
     total = None if None in estimates else sum(n for n in estimates if n is not None)
+    batch = BatchSizeChoice(DEFAULT_BATCH_SIZE, "default")
+    if pending:
+        batch = choose_batch_size(spec, model, total, list(plan.columns.passthrough))
     workers = spec.workers or 1
     pipeline = Pipeline(
         plan,
         layout,
         pending,
+        batch_size=batch.batch_size,
         workers=workers,
         readers=spec.readers or min(2, len(pending) or 1),
         progress=progress,
@@ -93,7 +98,9 @@ def run_job(spec: JobSpec, *, progress: ProgressListener | None = None) -> RunSu
         rows_failed=stats.rows_failed,
         seconds=round(seconds, 3),
         rows_per_second=round(rate, 1),
-        batch_size=spec.batch_size,
+        batch_size=batch.batch_size,
+        batch_size_source=batch.source,
+        tuning_seconds=batch.tuning_seconds,
         workers=workers,
         batch_latency_ms=stats.latency.percentiles_ms(),
         stage_busy_fraction={

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sluice.data.location import DataFormat
 from sluice.data.shards import DEFAULT_SHARD_ROWS
@@ -35,7 +35,10 @@ class JobSpec(BaseModel):
     key_column: str | None = None
     include: list[str] | None = None
     exclude: list[str] | None = None
-    batch_size: int = Field(default=DEFAULT_BATCH_SIZE, ge=1, le=1 << 24)
+    batch_size: int | Literal["auto"] = Field(
+        default="auto", description="Rows per model call, or 'auto' to tune it on the first rows."
+    )
+    tune_min_rows: int = Field(default=1 << 18, ge=0, description="Smaller inputs skip auto-tuning.")
     workers: int | None = Field(default=None, ge=1, le=256, description="Predict workers (default: measured).")
     readers: int | None = Field(default=None, ge=1, le=64, description="Shards read at once.")
     intra_op_threads: int | None = Field(default=None, ge=1, le=256)
@@ -46,6 +49,13 @@ class JobSpec(BaseModel):
     overwrite: bool = False
     trust_pickle: bool = False
     trusted_types: list[str] = Field(default_factory=list)
+
+    @field_validator("batch_size")
+    @classmethod
+    def _batch_size(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 1 <= value <= 1 << 24:
+            raise ValueError(f"must be between 1 and {1 << 24}, or 'auto'; found {value}")
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> JobSpec:

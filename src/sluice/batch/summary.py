@@ -119,6 +119,8 @@ class RunSummary:
     seconds: float
     rows_per_second: float
     batch_size: int
+    batch_size_source: str
+    tuning_seconds: float
     workers: int
     batch_latency_ms: dict[str, float | None]
     stage_busy_fraction: dict[str, float]

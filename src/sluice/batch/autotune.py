@@ -1,0 +1,107 @@
+"""``--batch-size auto``: a short tuning pass on the first rows, cached per model and machine.
+
+The pass runs the tuner's search with the job's own worker set-up fixed, so only the batch
+size varies, and stores the answer under (model digest, hardware, worker set-up) in
+``$SLUICE_CACHE_DIR/batch-sizes.json`` (default ``~/.cache/sluice``): the next job with the
+same model on the same machine starts at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from sluice.batch.spec import DEFAULT_BATCH_SIZE, JobSpec
+from sluice.models.base import Model
+from sluice.models.loader import model_digest
+from sluice.tune.api import load_sample
+from sluice.tune.measure import ModelBench
+from sluice.tune.profile import hardware
+from sluice.tune.search import SearchSpace, choose, search
+
+__all__ = ["BatchSizeChoice", "cache_path", "choose_batch_size"]
+
+# Tuning reads this many rows and measures each batch size this long: about 1-2 s in all.
+SAMPLE_ROWS = 1 << 14
+MEASURE_SECONDS = 0.1
+# The tuner times the model alone; the engine adds ~0.3 ms of binding and bookkeeping per
+# batch, which makes batches under ~1k rows slower end to end than the model alone suggests
+# (MLP in bench/: 512 rows is the model's best, 570-640k rows/s end to end vs 730-840k at 1-4k).
+MIN_AUTO_BATCH = 1024
+
+
+@dataclass(frozen=True)
+class BatchSizeChoice:
+    batch_size: int
+    source: Literal["option", "tuned", "cache", "default"]
+    tuning_seconds: float = 0.0
+    note: str = ""
+
+
+def cache_path() -> Path:
+    root = os.environ.get("SLUICE_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "sluice"
+    )
+    return Path(root) / "batch-sizes.json"
+
+
+def choose_batch_size(
+    spec: JobSpec, model: Model, estimated_rows: int | None, not_features: list[str]
+) -> BatchSizeChoice:
+    """The job's batch size: the user's, a cached or freshly tuned one, or the default."""
+    if spec.batch_size != "auto":
+        return BatchSizeChoice(spec.batch_size, "option")
+    if estimated_rows is not None and estimated_rows < spec.tune_min_rows:
+        return BatchSizeChoice(
+            DEFAULT_BATCH_SIZE, "default", note=f"input under {spec.tune_min_rows:,} rows: not worth tuning"
+        )
+    key = _cache_key(model, spec)
+    cached = _read_cache().get(key)
+    if cached is not None:
+        return BatchSizeChoice(int(cached["batch_size"]), "cache")
+    started = time.perf_counter()
+    sample = load_sample(model, spec.input, rows=SAMPLE_ROWS, features=spec.features, not_features=not_features)
+    bench = ModelBench(model.source, sample, min_seconds=MEASURE_SECONDS)
+    space = SearchSpace(
+        ((spec.workers or 1, spec.intra_op_threads or 1),), min_batch=MIN_AUTO_BATCH, start_batch=MIN_AUTO_BATCH
+    )
+    try:
+        choice = choose(search(bench, space))
+    finally:
+        bench.close()
+    seconds = round(time.perf_counter() - started, 3)
+    if choice.measurement is None:
+        return BatchSizeChoice(DEFAULT_BATCH_SIZE, "default", seconds, note=choice.reason)
+    size = choice.measurement.setup.batch_size
+    _write_cache(key, {"batch_size": size, "rows_per_second": round(choice.measurement.rows_per_second)})
+    return BatchSizeChoice(size, "tuned", seconds)
+
+
+def _cache_key(model: Model, spec: JobSpec) -> str:
+    hw = hardware()
+    return "|".join([model_digest(model), hw["cpu"], str(hw["cores"]), f"w{spec.workers}", f"t{spec.intra_op_threads}"])
+
+
+def _read_cache() -> dict[str, Any]:
+    try:
+        data = json.loads(cache_path().read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_cache(key: str, value: dict[str, Any]) -> None:
+    path = cache_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = _read_cache()
+        data[key] = value
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        tmp.replace(path)
+    except OSError:
+        pass  # a cache that cannot be written only costs the next run a tuning pass
