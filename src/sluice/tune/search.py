@@ -120,11 +120,11 @@ class _Search:
                 return best
 
     def run(self) -> list[Measurement]:
-        primary, *others = self.space.thread_setups
-        best = self.climb(self.ladder(primary), primary)
-        for threads in others:
-            if best is None:
-                break
+        best: Measurement | None = None
+        for threads in self.space.thread_setups:
+            if best is None:  # nothing fits yet: search this thread set-up from scratch
+                best = self.climb(self.ladder(threads), threads)
+                continue
             m = self.at(self.setup(best.setup.batch_size, threads))
             if self.better(m, best):
                 best = self.climb(m, threads)
