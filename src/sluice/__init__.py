@@ -29,17 +29,19 @@ _EXPORTS = {
 __all__ = sorted([*_EXPORTS, "__version__"])
 
 if TYPE_CHECKING:  # names for type checkers; at run time __getattr__ imports them lazily
-    from sluice.batch import JobSpec, RunSummary, predict, predict_batches, run_job  # noqa: F401
-    from sluice.errors import SluiceError  # noqa: F401
-    from sluice.models import (  # noqa: F401
-        LoadOptions,
-        Model,
-        ModelConfig,
-        ModelRepository,
-        Signature,
-        TensorSpec,
-        load_model,
-    )
+    from sluice.batch import JobSpec as JobSpec
+    from sluice.batch import RunSummary as RunSummary
+    from sluice.batch import predict as predict
+    from sluice.batch import predict_batches as predict_batches
+    from sluice.batch import run_job as run_job
+    from sluice.errors import SluiceError as SluiceError
+    from sluice.models import LoadOptions as LoadOptions
+    from sluice.models import Model as Model
+    from sluice.models import ModelConfig as ModelConfig
+    from sluice.models import ModelRepository as ModelRepository
+    from sluice.models import Signature as Signature
+    from sluice.models import TensorSpec as TensorSpec
+    from sluice.models import load_model as load_model
 
 
 def __getattr__(name: str) -> Any:

@@ -3,7 +3,7 @@
 from sluice.batch.progress import NullProgress, ProgressListener
 from sluice.batch.run import predict, predict_batches, run_job
 from sluice.batch.spec import DEFAULT_BATCH_SIZE, JobSpec
-from sluice.batch.summary import RunSummary, cost_per_million
+from sluice.batch.summary import RunSummary
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
@@ -11,7 +11,6 @@ __all__ = [
     "NullProgress",
     "ProgressListener",
     "RunSummary",
-    "cost_per_million",
     "predict",
     "predict_batches",
     "run_job",

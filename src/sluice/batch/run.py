@@ -16,12 +16,13 @@ from sluice.batch.plan import plan_job
 from sluice.batch.predictor import Predictor
 from sluice.batch.progress import NullProgress, ProgressListener
 from sluice.batch.spec import DEFAULT_BATCH_SIZE, JobSpec
-from sluice.batch.summary import ResourceMonitor, RunSummary, cost_per_million
+from sluice.batch.summary import ResourceMonitor, RunSummary
 from sluice.data.shards import estimate_rows
 from sluice.errors import ErrorFractionExceeded, PredictError
 from sluice.models.base import Model
 from sluice.models.loader import load_source, resolve_model
 from sluice.models.signature import FeatureSpec
+from sluice.tune.cost import cost_per_million
 
 __all__ = ["default_workers", "predict", "predict_batches", "run_job"]
 

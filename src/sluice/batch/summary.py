@@ -12,14 +12,7 @@ import psutil
 
 from sluice.metrics import peak_rss_bytes, reset_peak_rss
 
-__all__ = ["ResourceMonitor", "ResourceUsage", "RunSummary", "cost_per_million"]
-
-
-def cost_per_million(price_per_hour: float | None, rows_per_second: float) -> float | None:
-    """USD per 1M predictions: price per hour / (rows per second × 3600) × 1e6."""
-    if price_per_hour is None or rows_per_second <= 0:
-        return None
-    return price_per_hour / (rows_per_second * 3600) * 1e6
+__all__ = ["ResourceMonitor", "ResourceUsage", "RunSummary"]
 
 
 @dataclass

@@ -29,13 +29,13 @@ app.add_typer(models_app, name="models")
 T = TypeVar("T")
 
 
-def _console(stderr: bool = True) -> Console:
+def console(stderr: bool = True) -> Console:
     from rich.console import Console
 
     return Console(stderr=stderr)
 
 
-def _run(action: Callable[[], T]) -> T:
+def run_cli(action: Callable[[], T]) -> T:
     """Call the API; translate errors into a message and the error's exit code."""
     from sluice.errors import SluiceError
 
@@ -44,13 +44,13 @@ def _run(action: Callable[[], T]) -> T:
     except SluiceError as exc:
         from rich.markup import escape
 
-        _console().print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        console().print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         summary = getattr(exc, "summary", None)
         if summary is not None:
             _render_summary(summary)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
-        _console().print("[yellow]interrupted[/]")
+        console().print("[yellow]interrupted[/]")
         raise typer.Exit(130) from None
 
 
@@ -193,7 +193,7 @@ def predict(
         "trust_pickle": trust_pickle or None,
         "trusted_types": trust_type or None,
     }
-    summary = _run(lambda: _predict(spec, fields, quiet))
+    summary = run_cli(lambda: _predict(spec, fields, quiet))
     if summary_json:
         import json
 
@@ -215,13 +215,13 @@ def _predict(spec_path: Path | None, fields: dict[str, Any], quiet: bool) -> Run
         if missing:
             raise ConfigError(f"{', '.join(missing)} required (or give them in a --spec file)")
         job = JobSpec.build(**given)
-    return run_job(job, progress=make_progress(_console(), quiet))
+    return run_job(job, progress=make_progress(console(), quiet))
 
 
 def _render_summary(summary: RunSummary) -> None:
     from sluice.cli.render import summary_table
 
-    _console().print(summary_table(summary))
+    console().print(summary_table(summary))
 
 
 @app.command()
@@ -241,12 +241,12 @@ def demo(
     """
     from sluice.demo import prepare_demo
 
-    console = _console()
+    err = console()
     if not quiet:
-        console.print(f"Preparing the demo under {directory.resolve()} …")
-    paths = _run(lambda: prepare_demo(directory, rows=rows, files=files))
+        err.print(f"Preparing the demo under {directory.resolve()} …")
+    paths = run_cli(lambda: prepare_demo(directory, rows=rows, files=files))
     if not quiet:
-        console.print(
+        err.print(
             f"sluice predict --model demo --repository {paths.repository} --input {paths.data} "
             f"--output {paths.output} --key-column id --overwrite",
             style="dim",
@@ -260,7 +260,7 @@ def demo(
         "key_column": "id",
         "overwrite": True,
     }
-    summary = _run(lambda: _predict(None, fields, quiet))
+    summary = run_cli(lambda: _predict(None, fields, quiet))
     if not quiet:
         _render_summary(summary)
 
@@ -272,7 +272,7 @@ def models_list(repository: RepositoryOption = None) -> None:
     from sluice.models import ModelRepository, default_repository
 
     repo = ModelRepository(repository or default_repository())
-    _console(stderr=False).print(_run(lambda: models_table(repo)))
+    console(stderr=False).print(run_cli(lambda: models_table(repo)))
 
 
 @models_app.command("show")
@@ -285,8 +285,8 @@ def models_show(
     from sluice.cli.render import signature_table
     from sluice.models import LoadOptions, load_model
 
-    loaded = _run(lambda: load_model(model, repository, options=LoadOptions(trust_pickle=trust_pickle)))
-    _console(stderr=False).print(signature_table(loaded))
+    loaded = run_cli(lambda: load_model(model, repository, options=LoadOptions(trust_pickle=trust_pickle)))
+    console(stderr=False).print(signature_table(loaded))
 
 
 def _print_version(value: bool) -> None:
@@ -304,6 +304,17 @@ def _main(
     ] = False,
 ) -> None:
     """Batch and real-time inference for ML models over Parquet, CSV and JSON Lines."""
+
+
+def _register() -> None:
+    from sluice.cli.cost_command import cost
+    from sluice.cli.tune_command import tune
+
+    app.command("tune")(tune)
+    app.command("cost")(cost)
+
+
+_register()
 
 
 def main() -> None:
