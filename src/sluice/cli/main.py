@@ -122,7 +122,12 @@ def predict(
         typer.Option(help="Copy every column except these (comma-separated) to the output.", show_default=False),
     ] = None,
     batch_size: Annotated[
-        int | None, typer.Option(help="Rows per model call (default: 4096).", show_default=False)
+        str | None,
+        typer.Option(
+            help="Rows per model call, or 'auto': tune it on the first rows, cached per model and machine "
+            "(default: auto).",
+            show_default=False,
+        ),
     ] = None,
     workers: Annotated[
         int | None,
