@@ -403,3 +403,22 @@ def test_exhaustive_measures_every_thread_set_up_at_every_grid_size() -> None:
     measured = exhaustive(recorder, space)
     assert recorder.calls == [Setup(4), Setup(8), Setup(16), Setup(4, 2, 1), Setup(8, 2, 1), Setup(16, 2, 1)]
     assert [m.setup for m in measured] == recorder.calls
+
+
+def test_a_thread_set_up_with_a_lower_latency_floor_climbs_past_a_binding_budget() -> None:
+    """(2, 1) is faster per row but has a 0.2 ms p99 floor; under a tight budget (1, 2) fits
+    four times larger batches and wins, although it loses at (2, 1)'s best batch size."""
+
+    def fake(s: Setup) -> Measurement:
+        fast = (s.workers, s.intra_op_threads) == (2, 1)
+        rate = (1.0e6 if fast else 0.9e6) * min(s.batch_size, 512) / 512
+        p99 = (0.2 if fast else 0.01) + s.batch_size / (1000 if fast else 2000)
+        return Measurement(s, "ok", rate, p99 / 2, p99)
+
+    space = SearchSpace(thread_setups=((2, 1), (1, 2)))
+    constraints = Constraints(max_latency_ms=0.25)
+    visited = search(fake, space, constraints)
+    chosen = choose(visited, constraints).measurement
+    assert chosen is not None and chosen.setup == Setup(256, 1, 2)
+    assert chosen == choose(exhaustive(fake, space), constraints).measurement
+    assert len(visited) == 9

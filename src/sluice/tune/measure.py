@@ -9,6 +9,9 @@ models). Running out of memory or past the time cap is recorded, never fatal.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import gc
 import threading
 import time
 from collections.abc import Mapping
@@ -36,7 +39,7 @@ class ModelBench:
         sample: Mapping[str, np.ndarray],
         *,
         min_seconds: float = 0.25,
-        min_calls: int = 3,
+        min_calls: int = 8,
         max_batch_seconds: float = 10.0,
         memory_limit_bytes: int | None = None,
     ) -> None:
@@ -47,19 +50,16 @@ class ModelBench:
         self.min_calls = min_calls
         self.max_batch_seconds = max_batch_seconds
         self.memory_limit_bytes = memory_limit_bytes
-        self._models: dict[int, Model] = {}
         self.row_bytes = sum(v[:1].nbytes for v in self.sample.values())
 
     def close(self) -> None:
-        for model in self._models.values():
-            model.close()
-        self._models.clear()
+        """Nothing is held between measurements; kept so callers can use try/finally."""
 
     def model(self, intra_op_threads: int) -> Model:
-        if intra_op_threads not in self._models:
-            options = self.source.options.model_copy(update={"intra_op_threads": intra_op_threads})
-            self._models[intra_op_threads] = load_source(self.source.with_options(options))
-        return self._models[intra_op_threads]
+        """A fresh model for each measurement: memory an earlier set-up left in the runtime's
+        arena would otherwise hide this set-up's growth."""
+        options = self.source.options.model_copy(update={"intra_op_threads": intra_op_threads})
+        return load_source(self.source.with_options(options))
 
     def batches(self, size: int, count: int) -> list[dict[str, np.ndarray]]:
         """``count`` batches of ``size`` rows cut from the sample (repeating it when short)."""
@@ -74,7 +74,8 @@ class ModelBench:
         inputs_bytes = self.row_bytes * setup.batch_size * setup.workers
         if self.memory_limit_bytes is not None and inputs_bytes > self.memory_limit_bytes:
             return Measurement(setup, "over_memory", note=f"inputs alone need {inputs_bytes:,} bytes")
-        runner = ModelRunner(self.model(setup.intra_op_threads), setup.workers)
+        model = self.model(setup.intra_op_threads)
+        runner = ModelRunner(model, setup.workers)
         try:
             runner.start()
             return self._measure(runner, setup)
@@ -86,6 +87,10 @@ class ModelBench:
             return Measurement(setup, "error", note=str(exc)[:300])
         finally:
             runner.close()
+            model.close()
+            del model, runner
+            gc.collect()
+            _trim()
 
     def _measure(self, runner: ModelRunner, setup: Setup) -> Measurement:
         baseline = _rss()
@@ -133,6 +138,12 @@ class ModelBench:
             peak_memory_bytes=max(0, peak_rss_bytes() - baseline) + runner.worker_memory_bytes(),
             batches=latency.count,
         )
+
+
+def _trim() -> None:
+    """Give freed heap memory back to the system (glibc), so the next baseline is honest."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _rss() -> int:

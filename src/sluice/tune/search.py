@@ -7,7 +7,9 @@ The search measures a handful of set-ups instead of the whole grid:
    dip does not end it) or at the first set-up that breaks a constraint or fails;
 2. a hill climb over powers of two around the best batch size (halve, double, repeat while
    it improves), which also walks down below the ladder when a latency budget requires;
-3. every other thread set-up at the best batch size, and a hill climb for any that wins.
+3. every other thread set-up at the best batch size, and a hill climb for any that wins; when
+   the latency budget binds, also for one that loses there but fits, since a set-up with a
+   lower latency floor may fit much larger batches within the budget.
 
 Larger batches never lower latency or memory, so a set-up over a budget or out of memory
 ends growth in that direction. :func:`choose` then takes the highest throughput within the
@@ -78,9 +80,9 @@ class _Search:
     def feasible(self, m: Measurement) -> bool:
         return self.constraints.violation(m) is None
 
-    def better(self, a: Measurement, b: Measurement | None, gain: float = 0.0) -> bool:
+    def better(self, a: Measurement | None, b: Measurement | None, gain: float = 0.0) -> bool:
         """Whether ``a`` beats ``b`` by more than ``gain`` (infeasible never beats feasible)."""
-        if not self.feasible(a):
+        if a is None or not self.feasible(a):
             return False
         return b is None or not self.feasible(b) or a.rows_per_second > b.rows_per_second * (1 + gain)
 
@@ -119,6 +121,10 @@ class _Search:
             if not moved:
                 return best
 
+    def latency_bound(self) -> bool:
+        """Whether some measured set-up ran but broke the latency budget."""
+        return any(self.constraints.violation(m) == "latency" for m in self.done.values())
+
     def run(self) -> list[Measurement]:
         best: Measurement | None = None
         for threads in self.space.thread_setups:
@@ -128,6 +134,11 @@ class _Search:
             m = self.at(self.setup(best.setup.batch_size, threads))
             if self.better(m, best):
                 best = self.climb(m, threads)
+            elif self.latency_bound() and self.feasible(m):
+                # A set-up with a lower latency floor may fit larger batches within the budget
+                # although it loses at this one: let it climb on its own.
+                found = self.climb(m, threads)
+                best = found if self.better(found, best) else best
         return list(self.done.values())
 
 
