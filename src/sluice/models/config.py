@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -57,6 +57,9 @@ class ModelConfig(BaseModel):
         description="Types the skops artifacts may contain that you reviewed and trust.",
     )
     description: str | None = None
+    training: dict[str, Any] | None = Field(
+        default=None, description="How a trained version was made: config, metrics, data fingerprint, strategy."
+    )
 
     @field_validator("labels")
     @classmethod
