@@ -20,6 +20,7 @@ __all__ = [
     "OutputConflict",
     "PredictError",
     "SluiceError",
+    "TrainError",
     "UnsafeModelError",
 ]
 
@@ -95,6 +96,13 @@ class ErrorFractionExceeded(SluiceError):
     def __init__(self, message: str, summary: object = None) -> None:
         super().__init__(message)
         self.summary = summary
+
+
+class TrainError(SluiceError):
+    """Training failed on a rank (an exception there, or the process died)."""
+
+    exit_code = 1
+    http_status = 500
 
 
 class Interrupted(SluiceError):

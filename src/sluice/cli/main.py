@@ -313,10 +313,12 @@ def _main(
 
 def _register() -> None:
     from sluice.cli.cost_command import cost
+    from sluice.cli.train_command import train_app
     from sluice.cli.tune_command import tune
 
     app.command("tune")(tune)
     app.command("cost")(cost)
+    app.add_typer(train_app, name="train")
 
 
 _register()

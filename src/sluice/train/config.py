@@ -43,7 +43,9 @@ class TrainConfig(BaseModel):
     validation_fraction: float = Field(default=0.1, gt=0, lt=1)
     bucket_cap_mb: float = Field(default=25.0, gt=0, description="DDP gradient bucket size.")
     powersgd_rank: int = Field(default=1, ge=1)
-    powersgd_start_iter: int = Field(default=10, ge=1, description="PowerSGD is exact all-reduce before this step.")
+    powersgd_start_iter: int = Field(
+        default=10, ge=2, description="PowerSGD is exact all-reduce before this step (PyTorch needs ≥ 2)."
+    )
     localsgd_period: int = Field(default=4, ge=1, description="Local SGD: average models every H steps.")
     localsgd_start_iter: int = Field(default=10, ge=0, description="Local SGD: plain DDP before this step.")
     backend: Literal["auto", "gloo", "nccl"] = "auto"
