@@ -5,8 +5,9 @@ Importing ``sluice`` is cheap: the public names below load their modules on firs
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from sluice._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -44,10 +45,4 @@ if TYPE_CHECKING:  # names for type checkers; at run time __getattr__ imports th
     from sluice.models import load_model as load_model
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'sluice' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
+from sluice.cli.options import RepositoryOption, given_fields, split_csv
+
 if TYPE_CHECKING:
     from rich.console import Console
 
@@ -52,23 +54,6 @@ def run_cli(action: Callable[[], T]) -> T:
     except KeyboardInterrupt:
         console().print("[yellow]interrupted[/]")
         raise typer.Exit(130) from None
-
-
-def _split(value: str | None) -> list[str] | None:
-    if value is None:
-        return None
-    return [part.strip() for part in value.split(",") if part.strip()]
-
-
-RepositoryOption = Annotated[
-    str | None,
-    typer.Option(
-        "--repository",
-        "-r",
-        help="Model repository directory (default: $SLUICE_REPOSITORY, else ./models).",
-        show_default=False,
-    ),
-]
 
 
 @app.command()
@@ -183,10 +168,10 @@ def predict(
         "repository": repository,
         "input_format": input_format,
         "output_format": output_format,
-        "features": _split(features),
+        "features": split_csv(features),
         "key_column": key_column,
-        "include": _split(include),
-        "exclude": _split(exclude),
+        "include": split_csv(include),
+        "exclude": split_csv(exclude),
         "batch_size": batch_size,
         "workers": workers,
         "readers": readers,
@@ -210,16 +195,9 @@ def predict(
 def _predict(spec_path: Path | None, fields: dict[str, Any], quiet: bool) -> RunSummary:
     from sluice.batch import JobSpec, run_job
     from sluice.cli.progress import make_progress
-    from sluice.errors import ConfigError
 
-    given = {k: v for k, v in fields.items() if v is not None}
-    if spec_path is not None:
-        job = JobSpec.from_file(spec_path, **given)
-    else:
-        missing = [f"--{k}" for k in ("model", "input", "output") if k not in given]
-        if missing:
-            raise ConfigError(f"{', '.join(missing)} required (or give them in a --spec file)")
-        job = JobSpec.build(**given)
+    given = given_fields(fields, ("model", "input", "output"), from_file=spec_path is not None, file_flag="--spec")
+    job = JobSpec.from_file(spec_path, **given) if spec_path is not None else JobSpec.build(**given)
     return run_job(job, progress=make_progress(console(), quiet))
 
 

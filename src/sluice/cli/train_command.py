@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from sluice.cli.options import RepositoryOption, given_fields, split_csv
 from sluice.train.plan_command import plan
 
 if TYPE_CHECKING:
@@ -21,10 +22,6 @@ train_app = typer.Typer(
 train_app.command("plan")(plan)
 
 
-def _split(value: str | None) -> list[str] | None:
-    return [v.strip() for v in value.split(",") if v.strip()] if value else None
-
-
 @train_app.callback(invoke_without_command=True)
 def train(
     ctx: typer.Context,
@@ -37,15 +34,7 @@ def train(
     model_name: Annotated[
         str | None, typer.Option(help="Model to publish a new version of.", show_default=False)
     ] = None,
-    repository: Annotated[
-        str | None,
-        typer.Option(
-            "--repository",
-            "-r",
-            help="Model repository (default: $SLUICE_REPOSITORY, else ./models).",
-            show_default=False,
-        ),
-    ] = None,
+    repository: RepositoryOption = None,
     config: Annotated[
         Path | None, typer.Option(help="Training config (YAML/JSON); flags override its fields.", show_default=False)
     ] = None,
@@ -123,12 +112,12 @@ def train(
 
     fields: dict[str, Any] = {
         "data": data, "target": target, "model_name": model_name, "repository": repository,
-        "features": _split(features), "exclude": _split(exclude), "nproc": nproc, "strategy": strategy,
+        "features": split_csv(features), "exclude": split_csv(exclude), "nproc": nproc, "strategy": strategy,
         "epochs": epochs, "global_batch_size": global_batch_size, "grad_accumulation": grad_accumulation,
         "lr": lr, "seed": seed, "bucket_cap_mb": bucket_cap_mb, "powersgd_rank": powersgd_rank,
         "powersgd_start_iter": powersgd_start_iter, "localsgd_period": localsgd_period,
         "resume": resume or None, "checkpoint_dir": checkpoint_dir,
-        "hidden": [int(h) for h in _split(hidden) or []] or None,
+        "hidden": [int(h) for h in split_csv(hidden) or []] or None,
     }  # fmt: skip
     result, version = run_cli(lambda: _train(config, fields, not no_publish))
     out = console(stderr=False)
@@ -146,18 +135,12 @@ def train(
 
 
 def _train(config_path: Path | None, fields: dict[str, Any], publish: bool) -> tuple[TrainResult, int | None]:
-    from sluice.errors import ConfigError
     from sluice.train import TrainConfig, train
     from sluice.train.publish import publish_result
 
-    given = {k: v for k, v in fields.items() if v is not None}
-    if config_path is not None:
-        cfg = TrainConfig.from_file(config_path, **given)
-    else:
-        missing = [f"--{k.replace('_', '-')}" for k in ("data", "target", "model_name") if k not in given]
-        if missing:
-            raise ConfigError(f"{', '.join(missing)} required (or give them in a --config file)")
-        cfg = TrainConfig.build(**given)
+    required = ("data", "target", "model_name")
+    given = given_fields(fields, required, from_file=config_path is not None, file_flag="--config")
+    cfg = TrainConfig.from_file(config_path, **given) if config_path is not None else TrainConfig.build(**given)
     from sluice.cli.train_progress import TrainProgress
 
     with TrainProgress() as progress:

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from sluice.cli.options import RepositoryOption
+
 if TYPE_CHECKING:
     from rich.table import Table
 
@@ -21,15 +23,7 @@ def tune(
     input_: Annotated[
         str, typer.Option("--input", "-i", help="Sample data (file, directory, glob or URI); its first rows are used.")
     ],
-    repository: Annotated[
-        str | None,
-        typer.Option(
-            "--repository",
-            "-r",
-            help="Model repository (default: $SLUICE_REPOSITORY, else ./models).",
-            show_default=False,
-        ),
-    ] = None,
+    repository: RepositoryOption = None,
     features: Annotated[str | None, typer.Option(help="Comma-separated feature columns.", show_default=False)] = None,
     key_column: Annotated[
         str | None, typer.Option(help="An identifier column, never taken as a feature.", show_default=False)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from sluice._lazy import lazy_exports
 
 _LAZY = {
     "Strategy": "sluice.train.config",
@@ -41,7 +42,4 @@ if TYPE_CHECKING:
     from sluice.train.launch import train as train
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'sluice.train' has no attribute '{name}'")
+__getattr__ = lazy_exports(__name__, _LAZY)

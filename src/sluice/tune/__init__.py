@@ -5,8 +5,9 @@ Names load their modules on first use, so ``sluice cost`` does not pay for the t
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from sluice._lazy import lazy_exports
 
 _EXPORTS = {
     "load_sample": "sluice.tune.api",
@@ -44,10 +45,4 @@ if TYPE_CHECKING:  # names for type checkers; at run time __getattr__ imports th
     from sluice.tune.search import search as search
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'sluice.tune' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _EXPORTS)
