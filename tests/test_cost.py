@@ -326,7 +326,7 @@ def test_cli_profile_json(tmp_path: Path) -> None:
         "rows_per_second": 500_000,
         "cores": 2,
         "gpus": 0,
-        "source": f"{tune}: batch 4096 × 2 worker(s) × 1 thread(s)",
+        "source": f"{tune}: batch 4096 × 2 worker(s) × 1 thread(s), the model alone, without reading and writing data",
     }
     assert plan["cheapest"] == "c7i.xlarge"
     assert plan["notes"] == []

@@ -233,7 +233,9 @@ class Throughput:
         measured_cores = cores if cores is not None else profile.hardware.get("cores")
         if not isinstance(measured_cores, int):
             raise ConfigError(f"{origin}: hardware.cores is missing; pass --cores")
-        return cls(chosen.rows_per_second, measured_cores, gpus, f"{origin}: {chosen.setup.describe()}")
+        # A profile times the model alone; a whole job also reads and writes (see docs/cost.md).
+        origin = f"{origin}: {chosen.setup.describe()}, the model alone, without reading and writing data"
+        return cls(chosen.rows_per_second, measured_cores, gpus, origin)
 
     @classmethod
     def from_summary(cls, summary: Mapping[str, Any], origin: str, cores: int, gpus: int = 0) -> Throughput:
