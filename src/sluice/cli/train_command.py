@@ -122,6 +122,12 @@ def train(
     result, version = run_cli(lambda: _train(config, fields, not no_publish))
     out = console(stderr=False)
     out.print(epochs_table(result))
+    if result.dropped_rows:
+        out.print(
+            f"[yellow]{result.dropped_rows:,} rows left out:[/] a missing or non-finite feature or target, "
+            "or a record that could not be read",
+            highlight=False,
+        )
     if version is not None:
         out.print(
             f"published [bold]{result.config.model_name}@{version}[/] "

@@ -54,6 +54,7 @@ def publish_result(result: TrainResult, repository: str | None = None) -> int:
         "data_fingerprint": data_fingerprint(config.data),
         "train_rows": result.train_rows,
         "validation_rows": result.validation_rows,
+        "dropped_rows": result.dropped_rows,
         "metrics": {
             result.metric_name: result.validation_metric,
             "validation_loss": result.validation_loss,
