@@ -18,7 +18,10 @@ __all__ = [
     "ModelLoadError",
     "ModelNotFound",
     "OutputConflict",
+    "Overloaded",
     "PredictError",
+    "ProtocolError",
+    "RequestTimeout",
     "SluiceError",
     "TrainError",
     "UnsafeModelError",
@@ -103,6 +106,33 @@ class TrainError(SluiceError):
 
     exit_code = 1
     http_status = 500
+
+
+class ProtocolError(SluiceError):
+    """A request breaks the protocol or the model's signature (HTTP 400)."""
+
+    http_status = 400
+
+
+class Overloaded(SluiceError):
+    """The server cannot take the request now; retry after ``retry_after_s`` seconds.
+
+    The HTTP edge answers 503 with ``Retry-After: ceil(retry_after_s)`` (at least 1).
+    """
+
+    exit_code = 1
+    http_status = 503
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class RequestTimeout(SluiceError):
+    """The request's own timeout passed before its result was ready (HTTP 504)."""
+
+    exit_code = 1
+    http_status = 504
 
 
 class Interrupted(SluiceError):

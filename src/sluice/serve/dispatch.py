@@ -1,0 +1,212 @@
+"""The asyncio driver of one model version's :class:`~sluice.serve.batcher.Batcher`.
+
+One :class:`asyncio.Future` per request; one dispatcher task that sleeps on an
+:class:`asyncio.Event` until a request arrives or the batcher's next deadline passes (no
+polling), closes a batch, runs ``predict`` on the concatenated inputs in a worker thread,
+checks that every output has as many rows as the inputs, and scatters row slices back to
+each waiter. If ``predict`` raises or returns the wrong number of rows, every waiter of that
+batch gets the same :class:`~sluice.errors.PredictError`; nobody hangs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from sluice.errors import DataError, Overloaded, PredictError, RequestTimeout, SluiceError
+from sluice.metrics import LatencyHistogram
+from sluice.serve.batcher import Batch, Batcher, PendingRequest
+from sluice.serve.policy import BatchPolicy
+
+__all__ = ["DispatchMetrics", "Dispatcher", "PredictFn"]
+
+Arrays = dict[str, np.ndarray]
+PredictFn = Callable[[Arrays], Mapping[str, np.ndarray]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    inputs: Arrays
+    future: asyncio.Future[Arrays]
+
+
+@dataclass
+class DispatchMetrics:
+    """Seconds per request (queue, compute, total) and rows per batch (in the ``batch_rows``
+    histogram, whose 'seconds' are rows)."""
+
+    queue: LatencyHistogram = field(default_factory=LatencyHistogram)
+    compute: LatencyHistogram = field(default_factory=LatencyHistogram)
+    total: LatencyHistogram = field(default_factory=LatencyHistogram)
+    batch_rows: LatencyHistogram = field(default_factory=LatencyHistogram)
+    shed: int = 0
+    timed_out: int = 0
+    failed_batches: int = 0
+
+
+class Dispatcher:
+    """Batches :meth:`submit` calls for ``predict`` under ``policy``; see the module docstring."""
+
+    def __init__(
+        self,
+        predict: PredictFn,
+        policy: BatchPolicy,
+        *,
+        max_queue_rows: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._predict = predict
+        self._clock = clock
+        self.batcher: Batcher[_Job] = Batcher(policy, max_queue_rows=max_queue_rows)
+        self.metrics = DispatchMetrics()
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._closing = False
+        self._row_shapes: dict[str, tuple[int, ...]] | None = None
+
+    def start(self) -> None:
+        """Start the dispatcher task on the running loop (:meth:`submit` does it if needed)."""
+        if self._task is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sluice-predict")
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def submit(self, inputs: Mapping[str, np.ndarray], rows: int, timeout_s: float | None = None) -> Arrays:
+        """Queue ``rows`` rows and return this request's slice of the outputs.
+
+        Raises :class:`Overloaded` (503) at once when shed, :class:`RequestTimeout` (504)
+        when ``timeout_s`` passes first, :class:`~sluice.errors.PredictError` when the batch fails.
+        """
+        if self._closing:
+            raise Overloaded("the server is shutting down", retry_after_s=1.0)
+        arrays = self._check_inputs(inputs, rows)
+        self.start()
+        future: asyncio.Future[Arrays] = asyncio.get_running_loop().create_future()
+        try:
+            request = self.batcher.add(_Job(arrays, future), rows, self._clock(), timeout_s)
+        except Overloaded:
+            self.metrics.shed += 1
+            raise
+        self._wakeup.set()
+        if request.deadline_s is None:
+            return await future
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), max(0.0, request.deadline_s - self._clock()))
+        except TimeoutError:
+            self.metrics.timed_out += 1
+            waited_ms = (request.deadline_s - request.arrival_s) * 1000
+            raise RequestTimeout(f"no result within the request's timeout of {waited_ms:.0f} ms") from None
+        finally:  # a waiter that gave up (timeout or cancelled) leaves a future nobody reads
+            future.cancel()
+
+    def _check_inputs(self, inputs: Mapping[str, np.ndarray], rows: int) -> Arrays:
+        # requests of one batch are concatenated, so they must agree on names and row shapes
+        arrays = {name: np.asarray(value) for name, value in inputs.items()}
+        for name, array in arrays.items():
+            if array.ndim == 0 or array.shape[0] != rows:
+                raise DataError(f"input '{name}' has shape {array.shape}; expected {rows} rows")
+        shapes = {name: array.shape[1:] for name, array in arrays.items()}
+        if self._row_shapes is None:
+            self._row_shapes = shapes
+        if shapes != self._row_shapes:
+            raise DataError(f"inputs must have row shapes {self._row_shapes}, got {shapes}")
+        return arrays
+
+    async def close(self) -> None:
+        """Stop admitting, run every queued request to completion, stop the task."""
+        self._closing = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                now = self._clock()
+                for request in self.batcher.pop_expired(now):
+                    _fail(request, RequestTimeout("the request's timeout passed while it was queued"))
+                batch = self.batcher.next_batch(now, drain=self._closing)
+                if batch is not None:
+                    await self._execute(batch)
+                elif self._closing and not len(self.batcher):
+                    return
+                else:
+                    await self._sleep_until(self.batcher.next_deadline(now), now)
+        finally:  # a bug here must not leave waiters hanging
+            for request in self.batcher.remove_all():
+                _fail(request, Overloaded("the dispatcher stopped", retry_after_s=1.0))
+
+    async def _sleep_until(self, deadline_s: float | None, now: float) -> None:
+        self._wakeup.clear()
+        timeout_s = None if deadline_s is None else max(0.0, deadline_s - now)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wakeup.wait(), timeout_s)
+
+    async def _execute(self, batch: Batch[_Job]) -> None:
+        jobs = [request.payload for request in batch.requests]
+        started_s = self._clock()
+        for request in batch.requests:
+            self.metrics.queue.record(started_s - request.arrival_s)
+        self.metrics.batch_rows.record(batch.rows)
+        names = list(jobs[0].inputs)
+        inputs = {name: np.concatenate([job.inputs[name] for job in jobs]) for name in names}
+        loop = asyncio.get_running_loop()
+        try:
+            outputs = await loop.run_in_executor(self._executor, self._predict, inputs)
+            checked = _check_outputs(outputs, batch)
+        except Exception as exc:  # noqa: BLE001 — user model code; every waiter gets one typed error
+            error = exc if isinstance(exc, PredictError) else _predict_failed(exc, batch)
+            self.metrics.failed_batches += 1
+            self.batcher.batch_done(batch, None)
+            for request in batch.requests:
+                _fail(request, error)
+            return
+        compute_s = self._clock() - started_s
+        self.metrics.compute.record(compute_s)
+        self.batcher.batch_done(batch, compute_s)
+        offset = 0
+        done_s = self._clock()
+        for request in batch.requests:
+            part = {name: array[offset : offset + request.rows] for name, array in checked.items()}
+            offset += request.rows
+            if not request.payload.future.done():
+                request.payload.future.set_result(part)
+            self.metrics.total.record(done_s - request.arrival_s)
+
+
+def _predict_failed(exc: Exception, batch: Batch[_Job]) -> PredictError:
+    error = PredictError(
+        f"predict failed on a batch of {batch.rows} rows from {len(batch.requests)} requests: "
+        f"{type(exc).__name__}: {exc}"
+    )
+    error.__cause__ = exc
+    return error
+
+
+def _check_outputs(outputs: object, batch: Batch[_Job]) -> Arrays:
+    if not isinstance(outputs, Mapping):
+        raise PredictError(f"predict must return a dict of arrays, got {type(outputs).__name__}")
+    checked: Arrays = {}
+    for name, value in outputs.items():
+        array = np.asarray(value)
+        found = array.shape[0] if array.ndim else 0
+        if found != batch.rows:
+            raise PredictError(
+                f"predict returned {found} rows for output '{name}' but the batch had {batch.rows} "
+                f"input rows from {len(batch.requests)} requests; every request in the batch fails"
+            )
+        checked[str(name)] = array
+    return checked
+
+
+def _fail(request: PendingRequest[_Job], error: SluiceError) -> None:
+    if not request.payload.future.done():
+        request.payload.future.set_exception(error)

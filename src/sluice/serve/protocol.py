@@ -1,0 +1,477 @@
+"""The Open Inference Protocol (KServe v2) on the wire, framework-free.
+
+:func:`decode_request` turns an inference request body (JSON, or a JSON header followed by
+binary tensor data) into checked numpy tensors; :func:`encode_response` turns model outputs
+into a response body and its headers. The metadata helpers build the JSON documents of
+``GET /v2``, ``GET /v2/models/{m}`` and Triton's ``GET /v2/models/{m}/config``. Error
+messages follow Triton's wording, so clients and their users see what they would see there.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+import numpy as np
+
+from sluice.errors import ConfigError, PredictError, ProtocolError
+from sluice.models.signature import Signature, TensorSpec
+from sluice.serve.binary import MalformedBytes, deserialize_bytes, serialize_bytes, tensor_bytes, tensor_from_bytes
+
+__all__ = [
+    "DATATYPES",
+    "HEADER_LENGTH",
+    "InferRequest",
+    "RequestedOutput",
+    "config_datatype",
+    "datatype_of",
+    "decode_request",
+    "encode_response",
+    "error_body",
+    "numpy_dtype",
+]
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+
+DATATYPES: dict[str, np.dtype[np.generic]] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+    "BYTES": np.dtype(object),
+}
+"""Every Open Inference Protocol datatype Sluice carries, with the numpy dtype it decodes to."""
+
+_BY_DTYPE = {dtype: name for name, dtype in DATATYPES.items()}
+# JSON value kinds (numpy's, after np.asarray) each datatype accepts; ints widen to floats.
+_JSON_KINDS = {"b": "b", "u": "iu", "i": "iu", "f": "iuf"}
+
+
+@dataclass(frozen=True)
+class RequestedOutput:
+    """One output a request asks for; ``binary_data`` ``None`` means the request's default."""
+
+    name: str
+    binary_data: bool | None = None
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    """A decoded, validated inference request."""
+
+    id: str | None
+    inputs: dict[str, np.ndarray]
+    outputs: tuple[RequestedOutput, ...]  # empty: every output
+    parameters: dict[str, Any]
+    timeout_us: int | None = None
+
+    @property
+    def binary_data_output(self) -> bool:
+        """Whether outputs without their own ``binary_data`` flag go back as binary data."""
+        return bool(self.parameters.get("binary_data_output", False))
+
+    @property
+    def batch_size(self) -> int:
+        """Rows in the request (the first dimension of its inputs; 0 without inputs)."""
+        first = next(iter(self.inputs.values()), None)
+        return int(first.shape[0]) if first is not None and first.ndim else 0
+
+
+# -- datatypes ---------------------------------------------------------------------------------
+
+
+def datatype_of(dtype: np.dtype[Any]) -> str:
+    """The protocol datatype of a numpy dtype (strings and objects are ``BYTES``)."""
+    if dtype.kind in "OUS":
+        return "BYTES"
+    name = _BY_DTYPE.get(dtype.newbyteorder("=")) if dtype.kind in "biuf" else None
+    if name is None:
+        raise ConfigError(f"dtype {dtype} has no Open Inference Protocol datatype; use one of {_names()}")
+    return name
+
+
+def numpy_dtype(datatype: str) -> np.dtype[np.generic]:
+    """The numpy dtype a protocol datatype decodes to (``object`` for ``BYTES``)."""
+    try:
+        return DATATYPES[datatype]
+    except KeyError:
+        raise ProtocolError(f"invalid datatype '{datatype}'; expected one of {_names()}") from None
+
+
+def config_datatype(datatype: str) -> str:
+    """Triton's model-configuration name of a protocol datatype: ``FP32`` → ``TYPE_FP32``."""
+    numpy_dtype(datatype)
+    return "TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}"
+
+
+def _names() -> str:
+    return ", ".join(DATATYPES)
+
+
+def _dims(shape: Iterable[int]) -> str:
+    return "[" + ",".join(str(d) for d in shape) + "]"
+
+
+# -- requests ----------------------------------------------------------------------------------
+
+
+def decode_request(
+    body: bytes,
+    header_length: int | None,
+    signature: Signature,
+    *,
+    model_name: str = "model",
+    max_batch_size: int | None = None,
+) -> InferRequest:
+    """Decode and validate one inference request against ``signature``.
+
+    ``header_length`` is the ``Inference-Header-Content-Length`` header: the length of the
+    JSON part, binary tensor data following it; ``None`` when the body is all JSON. Inputs
+    carrying ``parameters.binary_data_size`` take that many bytes of binary data, in order.
+    Binary tensors are read-only views of ``body``. Every problem raises :class:`ProtocolError`.
+    """
+    header, blobs = _split_body(body, header_length)
+    document = _parse_json(header)
+    raw_inputs = _list_field(document, "inputs")
+    inputs: dict[str, np.ndarray] = {}
+    offset = 0
+    for raw in raw_inputs:
+        name, datatype, shape, parameters = _input_header(raw)
+        spec = _input_spec(signature, name, datatype, shape, model_name)
+        size = parameters.get("binary_data_size")
+        if size is None:
+            if "data" not in raw:
+                raise ProtocolError(f"input '{name}' has neither 'data' nor a binary_data_size parameter")
+            inputs[name] = _from_json(name, datatype, raw["data"], shape)
+        else:
+            if not _is_count(size):
+                raise ProtocolError(f"input '{name}': binary_data_size must be a non-negative integer, got {size!r}")
+            if offset + size > len(blobs):
+                raise ProtocolError(
+                    f"input '{name}' takes {size} bytes of binary data "
+                    f"but only {len(blobs) - offset} remain in the body"
+                )
+            inputs[name] = _from_binary(name, datatype, blobs[offset : offset + size], shape, model_name)
+            offset += size
+        inputs[name] = _fit_shape(spec, inputs[name])
+    if offset != len(blobs):
+        raise ProtocolError(f"unexpected additional input data for model '{model_name}'")
+    _check_complete(signature, inputs, model_name)
+    _check_batch(inputs, model_name, max_batch_size)
+    parameters = _parameters(document)
+    return InferRequest(
+        id=_request_id(document),
+        inputs=inputs,
+        outputs=_requested_outputs(document, signature, model_name),
+        parameters=parameters,
+        timeout_us=_timeout(parameters),
+    )
+
+
+def _split_body(body: bytes, header_length: int | None) -> tuple[memoryview, memoryview]:
+    view = memoryview(body)
+    if header_length is None:
+        return view, view[len(view) :]
+    if not 0 < header_length <= len(view):
+        raise ProtocolError(
+            f"{HEADER_LENGTH} is {header_length}, which does not fit a request body of {len(view)} bytes"
+        )
+    return view[:header_length], view[header_length:]
+
+
+def _parse_json(header: memoryview) -> dict[str, Any]:
+    try:
+        document = json.loads(bytes(header))
+    except json.JSONDecodeError as exc:
+        raise ProtocolError(f"failed to parse the request JSON buffer: {exc.msg} at {exc.pos}") from None
+    except UnicodeDecodeError:
+        raise ProtocolError("failed to parse the request JSON buffer: it is not UTF-8") from None
+    if not isinstance(document, dict):
+        raise ProtocolError("the request JSON must be an object")
+    return document
+
+
+def _list_field(document: Mapping[str, Any], key: str) -> list[Any]:
+    value = document.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise ProtocolError(f"'{key}' must be a list of objects")
+    return value
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _input_header(raw: Mapping[str, Any]) -> tuple[str, str, tuple[int, ...], Mapping[str, Any]]:
+    name = raw.get("name")
+    if not isinstance(name, str):
+        raise ProtocolError("every input needs a string 'name'")
+    datatype = raw.get("datatype")
+    if not isinstance(datatype, str):
+        raise ProtocolError(f"input '{name}' needs a string 'datatype'")
+    shape = raw.get("shape")
+    if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+        raise ProtocolError(f"input '{name}' needs a 'shape': a list of non-negative integers, got {shape!r}")
+    parameters = raw.get("parameters", {})
+    if not isinstance(parameters, dict):
+        raise ProtocolError(f"input '{name}': 'parameters' must be an object")
+    return name, datatype, tuple(shape), parameters
+
+
+def _input_spec(signature: Signature, name: str, datatype: str, shape: tuple[int, ...], model_name: str) -> TensorSpec:
+    spec = next((s for s in signature.inputs if s.name == name), None)
+    if spec is None:
+        raise ProtocolError(f"unexpected inference input '{name}' for model '{model_name}'")
+    expected = datatype_of(spec.dtype)
+    if datatype != expected:
+        raise ProtocolError(
+            f"inference input '{name}' data-type is '{datatype}', but model '{model_name}' expects '{expected}'"
+        )
+    if not _shape_fits(spec.shape, shape):
+        raise ProtocolError(
+            f"unexpected shape for input '{name}' for model '{model_name}'. "
+            f"Expected {_dims(spec.shape)}, got {_dims(shape)}"
+        )
+    return spec
+
+
+def _shape_fits(model: tuple[int, ...], request: tuple[int, ...]) -> bool:
+    # A 1-D batched tensor is configured as dims [1] reshaped to [] (as Triton does), so
+    # clients that follow the configuration send [batch, 1]: accept that too.
+    if len(model) == 1 and len(request) == 2 and request[1] == 1:
+        request = request[:1]
+    return len(model) == len(request) and all(m < 0 or m == r for m, r in zip(model, request, strict=True))
+
+
+def _fit_shape(spec: TensorSpec, values: np.ndarray) -> np.ndarray:
+    return values.reshape(values.shape[:1]) if len(spec.shape) == 1 and values.ndim == 2 else values
+
+
+def _from_json(name: str, datatype: str, data: object, shape: tuple[int, ...]) -> np.ndarray:
+    count = math.prod(shape)
+    values = _json_bytes(name, data) if datatype == "BYTES" else _json_numbers(name, datatype, data)
+    if values.size != count:
+        raise ProtocolError(
+            f"unable to parse 'data' for input '{name}': shape {_dims(shape)} holds {count} elements "
+            f"but 'data' has {values.size}"
+        )
+    return values.reshape(shape)
+
+
+def _json_numbers(name: str, datatype: str, data: object) -> np.ndarray:
+    dtype = DATATYPES[datatype]
+    try:
+        values = np.asarray(data)
+    except ValueError:  # ragged nesting
+        raise ProtocolError(f"unable to parse 'data' for input '{name}': nested lists of unequal lengths") from None
+    if values.size and dtype.kind in "iu" and values.dtype.kind in "fO":
+        return _json_wide_ints(name, datatype, data, values)
+    if values.size and values.dtype.kind not in _JSON_KINDS[dtype.kind]:
+        raise ProtocolError(f"unable to parse 'data' for input '{name}': expected {datatype} values")
+    if values.size and dtype.kind in "iu":
+        info = np.iinfo(cast("np.dtype[np.integer[Any]]", dtype))
+        if values.min() < info.min or values.max() > info.max:
+            raise ProtocolError(
+                f"unable to parse 'data' for input '{name}': values outside the range of {datatype} "
+                f"[{info.min}, {info.max}]"
+            )
+    return values.astype(dtype, copy=False)
+
+
+def _json_wide_ints(name: str, datatype: str, data: object, natural: np.ndarray) -> np.ndarray:
+    # numpy reads ints beyond int64 mixed with small ones as floats: convert again exactly,
+    # and refuse real fractions (or None, strings) by comparing with the first reading.
+    try:
+        exact = np.asarray(data, dtype=DATATYPES[datatype])
+    except (TypeError, ValueError, OverflowError):
+        exact = None
+    if exact is None or (natural.dtype.kind == "f" and not np.array_equal(exact.astype(np.float64), natural)):
+        raise ProtocolError(f"unable to parse 'data' for input '{name}': expected {datatype} values")
+    return exact
+
+
+def _json_bytes(name: str, data: object) -> np.ndarray:
+    values = np.asarray(data, dtype=object)
+    flat = values.ravel().tolist()
+    if not all(isinstance(v, str) for v in flat):
+        raise ProtocolError(f"unable to parse 'data' for input '{name}': expected BYTES values as strings")
+    out = np.empty(len(flat), dtype=object)
+    out[:] = [v.encode("utf-8") for v in flat]
+    return out.reshape(values.shape)
+
+
+def _from_binary(name: str, datatype: str, blob: memoryview, shape: tuple[int, ...], model_name: str) -> np.ndarray:
+    count = math.prod(shape)
+    if datatype == "BYTES":
+        try:
+            values = deserialize_bytes(blob)
+        except MalformedBytes as exc:
+            raise ProtocolError(f"{exc} for inference input '{name}' for model '{model_name}'") from None
+        if values.size != count:
+            raise ProtocolError(
+                f"expected {count} string elements for inference input '{name}' for model '{model_name}', "
+                f"got {values.size}"
+            )
+        return values.reshape(shape)
+    dtype = DATATYPES[datatype]
+    expected = count * dtype.itemsize
+    if len(blob) != expected:
+        raise ProtocolError(
+            f"input byte size mismatch for input '{name}' for model '{model_name}'. "
+            f"Expected {expected}, got {len(blob)}"
+        )
+    return tensor_from_bytes(blob, dtype, shape)
+
+
+def _check_complete(signature: Signature, inputs: Mapping[str, np.ndarray], model_name: str) -> None:
+    missing = [s.name for s in signature.inputs if s.name not in inputs]
+    if missing:
+        got = ",".join(f"'{n}'" for n in inputs)
+        lacking = ",".join(f"'{n}'" for n in missing)
+        raise ProtocolError(
+            f"expected {len(signature.inputs)} inputs but got {len(inputs)} inputs for model '{model_name}'. "
+            f"Got input(s) [{got}], but missing required input(s) [{lacking}]. Please provide all required input(s)."
+        )
+
+
+def _check_batch(inputs: Mapping[str, np.ndarray], model_name: str, max_batch_size: int | None) -> None:
+    first_name, batch = None, 0
+    for name, values in inputs.items():
+        rows = values.shape[0] if values.ndim else 0
+        if first_name is None:
+            first_name, batch = name, rows
+        elif rows != batch:
+            raise ProtocolError(
+                f"input '{name}' batch size does not match other inputs for '{model_name}': "
+                f"it has {rows}, '{first_name}' has {batch}"
+            )
+    if max_batch_size is not None and max_batch_size > 0 and batch > max_batch_size:
+        raise ProtocolError(f"inference request batch-size must be <= {max_batch_size} for '{model_name}'")
+
+
+def _request_id(document: Mapping[str, Any]) -> str | None:
+    value = document.get("id")
+    if value is not None and not isinstance(value, str):
+        raise ProtocolError(f"'id' must be a string, got {value!r}")
+    return value
+
+
+def _parameters(document: Mapping[str, Any]) -> dict[str, Any]:
+    parameters = document.get("parameters", {})
+    if not isinstance(parameters, dict):
+        raise ProtocolError("'parameters' must be an object")
+    flag = parameters.get("binary_data_output", False)
+    if not isinstance(flag, bool):
+        raise ProtocolError(f"parameter 'binary_data_output' must be true or false, got {flag!r}")
+    return parameters
+
+
+def _timeout(parameters: Mapping[str, Any]) -> int | None:
+    value = parameters.get("timeout")
+    if value is not None and not _is_count(value):
+        raise ProtocolError(f"parameter 'timeout' must be a non-negative integer of microseconds, got {value!r}")
+    return value
+
+
+def _requested_outputs(
+    document: Mapping[str, Any], signature: Signature, model_name: str
+) -> tuple[RequestedOutput, ...]:
+    known = {s.name for s in signature.outputs}
+    requested = []
+    for raw in _list_field(document, "outputs"):
+        name = raw.get("name")
+        if not isinstance(name, str):
+            raise ProtocolError("every requested output needs a string 'name'")
+        if name not in known:
+            raise ProtocolError(f"unexpected inference output '{name}' for model '{model_name}'")
+        parameters = raw.get("parameters", {})
+        flag = parameters.get("binary_data") if isinstance(parameters, dict) else None
+        if flag is not None and not isinstance(flag, bool):
+            raise ProtocolError(f"output '{name}': parameter 'binary_data' must be true or false, got {flag!r}")
+        requested.append(RequestedOutput(name, flag))
+    return tuple(requested)
+
+
+# -- responses ---------------------------------------------------------------------------------
+
+
+def encode_response(
+    model_name: str,
+    model_version: str | int,
+    request_id: str | None,
+    outputs: Mapping[str, np.ndarray],
+    requested: Sequence[RequestedOutput],
+    binary_default: bool,
+) -> tuple[bytes, dict[str, str]]:
+    """The body and headers of an inference response.
+
+    ``requested`` selects and orders the outputs (empty: all of ``outputs``); each goes back as
+    binary data when its ``binary_data`` flag says so, else when ``binary_default`` does.
+    JSON ``data`` is flat and row-major. A requested output the model did not produce raises
+    :class:`ProtocolError`.
+    """
+    selection = list(requested) or [RequestedOutput(name) for name in outputs]
+    entries: list[dict[str, Any]] = []
+    blobs: list[bytes] = []
+    for want in selection:
+        if want.name not in outputs:
+            raise ProtocolError(f"unexpected inference output '{want.name}' for model '{model_name}'")
+        values = np.asarray(outputs[want.name])
+        datatype = _output_datatype(want.name, values)
+        entry: dict[str, Any] = {"name": want.name, "datatype": datatype, "shape": list(values.shape)}
+        if want.binary_data if want.binary_data is not None else binary_default:
+            blob = serialize_bytes(values) if datatype == "BYTES" else tensor_bytes(values)
+            entry["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            entry["data"] = _json_data(want.name, datatype, values)
+        entries.append(entry)
+    document: dict[str, Any] = {"model_name": model_name, "model_version": str(model_version)}
+    if request_id is not None:
+        document["id"] = request_id
+    document["outputs"] = entries
+    header = json.dumps(document, separators=(",", ":")).encode("utf-8")
+    if not blobs:
+        return header, {"Content-Type": "application/json"}
+    headers = {"Content-Type": "application/octet-stream", HEADER_LENGTH: str(len(header))}
+    return b"".join([header, *blobs]), headers
+
+
+def _output_datatype(name: str, values: np.ndarray) -> str:
+    try:
+        return datatype_of(values.dtype)
+    except ConfigError:
+        raise PredictError(
+            f"output '{name}' has dtype {values.dtype}, which the Open Inference Protocol cannot carry"
+        ) from None
+
+
+def _json_data(name: str, datatype: str, values: np.ndarray) -> list[Any]:
+    flat: list[Any] = values.ravel(order="C").tolist()
+    if datatype != "BYTES":
+        return flat
+    try:
+        return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in flat]
+    except UnicodeDecodeError:
+        raise ProtocolError(
+            f"output '{name}' holds bytes that are not UTF-8, which JSON cannot carry; request it with binary_data"
+        ) from None
+
+
+def error_body(message: str) -> bytes:
+    """An error response body: ``{"error": message}``."""
+    return json.dumps({"error": message}).encode("utf-8")
+
+
+# -- metadata ----------------------------------------------------------------------------------
