@@ -1,0 +1,1 @@
+"""Load generation and measurement helpers shared by ``bench/`` scripts and ``sluice bench``."""
