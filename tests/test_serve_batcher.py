@@ -256,3 +256,30 @@ def test_adaptive_sheds_under_overload_and_keeps_latency_bounded() -> None:
 def test_adaptive_with_multi_row_requests() -> None:
     result = simulate(AdaptivePolicy(target_p99_ms=50, max_batch_size=64), 2500, rows_choices=(1, 2, 4, 8))
     assert result.p99_ms <= 50 and result.shed_fraction < 0.01
+
+
+def _taught_adaptive(target_ms: float = 100.0) -> AdaptivePolicy:
+    policy = AdaptivePolicy(target_p99_ms=target_ms, max_batch_size=64)
+    for rows, seconds in [(1, 0.0052), (8, 0.0066), (32, 0.0114), (64, 0.0178)] * 4:
+        policy.observe_batch(rows, seconds)  # 5 ms + 0.2 ms/row
+    return policy
+
+
+def test_adaptive_stops_waiting_when_closed_loop_clients_are_all_queued() -> None:
+    """Eight clients that each wait for their answer: after two mean gaps without an arrival,
+    nobody else is coming, so the batch closes instead of waiting for the latency target."""
+    policy = _taught_adaptive()
+    for i in range(8):
+        policy.observe_arrival(i * 0.001, 1)  # arrivals 1 ms apart
+    waiting = policy.dispatch_at(0.0075, oldest_arrival_s=0.0, queued_rows=8)
+    assert waiting == pytest.approx(0.007 + 2 * 0.001)  # the silence deadline, not the target's
+    assert policy.dispatch_at(0.0095, oldest_arrival_s=0.0, queued_rows=8) == 0.0095
+
+
+def test_an_idle_server_admits_whatever_its_latency_target_says() -> None:
+    policy = _taught_adaptive(target_ms=1.0)  # every batch takes longer than the target
+    batcher: Batcher[str] = Batcher(policy)
+    request = batcher.add("first", rows=1, now=0.0)  # idle: shedding would help nobody
+    assert request.payload == "first"
+    with pytest.raises(Overloaded, match="cannot meet the deadline"):
+        batcher.add("second", rows=1, now=0.0)  # one queued ahead: now the target applies

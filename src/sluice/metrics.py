@@ -7,12 +7,14 @@ however many samples arrive, and percentiles are within a bucket's width.
 
 from __future__ import annotations
 
+import bisect
 import math
 import resource
 import threading
 from collections import Counter
+from collections.abc import Sequence
 
-__all__ = ["LatencyHistogram", "StageTimer", "peak_rss_bytes", "reset_peak_rss"]
+__all__ = ["BucketedHistogram", "LatencyHistogram", "StageTimer", "peak_rss_bytes", "reset_peak_rss"]
 
 _GROWTH = 1.02
 _LOG_GROWTH = math.log(_GROWTH)
@@ -54,6 +56,33 @@ class LatencyHistogram:
         for q in qs:
             value = self.quantile(q / 100)
             out[f"p{q}"] = None if value is None else round(value * 1000, 3)
+        return out
+
+
+class BucketedHistogram(LatencyHistogram):
+    """A :class:`LatencyHistogram` that also counts samples into fixed upper bounds (for Prometheus)."""
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        super().__init__()
+        self.bounds = tuple(bounds)
+        self._bounded = [0] * len(self.bounds)
+        self._bounded_lock = threading.Lock()
+
+    def record(self, seconds: float) -> None:
+        super().record(seconds)
+        index = bisect.bisect_left(self.bounds, seconds)
+        if index < len(self.bounds):
+            with self._bounded_lock:
+                self._bounded[index] += 1
+
+    def cumulative(self) -> list[tuple[float, int]]:
+        """``(upper bound, samples <= bound)`` for every bound, in order."""
+        with self._bounded_lock:
+            counts = list(self._bounded)
+        out, seen = [], 0
+        for bound, count in zip(self.bounds, counts, strict=True):
+            seen += count
+            out.append((bound, seen))
         return out
 
 

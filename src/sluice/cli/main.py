@@ -290,13 +290,17 @@ def _main(
 
 
 def _register() -> None:
+    from sluice.cli.bench_command import bench_app
     from sluice.cli.cost_command import cost
+    from sluice.cli.serve_command import serve
     from sluice.cli.train_command import train_app
     from sluice.cli.tune_command import tune
 
     app.command("tune")(tune)
     app.command("cost")(cost)
+    app.command("serve")(serve)
     app.add_typer(train_app, name="train")
+    app.add_typer(bench_app, name="bench")
 
 
 _register()

@@ -10,7 +10,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from sluice.errors import ConfigError
 
-__all__ = ["Concurrency", "LoadOptions", "ModelConfig", "ModelFormat", "TensorConfig", "read_yaml_model"]
+__all__ = [
+    "BatchingConfig",
+    "Concurrency",
+    "LoadOptions",
+    "ModelConfig",
+    "ModelFormat",
+    "TensorConfig",
+    "read_yaml_model",
+]
 
 ModelFormat = Literal["onnx", "sklearn", "pickle", "python"]
 Concurrency = Literal["threads", "processes", "serial"]
@@ -24,6 +32,20 @@ class TensorConfig(BaseModel):
     name: str
     dtype: str = "float64"
     shape: list[int] = Field(default_factory=lambda: [-1])
+
+
+class BatchingConfig(BaseModel):
+    """How the server batches requests for a model (``batching:`` in model.yaml)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    target_p99_ms: float | None = Field(
+        default=None, gt=0, description="Latency target the adaptive batcher keeps (default: the server's)."
+    )
+    max_batch_size: int = Field(default=64, ge=1, description="Most rows one batch (and one request) may hold.")
+    max_queue_rows: int | None = Field(
+        default=None, ge=1, description="Rows queued before requests are shed with 503 (default: 16 batches)."
+    )
 
 
 class ModelConfig(BaseModel):
@@ -55,6 +77,9 @@ class ModelConfig(BaseModel):
     trusted_types: list[str] = Field(
         default_factory=list,
         description="Types the skops artifacts may contain that you reviewed and trust.",
+    )
+    batching: BatchingConfig = Field(
+        default_factory=BatchingConfig, description="How `sluice serve` batches requests for this model."
     )
     description: str | None = None
     training: dict[str, Any] | None = Field(

@@ -97,7 +97,11 @@ class Batcher(Generic[P]):
                 f"queue full: {self._queued_rows} rows queued, limit {self.max_queue_rows}, request has {rows}",
                 self._retry_after_s(now),
             )
-        budgets = [b for b in (timeout_s, self.policy.latency_budget_s()) if b is not None]
+        # An idle server runs the request whatever the latency target says (shedding it would
+        # help nobody); the request's own timeout still applies.
+        idle = not self._queue and self._in_flight is None
+        target = None if idle else self.policy.latency_budget_s()
+        budgets = [b for b in (timeout_s, target) if b is not None]
         if budgets and self.policy.latency.fitted:
             estimate_s = self.estimate_completion_s(now, rows)
             if estimate_s > min(budgets):

@@ -129,6 +129,13 @@ class ArrivalRate:
             return None
         return max(self._gap_s, now - self._last_s, 1e-9)
 
+    def silence_ends_s(self, factor: float = 2.0) -> float | None:
+        """When a pause in arrivals counts as traffic having stopped: ``factor`` mean gaps after
+        the last arrival (None before two arrivals)."""
+        if self._gap_s is None or self._last_s is None:
+            return None
+        return self._last_s + factor * self._gap_s
+
     def rows_per_s(self, now: float) -> float:
         """Expected rows per second (0 before two arrivals)."""
         gap_s = self.mean_gap_s(now)
@@ -195,7 +202,9 @@ class AdaptivePolicy(BatchPolicy):
     3. **Dispatch now** when the batch is full, when ``t_latest ≤ now``, when fewer than one
        more request is expected before ``t_latest`` (waiting cannot grow the batch), or when
        the fixed cost ``a`` is already at most ``overhead_fraction`` of ``L(q)`` (a bigger batch
-       would barely raise throughput, so waiting only adds latency — BentoML waits anyway).
+       would barely raise throughput, so waiting only adds latency — BentoML waits anyway), or
+       when arrivals have paused for two mean gaps (closed-loop clients wait for their answers:
+       waiting for them would only slow every cycle down).
        Before the first batch finishes nothing is known, so it dispatches at once and learns.
 
     Admission (in the batcher) sheds a request whose estimated completion, queue ahead of it
@@ -242,7 +251,10 @@ class AdaptivePolicy(BatchPolicy):
         t_latest = self._latest_dispatch_s(now, oldest_arrival_s, queued_rows, gap_s)
         if t_latest <= now or (t_latest - now) < gap_s:
             return now
-        return t_latest
+        # Closed-loop clients only send again once answered: when arrivals pause for two mean
+        # gaps, everyone who will come is here, and waiting longer only adds latency.
+        silence = self.arrivals.silence_ends_s()
+        return t_latest if silence is None else max(now, min(t_latest, silence))
 
     def _latest_dispatch_s(self, now: float, oldest_arrival_s: float, queued_rows: int, gap_s: float) -> float:
         k = self.latency.upper_factor()

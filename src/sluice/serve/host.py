@@ -1,0 +1,264 @@
+"""The model versions a server holds: loaded, warmed up, each behind its own batching dispatcher.
+
+:class:`ModelHost` decides which versions of each repository model to serve (the latest one
+plus every labelled one), loads each in a worker thread, gives it a
+:class:`~sluice.serve.dispatch.Dispatcher` under an :class:`~sluice.serve.policy.AdaptivePolicy`,
+and sends it one warm-up inference of zeros before calling it ready. It resolves what a URL
+names (``NAME``, ``NAME/versions/2``, ``NAME/versions/stable``) to one served version, and
+loads and unloads models on request. Every method runs on the server's event loop.
+:func:`sluice.serve.prometheus.render_metrics` writes their dispatchers' figures for ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from sluice.errors import ModelNotFound, Overloaded, SluiceError
+from sluice.metrics import BucketedHistogram
+from sluice.models.base import Model
+from sluice.models.config import LoadOptions, ModelConfig
+from sluice.models.loader import load_source
+from sluice.models.repository import ModelRepository
+from sluice.models.signature import Signature, TensorSpec
+from sluice.serve.dispatch import Dispatcher, DispatchMetrics
+from sluice.serve.policy import AdaptivePolicy
+
+__all__ = [
+    "BATCH_BOUNDS_ROWS",
+    "LATENCY_BOUNDS_S",
+    "ModelHost",
+    "ServedVersion",
+    "VersionState",
+]
+
+log = logging.getLogger(__name__)
+
+LATENCY_BOUNDS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BOUNDS_ROWS = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0)
+_PLATFORMS = {"onnx": "onnxruntime_onnx", "sklearn": "sklearn", "pickle": "sklearn", "python": "python"}
+
+State = Literal["LOADING", "READY", "UNAVAILABLE"]
+
+
+def _new_metrics() -> DispatchMetrics:
+    return DispatchMetrics(
+        queue=BucketedHistogram(LATENCY_BOUNDS_S),
+        compute=BucketedHistogram(LATENCY_BOUNDS_S),
+        total=BucketedHistogram(LATENCY_BOUNDS_S),
+        batch_rows=BucketedHistogram(BATCH_BOUNDS_ROWS),
+    )
+
+
+@dataclass(frozen=True)
+class ServedVersion:
+    """One loaded, warmed-up model version and the dispatcher that batches its requests."""
+
+    name: str
+    version: int
+    model: Model
+    dispatcher: Dispatcher
+    max_batch_size: int  # 0: the model has no batch dimension
+
+    @property
+    def signature(self) -> Signature:
+        return self.model.signature
+
+    @property
+    def platform(self) -> str:
+        return _PLATFORMS.get(self.model.source.format, self.model.source.format)
+
+
+@dataclass(frozen=True)
+class VersionState:
+    """A version's state as the repository index reports it."""
+
+    state: State
+    reason: str = ""
+
+
+class ModelHost:
+    """The served versions of every model in ``repository``; see the module docstring."""
+
+    def __init__(
+        self, repository: ModelRepository, *, options: LoadOptions | None = None, target_p99_ms: float = 100.0
+    ) -> None:
+        self.repository = repository
+        self.options = options or LoadOptions()
+        self.target_p99_ms = target_p99_ms
+        self._served: dict[str, dict[int, ServedVersion]] = {}
+        self._configs: dict[str, ModelConfig] = {}
+        self._states: dict[tuple[str, int], VersionState] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._started = False
+
+    # -- state ---------------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        """Every model the server set out to serve has loaded and answered its warm-up."""
+        return self._started and all(s.state == "READY" for s in self._states.values() if s.reason != "unloaded")
+
+    def served(self) -> dict[str, list[ServedVersion]]:
+        """Served versions per model name, oldest first."""
+        return {name: [versions[v] for v in sorted(versions)] for name, versions in sorted(self._served.items())}
+
+    def index(self, *, ready_only: bool = False) -> list[dict[str, Any]]:
+        """The repository index: every model version on disk with its state (Triton's format)."""
+        entries: list[dict[str, Any]] = []
+        for name in self.repository.names():
+            for version in self.repository.versions(name):
+                state = self._states.get((name, version))
+                if ready_only and (state is None or state.state != "READY"):
+                    continue
+                entry: dict[str, Any] = {"name": name, "version": str(version)}
+                if state is not None:
+                    entry["state"] = state.state
+                    entry["reason"] = state.reason
+                entries.append(entry)
+        return entries
+
+    def get(self, name: str, selector: str | None = None) -> ServedVersion:
+        """The served version a URL names: ``selector`` is None, a version number or a label."""
+        versions = self._served.get(name)
+        if not versions:
+            if any(s.state == "LOADING" for (n, _), s in self._states.items() if n == name):
+                raise Overloaded(f"model '{name}' is loading", retry_after_s=1.0)
+            if name in self._configs or name in self.repository.names():
+                raise ModelNotFound(f"Request for unknown model: '{name}' has no available versions")
+            raise ModelNotFound(f"Request for unknown model: '{name}' is not found")
+        version = self._select(name, selector, versions)
+        served = versions.get(version)
+        if served is None:
+            raise ModelNotFound(f"Request for unknown model: '{name}' version {version} is not found")
+        return served
+
+    def _select(self, name: str, selector: str | None, versions: dict[int, ServedVersion]) -> int:
+        labels = self._configs[name].labels if name in self._configs else {}
+        if selector is None:
+            stable = labels.get("stable")
+            return stable if stable in versions else max(versions)
+        if selector.isdigit():
+            return int(selector)
+        if selector == "latest":
+            return max(versions)
+        if selector not in labels:
+            raise ModelNotFound(f"Request for unknown model: '{name}' has no version or label '{selector}'")
+        return labels[selector]
+
+    # -- loading -------------------------------------------------------------------------------
+
+    async def load_all(self) -> None:
+        """Load every model in the repository; a model that fails is logged and left unavailable."""
+        try:
+            for name in self.repository.names():
+                try:
+                    await self.load(name)
+                except SluiceError as exc:
+                    log.error("model '%s' failed to load: %s", name, exc)
+        finally:
+            self._started = True
+
+    async def load(self, name: str) -> None:
+        """Load (or reload) ``name``: serve its wanted versions and drop the others.
+
+        Versions that fail stay UNAVAILABLE with the reason; the first failure is raised
+        after the rest are loaded.
+        """
+        if name not in self.repository.names():
+            raise ModelNotFound(f"failed to load '{name}': no model of that name in repository {self.repository.root}")
+        lock = self._locks.setdefault(name, asyncio.Lock())
+        async with lock:
+            config = self.repository.config(name)
+            wanted = self._wanted_versions(name, config)
+            current = self._served.get(name, {})
+            serving = {v: s for v, s in current.items() if v in wanted}
+            first_error: SluiceError | None = None
+            for version in sorted(wanted - set(serving)):
+                self._states[(name, version)] = VersionState("LOADING")
+                try:
+                    serving[version] = await self._load_version(name, version, config)
+                except SluiceError as exc:
+                    self._states[(name, version)] = VersionState("UNAVAILABLE", str(exc))
+                    first_error = first_error or exc
+                    continue
+                self._states[(name, version)] = VersionState("READY")
+            self._configs[name] = config
+            self._served[name] = serving
+            for version, old in current.items():
+                if version not in wanted:
+                    self._states.pop((name, version), None)
+                    await _close(old)
+            if first_error is not None:
+                raise first_error
+
+    async def unload(self, name: str) -> None:
+        """Stop serving ``name``: finish its queued requests, then release its models."""
+        if name not in self._served and name not in self.repository.names():
+            raise ModelNotFound(f"failed to unload '{name}': no model of that name is loaded or in the repository")
+        lock = self._locks.setdefault(name, asyncio.Lock())
+        async with lock:
+            versions = self._served.pop(name, {})
+            for version in self.repository.versions(name) if name in self.repository.names() else []:
+                self._states[(name, version)] = VersionState("UNAVAILABLE", "unloaded")
+            for served in versions.values():
+                self._states[(name, served.version)] = VersionState("UNAVAILABLE", "unloaded")
+                await _close(served)
+
+    async def close(self) -> None:
+        """Unload every model (queued requests finish first)."""
+        for name in list(self._served):
+            await self.unload(name)
+
+    def _wanted_versions(self, name: str, config: ModelConfig) -> set[int]:
+        versions = self.repository.versions(name)
+        if not versions:
+            raise ModelNotFound(f"model '{name}' in {self.repository.root} has no version directories (1/, 2/, …)")
+        return {versions[-1], *(v for v in config.labels.values() if v in versions)}
+
+    async def _load_version(self, name: str, version: int, config: ModelConfig) -> ServedVersion:
+        source = self.repository.resolve(f"{name}@{version}", self.options)
+        model = await asyncio.to_thread(load_source, source)
+        batching = config.batching
+        max_batch_size = batching.max_batch_size if _batchable(model.signature) else 0
+        policy = AdaptivePolicy(batching.target_p99_ms or self.target_p99_ms, max(1, max_batch_size))
+        dispatcher = Dispatcher(model.predict_checked, policy, max_queue_rows=batching.max_queue_rows)
+        dispatcher.metrics = _new_metrics()
+        served = ServedVersion(name, version, model, dispatcher, max_batch_size)
+        try:
+            # straight to the model: the dispatcher fixes its row shapes on its first request,
+            # and a warm-up guess at dynamic widths must not be that request
+            await asyncio.to_thread(model.predict_checked, warm_up_inputs(model.signature))
+        except BaseException:
+            await _close(served)
+            raise
+        log.info("serving %s version %d (%s)", name, version, model.signature.describe())
+        return served
+
+
+def warm_up_inputs(signature: Signature) -> dict[str, np.ndarray]:
+    """One row of zeros (empty strings for text) for every input of ``signature``."""
+    return {spec.name: _zeros(spec) for spec in signature.inputs}
+
+
+def _zeros(spec: TensorSpec) -> np.ndarray:
+    shape = tuple(1 if d < 0 else d for d in spec.shape) or (1,)
+    if spec.dtype.kind in "OUS":
+        return np.full(shape, b"", dtype=object)
+    return np.zeros(shape, dtype=spec.dtype)
+
+
+def _batchable(signature: Signature) -> bool:
+    specs = [*signature.inputs, *signature.outputs]
+    return all(spec.shape and spec.shape[0] < 0 for spec in specs)
+
+
+async def _close(served: ServedVersion) -> None:
+    try:
+        await served.dispatcher.close()
+    finally:
+        served.model.close()

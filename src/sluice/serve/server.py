@@ -1,0 +1,146 @@
+"""Run the Open Inference Protocol server: in the foreground (``sluice serve``) or in a thread.
+
+:class:`ServeSettings` is the one validated settings object; :func:`run` serves until
+SIGINT/SIGTERM; :class:`ServerThread` starts the same server in-process on a background
+thread (tests, notebooks) and stops it again. uvicorn is imported only here, when serving.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from sluice.errors import ConfigError, MissingDependency
+
+if TYPE_CHECKING:
+    import uvicorn
+
+    from sluice.serve.app import ServeApp
+
+__all__ = ["ServeSettings", "ServerThread", "build_app", "run"]
+
+
+class ServeSettings(BaseModel):
+    """Everything ``sluice serve`` needs; flags > environment > defaults are merged by the CLI."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    repository: Path = Field(description="Model repository directory.")
+    host: str = Field(default="127.0.0.1", description="Address to bind; other hosts can reach only 0.0.0.0 or an IP.")
+    port: int = Field(default=8000, ge=0, le=65535, description="TCP port (0: any free port).")
+    auth_token: SecretStr | None = Field(
+        default=None, description="Bearer token required for inference and repository control."
+    )
+    max_body_bytes: int = Field(default=64 << 20, ge=1, description="Largest request body accepted (413 beyond).")
+    target_p99_ms: float = Field(
+        default=100.0, gt=0, description="Default latency target of the adaptive batcher (model.yaml may override)."
+    )
+    trust_pickle: bool = Field(default=False, description="Allow pickle/joblib model files, which can run any code.")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+
+def build_app(settings: ServeSettings) -> ServeApp:
+    """The ASGI application for ``settings`` (models load when the server starts)."""
+    from sluice.models.config import LoadOptions
+    from sluice.models.repository import ModelRepository
+    from sluice.serve.app import ServeApp
+    from sluice.serve.host import ModelHost
+
+    if not settings.repository.is_dir():
+        raise ConfigError(f"model repository {settings.repository} is not a directory")
+    host = ModelHost(
+        ModelRepository(settings.repository),
+        options=LoadOptions(trust_pickle=settings.trust_pickle),
+        target_p99_ms=settings.target_p99_ms,
+    )
+    token = settings.auth_token.get_secret_value() if settings.auth_token else None
+    return ServeApp(host, auth_token=token, max_body_bytes=settings.max_body_bytes)
+
+
+def _uvicorn_server(settings: ServeSettings, app: ServeApp) -> uvicorn.Server:
+    try:
+        import uvicorn
+    except ImportError:
+        raise MissingDependency("uvicorn", "serve", "sluice serve") from None
+    try:
+        import httptools  # noqa: F401 — the faster HTTP parser, when installed
+
+        http: Literal["httptools", "h11"] = "httptools"
+    except ImportError:
+        http = "h11"
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        http=http,
+        loop="asyncio",
+        lifespan="on",
+        access_log=False,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=30,
+    )
+    return uvicorn.Server(config)
+
+
+def run(settings: ServeSettings) -> None:
+    """Serve in the foreground until interrupted; queued requests finish before it returns."""
+    server = _uvicorn_server(settings, build_app(settings))
+    server.run()
+    if not server.started:
+        raise ConfigError(f"could not serve on {settings.host}:{settings.port} (is the port in use?)")
+
+
+class ServerThread:
+    """The server on a background thread: ``with ServerThread(settings) as s: … s.url …``."""
+
+    def __init__(self, settings: ServeSettings) -> None:
+        self.settings = settings
+        self.app = build_app(settings)
+        self._server = _uvicorn_server(settings, self.app)
+        self._thread = threading.Thread(target=self._server.run, name="sluice-serve", daemon=True)
+
+    @property
+    def port(self) -> int:
+        """The bound port (the real one when the settings asked for port 0)."""
+        sockets = [sock for server in self._server.servers for sock in server.sockets]
+        return int(sockets[0].getsockname()[1]) if sockets else self.settings.port
+
+    @property
+    def url(self) -> str:
+        return f"{self.settings.host}:{self.port}"
+
+    def start(self, timeout_s: float = 30.0) -> ServerThread:
+        """Start serving; returns once the socket is bound (models may still be loading)."""
+        self._thread.start()
+        deadline = time.monotonic() + timeout_s
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise ConfigError(f"the server did not start on {self.settings.host}:{self.settings.port}")
+            time.sleep(0.01)
+        return self
+
+    def wait_ready(self, timeout_s: float = 60.0) -> None:
+        """Block until every model has loaded and answered its warm-up."""
+        deadline = time.monotonic() + timeout_s
+        while not self.app.host.ready:
+            if time.monotonic() > deadline:
+                raise ConfigError(f"the models did not become ready within {timeout_s:.0f} s")
+            time.sleep(0.01)
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Stop accepting, finish queued requests, unload the models."""
+        self._server.should_exit = True
+        self._thread.join(timeout_s)
+
+    def __enter__(self) -> ServerThread:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
