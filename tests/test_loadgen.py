@@ -12,20 +12,15 @@ from collections.abc import Iterator
 
 import pytest
 
+from sluice._net import free_loopback_port
 from sluice.bench.loadgen import HttpRequest, closed_loop, open_loop
 from sluice.errors import ConfigError
 from support import SRC_ROOT
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def trivial_port() -> Iterator[int]:
-    port = _free_port()
+    port = free_loopback_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "sluice.bench.trivial", str(port)], env={"PYTHONPATH": str(SRC_ROOT)}
     )
@@ -74,7 +69,7 @@ def test_open_loop_fires_exactly_the_seeded_poisson_arrivals(trivial_port: int) 
 
 
 def test_refused_connections_are_counted_not_raised() -> None:
-    req = HttpRequest.post(f"http://127.0.0.1:{_free_port()}/", b"{}")
+    req = HttpRequest.post(f"http://127.0.0.1:{free_loopback_port()}/", b"{}")
     result = asyncio.run(closed_loop(req, 2, 0.1))
     assert result.ok == 0
     assert set(result.statuses) == {599}

@@ -123,11 +123,10 @@ def _run_levels(request: HttpRequest, levels: list[float], seconds: float, open_
 
 def _ceiling(levels: list[float], seconds: float, open_loop: bool) -> list[LevelResult]:
     """The same levels against a trivial server in its own process, on 127.0.0.1."""
+    from sluice._net import free_loopback_port
     from sluice.bench.loadgen import HttpRequest
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_loopback_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     proc = subprocess.Popen([sys.executable, "-m", "sluice.bench.trivial", str(port)], env=env)
     try:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import gc
 import os
 import queue
-import socket
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from sluice import errors
+from sluice._net import free_loopback_port
 from sluice.errors import ConfigError, Interrupted, MissingDependency, SluiceError, TrainError
 from sluice.train.config import TrainConfig
 from sluice.train.data import ClassLabel, Task, plan_columns
@@ -211,16 +211,12 @@ def _run_rank(
     return run_rank(config, options, rank, world, device, emit)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _run_inline(config: TrainConfig, progress: Progress | None, options: RunOptions) -> TrainResult:
     import torch.distributed as dist
 
-    dist.init_process_group(_backend(config, 1), init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+    dist.init_process_group(
+        _backend(config, 1), init_method=f"tcp://127.0.0.1:{free_loopback_port()}", rank=0, world_size=1
+    )
     try:
         return _run_rank(config, options, 0, 1, 0, progress)
     finally:
@@ -281,7 +277,7 @@ def _run_spawned(config: TrainConfig, progress: Progress | None, options: RunOpt
     failures: list[_RankFailure] = []
     with tempfile.TemporaryDirectory(prefix="sluice-train-") as tmpdir:
         result = str(Path(tmpdir) / "result.pt")
-        args = (config, options, _free_port(), result, events)
+        args = (config, options, free_loopback_port(), result, events)
         context = start_processes(_worker, args=args, nprocs=config.nproc, join=False, start_method="spawn")  # type: ignore[no-untyped-call]
         try:
             while not context.join(timeout=0.1):
