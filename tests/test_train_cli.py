@@ -59,6 +59,22 @@ def test_train_publishes_a_version_that_predict_uses(tmp_path: Path, monkeypatch
     agree = np.mean(np.array(parts.column("label").to_pylist()) == np.array(table.column("churned").to_pylist()))
     assert agree > 0.9
 
+    # the same version, served over the Open Inference Protocol, answers as sluice predict did
+    import tritonclient.http as httpclient
+
+    from sluice.serve.server import ServerThread, ServeSettings
+
+    first = table.slice(0, 5)
+    x = np.column_stack([first.column(f"f{i}").to_numpy() for i in range(4)]).astype(np.float32)
+    with ServerThread(ServeSettings(repository=repo, port=0, log_level="warning")) as server:
+        server.wait_ready(timeout_s=30)
+        client = httpclient.InferenceServerClient(url=server.url)
+        inp = httpclient.InferInput("input", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x, binary_data=True)
+        served = client.infer("churn", [inp]).as_numpy("label")
+        client.close()
+    assert [v.decode() if isinstance(v, bytes) else v for v in served] == parts.column("label").to_pylist()[:5]
+
 
 def test_train_without_required_options_says_which(tmp_path: Path) -> None:
     result = invoke("train", "--data", tmp_path)
