@@ -42,6 +42,21 @@ def serve(
         bool, typer.Option("--trust-pickle", help="Serve pickle/joblib model files (they can run arbitrary code).")
     ] = False,
     log_level: Annotated[str, typer.Option(help="critical, error, warning, info or debug.")] = "info",
+    watch: Annotated[
+        bool,
+        typer.Option(
+            "--watch",
+            help="Pick up new version directories and edited model.yaml files without a restart "
+            "(the new version loads and warms up before it serves; the old one drains).",
+        ),
+    ] = False,
+    watch_interval: Annotated[
+        float, typer.Option(metavar="SECONDS", help="How often --watch polls the repository.")
+    ] = 1.0,
+    drain_timeout: Annotated[
+        float,
+        typer.Option(metavar="SECONDS", help="On SIGTERM/Ctrl-C, how long in-flight requests may take to finish."),
+    ] = 30.0,
 ) -> None:
     """Serve the repository's models over HTTP with the Open Inference Protocol v2 (Triton-compatible).
 
@@ -52,7 +67,8 @@ def serve(
 
     Requests are batched per model version to stay within --target-p99-ms. A request may set a
     timeout with the 'timeout' parameter (microseconds) or a Sluice-Timeout-Ms header (504 when
-    it passes). Stop with Ctrl-C or SIGTERM: queued requests finish first.
+    it passes). Stop with Ctrl-C or SIGTERM: readiness turns false at once, in-flight requests
+    finish (up to --drain-timeout), then it exits 0.
     """
     from sluice.cli.main import run_cli
     from sluice.models import default_repository
@@ -75,6 +91,9 @@ def serve(
                     "target_p99_ms": target_p99_ms,
                     "trust_pickle": trust_pickle,
                     "log_level": log_level.lower(),
+                    "watch": watch,
+                    "watch_interval_s": watch_interval,
+                    "drain_timeout_s": drain_timeout,
                 }
             )
         except ValidationError as exc:

@@ -24,6 +24,7 @@ from sluice.serve.host import ModelHost, ServedVersion
 from sluice.serve.metadata import model_config, model_metadata, server_metadata
 from sluice.serve.prometheus import render_metrics
 from sluice.serve.protocol import HEADER_LENGTH, decode_request, encode_response, error_body
+from sluice.serve.watch import RepositoryWatcher
 
 __all__ = ["EXTENSIONS", "TIMEOUT_HEADER", "Response", "ServeApp"]
 
@@ -77,8 +78,16 @@ Handler = Callable[[_Request], Awaitable[Response]]
 class ServeApp:
     """The ASGI callable; ``host`` holds the models, the rest are the server's limits."""
 
-    def __init__(self, host: ModelHost, *, auth_token: str | None = None, max_body_bytes: int = 64 << 20) -> None:
+    def __init__(
+        self,
+        host: ModelHost,
+        *,
+        auth_token: str | None = None,
+        max_body_bytes: int = 64 << 20,
+        watcher: RepositoryWatcher | None = None,
+    ) -> None:
         self.host = host
+        self.watcher = watcher
         self.auth_token = auth_token
         self.max_body_bytes = max_body_bytes
         self.requests: Counter[tuple[str, str]] = Counter()
@@ -100,14 +109,24 @@ class ServeApp:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 # load in the background: live answers at once, ready once every model is warm
-                self._loading = asyncio.get_running_loop().create_task(self.host.load_all())
+                self._loading = asyncio.get_running_loop().create_task(self._load_and_watch())
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                self.host.begin_drain()
                 if self._loading is not None:
                     await self._loading
+                if self.watcher is not None:
+                    await self.watcher.stop()
                 await self.host.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    async def _load_and_watch(self) -> None:
+        if self.watcher is not None:
+            self.watcher.prime()  # before loading: a change made meanwhile is seen on the first poll
+        await self.host.load_all()
+        if self.watcher is not None:
+            self.watcher.start()
 
     async def handle(self, scope: Scope, receive: Receive) -> Response:
         """Route one HTTP request and answer it; errors become ``{"error": …}`` responses."""
@@ -176,13 +195,15 @@ class ServeApp:
         return Response.json(document)
 
     async def _model_ready(self, request: _Request) -> Response:
+        name, version = _model_selector(request)
+        state = self.host.state(name, int(version)) if version and version.isdigit() else None
         try:
             served = self._served(request)
         except SluiceError as exc:
-            if exc.http_status == 404 and "is not found" in str(exc):
+            if exc.http_status == 404 and "is not found" in str(exc) and state is None:
                 raise
-            name, version = _model_selector(request)
-            return Response.json({"name": name, "version": version or "", "ready": False}, 400)
+            reason = state.reason if state is not None else str(exc)
+            return Response.json({"name": name, "version": version or "", "ready": False, "reason": reason}, 400)
         return Response.json({"name": served.name, "version": str(served.version), "ready": True})
 
     async def _model_config(self, request: _Request) -> Response:
@@ -201,6 +222,10 @@ class ServeApp:
         self._authorize(request)
         name, selector = _model_selector(request)
         try:
+            self.host.get(name, selector)  # an unknown model is refused before its body is read
+            body = await self._read_body(request)
+            # resolved again after the last await: a version swapped out meanwhile is closing,
+            # and from here to the dispatcher's queue nothing yields to the loop
             served = self.host.get(name, selector)
         except SluiceError as exc:
             self.failures[("", "", exc.http_status)] += 1
@@ -208,13 +233,12 @@ class ServeApp:
         key = (served.name, str(served.version))
         self.requests[key] += 1
         try:
-            return await self._run_inference(request, served)
+            return await self._run_inference(body, request, served)
         except SluiceError as exc:
             self.failures[(*key, exc.http_status)] += 1
             raise
 
-    async def _run_inference(self, request: _Request, served: ServedVersion) -> Response:
-        body = await self._read_body(request)
+    async def _run_inference(self, body: bytes, request: _Request, served: ServedVersion) -> Response:
         decoded = decode_request(
             body,
             _header_length(request.headers),

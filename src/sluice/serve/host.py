@@ -79,6 +79,7 @@ class VersionState:
 
     state: State
     reason: str = ""
+    blocks_ready: bool = True  # False when older versions of the model serve meanwhile
 
 
 class ModelHost:
@@ -95,13 +96,26 @@ class ModelHost:
         self._states: dict[tuple[str, int], VersionState] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._started = False
+        self._draining = False
 
     # -- state ---------------------------------------------------------------------------------
 
     @property
     def ready(self) -> bool:
-        """Every model the server set out to serve has loaded and answered its warm-up."""
-        return self._started and all(s.state == "READY" for s in self._states.values() if s.reason != "unloaded")
+        """Every model the server set out to serve has loaded and answered its warm-up, and the
+        server is not shutting down."""
+        if not self._started or self._draining:
+            return False
+        counted = (s for s in self._states.values() if s.blocks_ready and s.reason != "unloaded")
+        return all(s.state == "READY" for s in counted)
+
+    def begin_drain(self) -> None:
+        """Report not ready from now on (shutdown has begun); requests are still answered."""
+        self._draining = True
+
+    def state(self, name: str, version: int) -> VersionState | None:
+        """The state of ``name`` version ``version`` (None: never loaded)."""
+        return self._states.get((name, version))
 
     def served(self) -> dict[str, list[ServedVersion]]:
         """Served versions per model name, oldest first."""
@@ -166,8 +180,11 @@ class ModelHost:
     async def load(self, name: str) -> None:
         """Load (or reload) ``name``: serve its wanted versions and drop the others.
 
-        Versions that fail stay UNAVAILABLE with the reason; the first failure is raised
-        after the rest are loaded.
+        The swap is atomic: new versions load and answer their warm-up first, then routing
+        switches to them, then the versions no longer served finish their queued requests and
+        close. A changed ``model.yaml`` (other than its labels) reloads every served version.
+        Versions that fail stay UNAVAILABLE with the reason and, while the model has served
+        versions, the old ones keep serving; the first failure is raised after the rest load.
         """
         if name not in self.repository.names():
             raise ModelNotFound(f"failed to load '{name}': no model of that name in repository {self.repository.root}")
@@ -176,25 +193,42 @@ class ModelHost:
             config = self.repository.config(name)
             wanted = self._wanted_versions(name, config)
             current = self._served.get(name, {})
+            reload = wanted if self._settings_changed(name, config) else wanted - set(current)
             serving = {v: s for v, s in current.items() if v in wanted}
             first_error: SluiceError | None = None
-            for version in sorted(wanted - set(serving)):
-                self._states[(name, version)] = VersionState("LOADING")
+            for version in sorted(reload):
+                self._states[(name, version)] = VersionState("LOADING", blocks_ready=not current)
                 try:
                     serving[version] = await self._load_version(name, version, config)
                 except SluiceError as exc:
-                    self._states[(name, version)] = VersionState("UNAVAILABLE", str(exc))
+                    log.error("model '%s' version %d failed to load: %s", name, version, exc)
+                    self._states[(name, version)] = VersionState("UNAVAILABLE", str(exc), blocks_ready=not current)
                     first_error = first_error or exc
                     continue
                 self._states[(name, version)] = VersionState("READY")
+            if first_error is not None:  # keep serving what served before, beside what did load
+                serving = {**current, **serving}
             self._configs[name] = config
             self._served[name] = serving
-            for version, old in current.items():
-                if version not in wanted:
-                    self._states.pop((name, version), None)
-                    await _close(old)
+            await self._retire(name, current, serving)
             if first_error is not None:
                 raise first_error
+
+    def _settings_changed(self, name: str, config: ModelConfig) -> bool:
+        old = self._configs.get(name)
+        return old is not None and old.model_dump(exclude={"labels"}) != config.model_dump(exclude={"labels"})
+
+    async def _retire(self, name: str, before: dict[int, ServedVersion], after: dict[int, ServedVersion]) -> None:
+        # routing already points at ``after``: what the old versions hold in their queues was
+        # admitted before the switch, and close() runs it before the model is released
+        kept = {id(served) for served in after.values()}
+        for version, old in before.items():
+            if id(old) in kept:
+                continue
+            if version not in after:
+                self._states.pop((name, version), None)
+            log.info("draining %s version %d", name, version)
+            await _close(old)
 
     async def unload(self, name: str) -> None:
         """Stop serving ``name``: finish its queued requests, then release its models."""

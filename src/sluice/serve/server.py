@@ -7,10 +7,13 @@ thread (tests, notebooks) and stops it again. uvicorn is imported only here, whe
 
 from __future__ import annotations
 
+import logging
+import math
+import signal
 import threading
 import time
 from pathlib import Path
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
@@ -23,6 +26,8 @@ if TYPE_CHECKING:
     from sluice.serve.app import ServeApp
 
 __all__ = ["ServeSettings", "ServerThread", "build_app", "run"]
+
+log = logging.getLogger(__name__)
 
 
 class ServeSettings(BaseModel):
@@ -42,6 +47,11 @@ class ServeSettings(BaseModel):
     )
     trust_pickle: bool = Field(default=False, description="Allow pickle/joblib model files, which can run any code.")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    watch: bool = Field(default=False, description="Reload models whose files change, without a restart.")
+    watch_interval_s: float = Field(default=1.0, gt=0, description="Seconds between polls of the repository.")
+    drain_timeout_s: float = Field(
+        default=30.0, ge=0, description="On shutdown, how long in-flight requests may take to finish."
+    )
 
 
 def build_app(settings: ServeSettings) -> ServeApp:
@@ -50,6 +60,7 @@ def build_app(settings: ServeSettings) -> ServeApp:
     from sluice.models.repository import ModelRepository
     from sluice.serve.app import ServeApp
     from sluice.serve.host import ModelHost
+    from sluice.serve.watch import RepositoryWatcher
 
     if not settings.repository.is_dir():
         raise ConfigError(f"model repository {settings.repository} is not a directory")
@@ -59,7 +70,8 @@ def build_app(settings: ServeSettings) -> ServeApp:
         target_p99_ms=settings.target_p99_ms,
     )
     token = settings.auth_token.get_secret_value() if settings.auth_token else None
-    return ServeApp(host, auth_token=token, max_body_bytes=settings.max_body_bytes)
+    watcher = RepositoryWatcher(host, interval_s=settings.watch_interval_s) if settings.watch else None
+    return ServeApp(host, auth_token=token, max_body_bytes=settings.max_body_bytes, watcher=watcher)
 
 
 def _uvicorn_server(settings: ServeSettings, app: ServeApp) -> uvicorn.Server:
@@ -82,17 +94,47 @@ def _uvicorn_server(settings: ServeSettings, app: ServeApp) -> uvicorn.Server:
         lifespan="on",
         access_log=False,
         log_level=settings.log_level,
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=math.ceil(settings.drain_timeout_s),
     )
-    return uvicorn.Server(config)
+
+    class DrainingServer(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            app.host.begin_drain()  # readiness false at once; in-flight requests still finish
+            log.info("shutting down: not ready; draining in-flight requests (up to %.0f s)", settings.drain_timeout_s)
+            super().handle_exit(sig, frame)
+
+    return DrainingServer(config)
 
 
 def run(settings: ServeSettings) -> None:
     """Serve in the foreground until interrupted; queued requests finish before it returns."""
+    _log_to_stderr(settings.log_level)
     server = _uvicorn_server(settings, build_app(settings))
-    server.run()
+    # uvicorn re-raises the signal it stopped on once it is done; a SIGTERM handler that does
+    # nothing turns that into the clean exit 0 a supervisor expects after a drain
+    previous = signal.signal(signal.SIGTERM, _ignore_signal)
+    try:
+        server.run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if not server.started:
         raise ConfigError(f"could not serve on {settings.host}:{settings.port} (is the port in use?)")
+
+
+def _log_to_stderr(level: str) -> None:
+    # uvicorn configures only its own loggers; the server's own news (a model loaded, failed,
+    # swapped; a drain began) goes to stderr at the same level
+    package = logging.getLogger("sluice")
+    if not package.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
+        package.addHandler(handler)
+        package.propagate = False
+    package.setLevel(level.upper())
+
+
+def _ignore_signal(sig: int, frame: FrameType | None) -> None:
+    pass
 
 
 class ServerThread:
@@ -134,6 +176,7 @@ class ServerThread:
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """Stop accepting, finish queued requests, unload the models."""
+        self.app.host.begin_drain()
         self._server.should_exit = True
         self._thread.join(timeout_s)
 
