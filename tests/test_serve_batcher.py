@@ -283,3 +283,12 @@ def test_an_idle_server_admits_whatever_its_latency_target_says() -> None:
     assert request.payload == "first"
     with pytest.raises(Overloaded, match="cannot meet the deadline"):
         batcher.add("second", rows=1, now=0.0)  # one queued ahead: now the target applies
+
+
+def test_adaptive_does_not_wait_when_under_one_row_arrives_per_fixed_cost() -> None:
+    """5 ms fixed cost, a request every 10 ms: a batch could gain half a row by waiting one fixed
+    cost, so the request runs at once instead of spending the latency budget."""
+    policy = _taught_adaptive()
+    for i in range(5):
+        policy.observe_arrival(i * 0.010, 1)
+    assert policy.dispatch_at(0.0401, oldest_arrival_s=0.040, queued_rows=1) == 0.0401

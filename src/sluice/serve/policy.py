@@ -204,7 +204,9 @@ class AdaptivePolicy(BatchPolicy):
        the fixed cost ``a`` is already at most ``overhead_fraction`` of ``L(q)`` (a bigger batch
        would barely raise throughput, so waiting only adds latency — BentoML waits anyway), or
        when arrivals have paused for two mean gaps (closed-loop clients wait for their answers:
-       waiting for them would only slow every cycle down).
+       waiting for them would only slow every cycle down), or when fewer than one row arrives
+       per fixed cost ``a`` (``λ·a < 1``: the load is light enough that batches barely save
+       anything, so waiting would be pure latency).
        Before the first batch finishes nothing is known, so it dispatches at once and learns.
 
     Admission (in the batcher) sheds a request whose estimated completion, queue ahead of it
@@ -248,6 +250,8 @@ class AdaptivePolicy(BatchPolicy):
             return now
         if model.a_s <= self.overhead_fraction * model.mean_s(queued_rows):
             return now
+        if self.arrivals.rows_per_s(now) * model.a_s < 1.0:
+            return now  # under one row arrives per fixed cost: batching has nothing to save
         t_latest = self._latest_dispatch_s(now, oldest_arrival_s, queued_rows, gap_s)
         if t_latest <= now or (t_latest - now) < gap_s:
             return now
