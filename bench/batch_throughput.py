@@ -8,7 +8,6 @@ four ways; rows/s and the ratio to raw ONNX Runtime are printed, then the peak R
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import subprocess
@@ -25,6 +24,7 @@ import onnxruntime as ort
 import pyarrow.parquet as pq
 
 from sluice.batch import predict
+from sluice.bench.models import write_mlp_onnx
 from sluice.demo import feature_names, make_demo_data, make_demo_model
 from sluice.models.repository import ModelRepository
 
@@ -75,39 +75,7 @@ def demo_model() -> Path:
 
 def mlp_model() -> Path:
     """A 32 → Gemm+Relu 256 → Gemm+Relu 256 → Gemm 2 → Softmax model with seeded random weights."""
-    path = DATA_DIR / "mlp.onnx"
-    if path.exists():
-        return path
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(MLP_SEED)
-    nodes, weights, tensor = [], [], "input"
-    layers = list(itertools.pairwise(MLP_WIDTHS))
-    for i, (fan_in, fan_out) in enumerate(layers):
-        w = rng.normal(scale=(2 / fan_in) ** 0.5, size=(fan_in, fan_out)).astype(np.float32)
-        b = rng.normal(scale=0.1, size=fan_out).astype(np.float32)
-        weights += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(b, f"b{i}")]
-        nodes.append(helper.make_node("Gemm", [tensor, f"w{i}", f"b{i}"], [f"gemm{i}"]))
-        tensor = f"gemm{i}"
-        if i < len(layers) - 1:
-            nodes.append(helper.make_node("Relu", [tensor], [f"relu{i}"]))
-            tensor = f"relu{i}"
-    nodes.append(helper.make_node("Softmax", [tensor], ["probabilities"], axis=1))
-    graph = helper.make_graph(
-        nodes,
-        "mlp",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, MLP_WIDTHS[0]])],
-        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, MLP_WIDTHS[-1]])],
-        weights,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8  # what opset 17 needs; newer IR versions may be unknown to the installed ORT
-    onnx.checker.check_model(model)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(model.SerializeToString())
-    tmp.replace(path)
-    return path
+    return write_mlp_onnx(DATA_DIR / "mlp.onnx", MLP_WIDTHS, MLP_SEED)
 
 
 def load_features(directory: Path) -> np.ndarray:

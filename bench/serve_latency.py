@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import itertools
 import json
 import os
 import shutil
@@ -36,6 +35,7 @@ import numpy as np
 import yaml
 
 from sluice.bench.loadgen import HttpRequest, LevelResult, closed_loop, open_loop
+from sluice.bench.models import write_mlp_onnx
 from sluice.bench.oip import infer_request, model_metadata
 from sluice.demo import make_demo_model
 from sluice.models.config import BatchingConfig
@@ -169,40 +169,7 @@ def errors(result: LevelResult) -> int:
 
 def mlp_model() -> Path:
     """A 32 → Gemm+Relu 1024 → Gemm+Relu 1024 → Gemm 2 → Softmax model with seeded random weights."""
-    path = DATA_DIR / f"mlp-{'-'.join(map(str, MLP_WIDTHS))}.onnx"
-    if path.exists():
-        return path
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(MLP_SEED)
-    nodes, weights, tensor = [], [], "input"
-    layers = list(itertools.pairwise(MLP_WIDTHS))
-    for i, (fan_in, fan_out) in enumerate(layers):
-        w = rng.normal(scale=(2 / fan_in) ** 0.5, size=(fan_in, fan_out)).astype(np.float32)
-        b = rng.normal(scale=0.1, size=fan_out).astype(np.float32)
-        weights += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(b, f"b{i}")]
-        nodes.append(helper.make_node("Gemm", [tensor, f"w{i}", f"b{i}"], [f"gemm{i}"]))
-        tensor = f"gemm{i}"
-        if i < len(layers) - 1:
-            nodes.append(helper.make_node("Relu", [tensor], [f"relu{i}"]))
-            tensor = f"relu{i}"
-    nodes.append(helper.make_node("Softmax", [tensor], ["probabilities"], axis=1))
-    graph = helper.make_graph(
-        nodes,
-        "mlp",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, MLP_WIDTHS[0]])],
-        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, MLP_WIDTHS[-1]])],
-        weights,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(model.SerializeToString())
-    tmp.replace(path)
-    return path
+    return write_mlp_onnx(DATA_DIR / f"mlp-{'-'.join(map(str, MLP_WIDTHS))}.onnx", MLP_WIDTHS, MLP_SEED)
 
 
 def demo_model() -> Path:

@@ -76,12 +76,9 @@ def remeasure(model: Model, data: Path, setups: tuple[Setup, Setup], repeats: in
     sample = load_sample(model, str(data), rows=SAMPLE_ROWS, not_features=[KEY])
     bench = ModelBench(model.source, sample, min_seconds=REMEASURE_S)
     rates: tuple[list[float], list[float]] = ([], [])
-    try:
-        for _ in range(repeats):
-            for rate, setup in zip(rates, setups, strict=True):
-                rate.append(bench(setup).rows_per_second)
-    finally:
-        bench.close()
+    for _ in range(repeats):
+        for rate, setup in zip(rates, setups, strict=True):
+            rate.append(bench(setup).rows_per_second)
     return median(rates[0]), median(rates[1])
 
 

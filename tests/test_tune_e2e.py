@@ -71,10 +71,7 @@ def test_load_sample_with_no_usable_row_is_a_data_error(models: Models, tmp_path
 
 def test_measurement_of_a_real_model(models: Models, sample: dict[str, np.ndarray]) -> None:
     bench = ModelBench(load_model(str(models.onnx)).source, sample, min_seconds=0.01)
-    try:
-        m = bench(Setup(512, 2, 1))
-    finally:
-        bench.close()
+    m = bench(Setup(512, 2, 1))
     assert m.status == "ok"
     assert m.setup == Setup(512, 2, 1)
     assert m.rows_per_second > 0
@@ -104,18 +101,12 @@ def test_failures_and_time_caps_are_recorded_not_raised(tmp_path: Path, monkeypa
     model = load_model("picky_model:predict")
     sample = {"input": np.ones((20, 3))}
     bench = ModelBench(model.source, sample, min_seconds=0.01)
-    try:
-        assert bench(Setup(8, 1, 1)).status == "ok"
-        failed = bench(Setup(16, 1, 1))
-    finally:
-        bench.close()
+    assert bench(Setup(8, 1, 1)).status == "ok"
+    failed = bench(Setup(16, 1, 1))
     assert failed.status == "error"
     assert "batches over 8 rows are refused" in failed.note
     slow = ModelBench(model.source, sample, max_batch_seconds=0.0)
-    try:
-        timed_out = slow(Setup(4, 1, 1))
-    finally:
-        slow.close()
+    timed_out = slow(Setup(4, 1, 1))
     assert timed_out.status == "timeout"
     assert timed_out.note.startswith("one batch took ")
 

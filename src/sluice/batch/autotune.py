@@ -69,10 +69,7 @@ def choose_batch_size(
     space = SearchSpace(
         ((spec.workers or 1, spec.intra_op_threads or 1),), min_batch=MIN_AUTO_BATCH, start_batch=MIN_AUTO_BATCH
     )
-    try:
-        choice = choose(search(bench, space))
-    finally:
-        bench.close()
+    choice = choose(search(bench, space))
     seconds = round(time.perf_counter() - started, 3)
     if choice.measurement is None:
         return BatchSizeChoice(DEFAULT_BATCH_SIZE, "default", seconds, note=choice.reason)

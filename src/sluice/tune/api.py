@@ -111,10 +111,7 @@ def tune(
     constraints = Constraints(max_latency_ms, limit)
     space = SearchSpace(tuple(setups or thread_setups(model)), max_batch=max_batch_size)
     bench = ModelBench(model.source, inputs, min_seconds=min_seconds, memory_limit_bytes=limit)
-    try:
-        measurements = exhaustive(bench, space) if sweep else search(bench, space, constraints)
-    finally:
-        bench.close()
+    measurements = exhaustive(bench, space) if sweep else search(bench, space, constraints)
     choice = choose(measurements, constraints)
     return Profile(
         model=model.source.display_name,

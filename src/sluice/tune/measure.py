@@ -1,7 +1,8 @@
 """Measuring one set-up of a real model on real rows: throughput, latency, memory.
 
-Each measurement loads the model with the set-up's intra-op thread count (sessions are
-reused between set-ups with the same count), warms up, then has ``workers`` threads call
+Each measurement loads the model afresh with the set-up's intra-op thread count (so memory
+an earlier set-up left in the runtime's arena cannot hide this one's), warms up, then has
+``workers`` threads call
 ``predict`` on batches cut from the sample for at least ``min_seconds``. Memory is the
 growth of the process's peak RSS over the measurement (plus worker processes for Python
 models). Running out of memory or past the time cap is recorded, never fatal.
@@ -51,9 +52,6 @@ class ModelBench:
         self.max_batch_seconds = max_batch_seconds
         self.memory_limit_bytes = memory_limit_bytes
         self.row_bytes = sum(v[:1].nbytes for v in self.sample.values())
-
-    def close(self) -> None:
-        """Nothing is held between measurements; kept so callers can use try/finally."""
 
     def model(self, intra_op_threads: int) -> Model:
         """A fresh model for each measurement: memory an earlier set-up left in the runtime's
