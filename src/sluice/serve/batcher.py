@@ -91,7 +91,6 @@ class Batcher(Generic[P]):
         """Admit a request of ``rows`` rows or raise :class:`Overloaded` at once."""
         if rows < 1:
             raise ValueError(f"a request needs at least one row, got {rows}")
-        self.policy.observe_arrival(now, rows)
         if self._queue and self._queued_rows + rows > self.max_queue_rows:
             raise Overloaded(
                 f"queue full: {self._queued_rows} rows queued, limit {self.max_queue_rows}, request has {rows}",
@@ -118,28 +117,33 @@ class Batcher(Generic[P]):
             payload=payload,
         )
         self._next_id += 1
+        # only admitted rows fill batches; a closed-loop client that was refused comes back at
+        # once, and counting its retries would make the queue look busier and shed even more
+        self.policy.observe_arrival(now, rows)
         self._queue.append(request)
         self._queued_rows += rows
         return request
 
     def estimate_completion_s(self, now: float, extra_rows: int = 0) -> float:
-        """Upper-quantile seconds until the queue plus ``extra_rows`` more rows are done.
+        """Seconds until the queue plus ``extra_rows`` more rows are answered.
 
-        The last, partial batch is assumed to fill with the rows expected to arrive before it
-        starts (its latency is that of the batch it will be, not of the rows queued now).
+        Full batches ahead count at their mean service time (the sum of several batches
+        varies far less than each one), the last at its upper quantile; that last, partial
+        batch is assumed to fill with the rows expected to arrive before it starts (its
+        latency is that of the batch it will be, not of the rows queued now).
         """
-        model = self.policy.latency
+        policy = self.policy
         busy_s = max(0.0, self._busy_until_s - now) if self._in_flight is not None else 0.0
         rows = self._queued_rows + extra_rows
-        if not model.fitted or rows == 0:
+        if not policy.latency.fitted or rows == 0:
             return busy_s
-        limit = self.policy.batch_limit()
+        limit = policy.batch_limit()
         full, rest = divmod(rows, limit)
-        start_s = busy_s + full * model.upper_s(limit)
         if not rest:
-            return start_s
-        expected = rest + math.ceil(self.policy.arrivals.rows_per_s(now) * start_s)
-        return start_s + model.upper_s(min(limit, expected))
+            full, rest = full - 1, limit
+        start_s = busy_s + full * policy.service_s(limit, upper=False)
+        expected = rest + math.ceil(policy.arrivals.rows_per_s(now) * start_s)
+        return start_s + policy.service_s(min(limit, expected))
 
     def _retry_after_s(self, now: float) -> float:
         return max(0.001, self.estimate_completion_s(now))
@@ -186,17 +190,19 @@ class Batcher(Generic[P]):
         self._queued_rows -= rows
         batch = Batch(requests=requests, rows=rows, closed_s=now, reason=reason)
         self._in_flight = batch
-        model = self.policy.latency
-        self._busy_until_s = now + (model.upper_s(rows) if model.fitted else 0.0)
+        self._busy_until_s = now + (self.policy.service_s(rows) if self.policy.latency.fitted else 0.0)
         return batch
 
-    def batch_done(self, batch: Batch[P], compute_s: float | None) -> None:
-        """The in-flight batch finished; ``compute_s`` None (a failed batch) teaches nothing."""
+    def batch_done(
+        self, batch: Batch[P], compute_s: float | None, overhead_s: float = 0.0, cpu_s: float | None = None
+    ) -> None:
+        """The in-flight batch finished after ``compute_s`` seconds in ``predict`` (``cpu_s`` of
+        CPU) and ``overhead_s`` around it; ``compute_s`` None (a failed batch) teaches nothing."""
         if batch is not self._in_flight:
             raise ValueError("batch_done() got a batch that is not the one in flight")
         self._in_flight = None
         if compute_s is not None:
-            self.policy.observe_batch(batch.rows, compute_s)
+            self.policy.observe_batch(batch.rows, compute_s, overhead_s, cpu_s)
 
     def pop_expired(self, now: float) -> list[PendingRequest[P]]:
         """Remove and return queued requests whose timeout has passed."""

@@ -2,7 +2,8 @@
 
 One :class:`asyncio.Future` per request; one dispatcher task that sleeps on an
 :class:`asyncio.Event` until a request arrives or the batcher's next deadline passes (no
-polling), closes a batch, runs ``predict`` on the concatenated inputs in a worker thread,
+polling), closes a batch, runs ``predict`` on the concatenated inputs in a worker thread (or on the
+loop itself when the policy expects it to take under ~100 µs, less than the hand-over),
 checks that every output has as many rows as the inputs, and scatters row slices back to
 each waiter. If ``predict`` raises or returns the wrong number of rows, every waiter of that
 batch gets the same :class:`~sluice.errors.PredictError`; nobody hangs.
@@ -13,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -22,6 +23,7 @@ import numpy as np
 from sluice.errors import DataError, Overloaded, PredictError, RequestTimeout, SluiceError
 from sluice.metrics import LatencyHistogram
 from sluice.serve.batcher import Batch, Batcher, PendingRequest
+from sluice.serve.limit import ConcurrencyLimit
 from sluice.serve.policy import BatchPolicy
 
 __all__ = ["DispatchMetrics", "Dispatcher", "PredictFn"]
@@ -34,6 +36,13 @@ PredictFn = Callable[[Arrays], Mapping[str, np.ndarray]]
 class _Job:
     inputs: Arrays
     future: asyncio.Future[Arrays]
+
+
+@dataclass(frozen=True, slots=True)
+class _Timed:
+    outputs: Mapping[str, np.ndarray]
+    wall_s: float
+    cpu_s: float
 
 
 @dataclass
@@ -64,6 +73,7 @@ class Dispatcher:
         self._predict = predict
         self._clock = clock
         self.batcher: Batcher[_Job] = Batcher(policy, max_queue_rows=max_queue_rows)
+        self.limit = ConcurrencyLimit(policy.latency_budget_s())
         self.metrics = DispatchMetrics()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -76,6 +86,29 @@ class Dispatcher:
         if self._task is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sluice-predict")
             self._task = asyncio.get_running_loop().create_task(self._run())
+
+    @contextlib.contextmanager
+    def admitted(self) -> Iterator[None]:
+        """Hold one of the version's request slots while a request is read, decoded, predicted
+        and encoded; raises :class:`Overloaded` at once (before the body is read) when every
+        slot is taken. Answered requests teach the :class:`ConcurrencyLimit` their latency."""
+        if self._closing:
+            raise Overloaded("the server is shutting down", retry_after_s=1.0)
+        if not self.limit.try_acquire():
+            self.metrics.shed += 1
+            budget_ms = (self.limit.budget_s or 0.0) * 1000
+            raise Overloaded(
+                f"{self.limit.in_progress} requests in progress, the most this model answers "
+                f"within its {budget_ms:.0f} ms budget",
+                retry_after_s=self.limit.budget_s or 1.0,
+            )
+        started_s = self._clock()
+        latency_s = None
+        try:
+            yield
+            latency_s = self._clock() - started_s
+        finally:
+            self.limit.release(latency_s)
 
     async def submit(self, inputs: Mapping[str, np.ndarray], rows: int, timeout_s: float | None = None) -> Arrays:
         """Queue ``rows`` rows and return this request's slice of the outputs.
@@ -158,10 +191,12 @@ class Dispatcher:
         self.metrics.batch_rows.record(batch.rows)
         names = list(jobs[0].inputs)
         inputs = {name: np.concatenate([job.inputs[name] for job in jobs]) for name in names}
-        loop = asyncio.get_running_loop()
         try:
-            outputs = await loop.run_in_executor(self._executor, self._predict, inputs)
-            checked = _check_outputs(outputs, batch)
+            if self.batcher.policy.run_inline(batch.rows):
+                timed = self._timed_predict(inputs)
+            else:
+                timed = await asyncio.get_running_loop().run_in_executor(self._executor, self._timed_predict, inputs)
+            checked = _check_outputs(timed.outputs, batch)
         except Exception as exc:  # noqa: BLE001 — user model code; every waiter gets one typed error
             error = exc if isinstance(exc, PredictError) else _predict_failed(exc, batch)
             self.metrics.failed_batches += 1
@@ -169,17 +204,23 @@ class Dispatcher:
             for request in batch.requests:
                 _fail(request, error)
             return
-        compute_s = self._clock() - started_s
-        self.metrics.compute.record(compute_s)
-        self.batcher.batch_done(batch, compute_s)
-        offset = 0
         done_s = self._clock()
+        self.metrics.compute.record(timed.wall_s)
+        self.batcher.batch_done(batch, timed.wall_s, done_s - started_s - timed.wall_s, timed.cpu_s)
+        offset = 0
         for request in batch.requests:
             part = {name: array[offset : offset + request.rows] for name, array in checked.items()}
             offset += request.rows
             if not request.payload.future.done():
                 request.payload.future.set_result(part)
             self.metrics.total.record(done_s - request.arrival_s)
+
+    def _timed_predict(self, inputs: Arrays) -> _Timed:
+        # timed where it runs: the wait for the thread and for the loop to resume is overhead,
+        # not compute, and must not teach the latency model that bigger batches are needed
+        started_s, started_cpu_s = self._clock(), time.thread_time()
+        outputs = self._predict(inputs)
+        return _Timed(outputs, self._clock() - started_s, time.thread_time() - started_cpu_s)
 
 
 def _predict_failed(exc: Exception, batch: Batch[_Job]) -> PredictError:

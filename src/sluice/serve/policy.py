@@ -15,10 +15,25 @@ still meet its deadline. Everything here is pure: times are passed in, nothing s
 from __future__ import annotations
 
 import math
+from collections import deque
 
-__all__ = ["AdaptivePolicy", "ArrivalRate", "BatchPolicy", "FixedPolicy", "LatencyModel"]
+__all__ = [
+    "INLINE_MAX_S",
+    "INLINE_MAX_WALL_S",
+    "AdaptivePolicy",
+    "ArrivalRate",
+    "BatchPolicy",
+    "FixedPolicy",
+    "LatencyModel",
+]
 
-_Z_P99 = 2.33  # one-sided normal quantile for 99%
+INLINE_MAX_S = 100e-6
+"""Batches expected to need at most this much CPU (on average) run on the event loop: a
+thread hand-over and the wake-up back cost ~50–100 µs here, more than such a batch itself."""
+INLINE_MAX_WALL_S = 500e-6
+"""… provided their mean wall time in ``predict`` (GIL waits included) stays under this."""
+_OVERHEAD_ALPHA = 0.1
+_STALL_FACTOR = 4.0
 
 
 class LatencyModel:
@@ -29,18 +44,29 @@ class LatencyModel:
     squares over those per-size means, each weighted by its count (capped at ``1/alpha``).
     Unlike decayed RLS, sizes seen long ago keep the slope identified when overload makes
     every batch the same size. With one size only, the fit is proportional (``a = 0``), which
-    over- rather than under-estimates larger batches. The spread is the decayed RMS of
-    *relative* prediction errors measured before each update; :meth:`upper_s` inflates the
-    mean by ``z`` of those (p99 by default).
+    over- rather than under-estimates larger batches.
+
+    A batch slower than 4× the prediction (a stall of a shared CPU) enters the means as 4×,
+    so one stall cannot drag the fit up for dozens of batches; a model that really got slower
+    is still learned within a few batches per size.
+
+    The spread is the empirical ``quantile`` of ``observed / predicted`` over the last
+    ``window`` batches (each ratio taken before that batch updates the fit): a shared CPU
+    gives heavy-tailed hiccups that a normal approximation of the RMS error overstates by
+    orders of magnitude, while the empirical quantile counts each hiccup once.
+    :meth:`upper_s` multiplies the mean by it.
     """
 
-    def __init__(self, *, alpha: float = 0.05, z: float = _Z_P99) -> None:
+    def __init__(self, *, alpha: float = 0.05, quantile: float = 0.99, window: int = 256) -> None:
         if not 0 < alpha <= 1:
             raise ValueError(f"alpha must be in (0, 1], got {alpha}")
+        if not 0 < quantile < 1:
+            raise ValueError(f"quantile must be in (0, 1), got {quantile}")
         self._alpha = alpha
-        self._z = z
+        self._quantile = quantile
         self._means: dict[int, tuple[float, float]] = {}  # rows -> (latency EWMA, weight)
-        self._res_w = self._res_ss = 0.0
+        self._ratios: deque[float] = deque(maxlen=window)
+        self._upper_factor = 1.0
         self.a_s = 0.0
         self.c_s_per_row = 0.0
         self.samples = 0
@@ -49,19 +75,17 @@ class LatencyModel:
     def fitted(self) -> bool:
         return self.samples > 0
 
-    @property
-    def relative_spread(self) -> float:
-        """RMS relative prediction error (0 until there are two observations)."""
-        return math.sqrt(self._res_ss / self._res_w) if self._res_w else 0.0
-
     def observe(self, rows: int, seconds: float) -> None:
         """Learn from one finished batch of ``rows`` rows that computed for ``seconds``."""
-        keep = 1.0 - self._alpha
         if self.samples:
             predicted = self.mean_s(rows)
-            rel = seconds / predicted - 1.0 if predicted > 0 else 0.0
-            self._res_w = keep * self._res_w + 1.0
-            self._res_ss = keep * self._res_ss + rel * rel
+            self._ratios.append(seconds / predicted if predicted > 0 else 1.0)
+            if predicted > 0:  # a stall counts in the tail, but moves the mean by at most α·3×
+                seconds = min(seconds, _STALL_FACTOR * predicted)
+            if self.samples < 32 or self.samples % 8 == 0:  # sorting 256 floats: ~10 µs
+                ordered = sorted(self._ratios)
+                index = min(len(ordered) - 1, int(self._quantile * len(ordered)))
+                self._upper_factor = max(1.0, ordered[index])
         mean, weight = self._means.get(rows, (seconds, 0.0))
         self._means[rows] = (mean + self._alpha * (seconds - mean), min(weight + 1.0, 1.0 / self._alpha))
         self.samples += 1
@@ -92,8 +116,8 @@ class LatencyModel:
         return self.a_s + self.c_s_per_row * rows
 
     def upper_factor(self) -> float:
-        """Multiplier from the mean to the upper quantile."""
-        return 1.0 + self._z * self.relative_spread
+        """Multiplier from the mean to the upper quantile (at least 1)."""
+        return self._upper_factor
 
     def upper_s(self, rows: int) -> float:
         """Conservative (upper-quantile) compute seconds of a batch of ``rows`` rows."""
@@ -150,15 +174,40 @@ class BatchPolicy:
             raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
         self.max_batch_size = max_batch_size
         self.latency = LatencyModel()
+        self.cpu = LatencyModel()
+        """Fit of the CPU seconds the predicting thread itself spends: unlike wall time, it
+        leaves out waits for the GIL and the scheduler, so it says how long a batch would
+        hold the event loop if it ran there."""
         self.arrivals = ArrivalRate()
+        self.overhead_s = 0.0
+        """EWMA of each batch's time outside ``predict``: the hand-over to the worker thread and
+        back to a possibly busy event loop. It does not grow with rows, so it is kept apart
+        from the compute fit."""
 
     def observe_arrival(self, now: float, rows: int) -> None:
-        """A request arrived (admitted or not: the offered load is what matters)."""
+        """A request was admitted (refused ones never join a batch)."""
         self.arrivals.observe(now, rows)
 
-    def observe_batch(self, rows: int, compute_s: float) -> None:
-        """A batch of ``rows`` rows finished after ``compute_s`` seconds of predict."""
+    def observe_batch(self, rows: int, compute_s: float, overhead_s: float = 0.0, cpu_s: float | None = None) -> None:
+        """A batch of ``rows`` rows finished after ``compute_s`` seconds inside ``predict``
+        (``cpu_s`` of them on the predicting thread's CPU, when measured) and ``overhead_s``
+        more between closing the batch and scattering its results."""
         self.latency.observe(rows, compute_s)
+        self.cpu.observe(rows, compute_s if cpu_s is None else cpu_s)
+        self.overhead_s += _OVERHEAD_ALPHA * (max(0.0, overhead_s) - self.overhead_s)
+
+    def service_s(self, rows: int, *, upper: bool = True) -> float:
+        """Seconds from closing a batch of ``rows`` rows to answering it (upper quantile of the
+        compute, or its mean with ``upper=False``), overhead included."""
+        compute = self.latency.upper_s(rows) if upper else self.latency.mean_s(rows)
+        return compute + self.overhead_s
+
+    def run_inline(self, rows: int) -> bool:
+        """Whether a batch of ``rows`` rows computes so briefly that handing it to a worker
+        thread would cost more than running it on the event loop."""
+        # both: a model that sleeps or waits for a device spends little CPU but long wall time
+        fits = self.cpu.fitted and self.cpu.mean_s(rows) <= INLINE_MAX_S
+        return fits and self.latency.mean_s(rows) <= INLINE_MAX_WALL_S
 
     def batch_limit(self) -> int:
         """Most rows a batch may hold now."""
@@ -194,10 +243,11 @@ class AdaptivePolicy(BatchPolicy):
 
     1. **Batch cap.** Under load a request can wait for the batch in flight and then run in
        the next one, so batches are capped at the largest ``b`` with ``2·L(b) ≤ T`` (Clipper's
-       AIMD probes for this bound; we read it off the fitted model).
+       AIMD probes for this bound; we read it off the fitted model). The per-batch overhead
+       ``o`` outside ``predict`` is not in the cap: smaller batches would pay it more often.
     2. **Latest safe dispatch.** With ``q`` rows queued and rows arriving at rate ``λ``, the
        batch closed at time ``t`` holds ``min(cap, q + λ·(t-now))`` rows and its oldest request
-       (arrived at ``t0``) finishes at ``t + L(rows)``; ``t_latest`` solves that equal to
+       (arrived at ``t0``) finishes at ``t + L(rows) + o``; ``t_latest`` solves that equal to
        ``t0 + T``. It is re-evaluated at every arrival, so a burst only brings it forward.
     3. **Dispatch now** when the batch is full, when ``t_latest ≤ now``, when fewer than one
        more request is expected before ``t_latest`` (waiting cannot grow the batch), or when
@@ -231,13 +281,16 @@ class AdaptivePolicy(BatchPolicy):
         self._plan_s = target_p99_ms / 1000 * headroom
 
     def latency_budget_s(self) -> float:
-        return self.target_p99_ms / 1000
+        # the headroom too: the estimate is of a sum of noisy batches, and p99 is its tail
+        return self._plan_s
 
     def batch_limit(self) -> int:
         model = self.latency
         if not model.fitted:
             return self.max_batch_size
         k = model.upper_factor()
+        # the overhead is left out: it does not grow with rows, so a smaller batch cannot win
+        # it back, and more, smaller batches would only pay it more often
         room_s = self._plan_s / (2 * k) - model.a_s
         if model.c_s_per_row <= 0:
             return self.max_batch_size if room_s >= 0 else 1
@@ -263,7 +316,7 @@ class AdaptivePolicy(BatchPolicy):
     def _latest_dispatch_s(self, now: float, oldest_arrival_s: float, queued_rows: int, gap_s: float) -> float:
         k = self.latency.upper_factor()
         a, c = self.latency.a_s * k, self.latency.c_s_per_row * k
-        end_s = oldest_arrival_s + self._plan_s
+        end_s = oldest_arrival_s + self._plan_s - self.overhead_s
         cap = self.batch_limit()
         rate = self.arrivals.rows_per_request / gap_s
         t_full_cap = end_s - (a + c * cap)
