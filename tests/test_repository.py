@@ -98,6 +98,27 @@ def test_invalid_model_yaml(repo: Path) -> None:
     assert str(info.value) == f"{repo / 'lr' / 'model.yaml'}: unknown_key: Extra inputs are not permitted"
 
 
+@pytest.mark.parametrize(
+    ("batching", "message"),
+    [
+        (
+            "{policy: adaptive, max_queue_delay_us: 10}",
+            "batching: max_queue_delay_us applies to policy 'fixed'; remove it or set policy: fixed",
+        ),
+        (
+            "{policy: fixed, target_p99_ms: 5}",
+            "batching: target_p99_ms applies to policy 'adaptive'; a fixed policy takes max_queue_delay_us",
+        ),
+        ("{policy: greedy}", "batching.policy: Input should be 'adaptive' or 'fixed'"),
+    ],
+)
+def test_invalid_batching_settings_are_named(repo: Path, batching: str, message: str) -> None:
+    (repo / "lr" / "model.yaml").write_text(f"batching: {batching}\n")
+    with pytest.raises(ConfigError) as info:
+        resolve_model("lr", repo)
+    assert str(info.value) == f"{repo / 'lr' / 'model.yaml'}: {message}"
+
+
 @pytest.mark.parametrize("name", ["../x", "a/../../b", "..", ".hidden", "x/y", "a..b/../c"])
 def test_repository_rejects_names_that_escape(repo: Path, name: str) -> None:
     with pytest.raises(ModelNotFound) as info:

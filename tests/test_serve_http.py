@@ -45,6 +45,9 @@ def repository(models, tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.copy(models.regressor_onnx, root / "reg" / "1" / "model.onnx")
     # client and server share one process and two cores here: a generous target, so nothing is shed
     (root / "reg" / "model.yaml").write_text("batching: {target_p99_ms: 5000}\n")
+    (root / "fixed" / "1").mkdir(parents=True)
+    shutil.copy(models.regressor_onnx, root / "fixed" / "1" / "model.onnx")
+    (root / "fixed" / "model.yaml").write_text("batching: {max_batch_size: 8, max_queue_delay_us: 2000000}\n")
     (root / "slow" / "1").mkdir(parents=True)
     (root / "slow" / "1" / "serve_slow_mod.py").write_text(SLOW_MODULE)
     (root / "slow" / "model.yaml").write_text("callable: serve_slow_mod:predict\nconcurrency: threads\n")
@@ -176,6 +179,30 @@ def test_concurrent_requests_are_batched(server: ServerThread, models) -> None:
     text = _raw(server, "GET", "/metrics")[2].decode()
     assert re.search(r'sluice_requests_total\{model="reg",version="1"\} (\d+)', text)
     assert 'sluice_request_seconds_bucket{model="reg",version="1",le="+Inf"}' in text
+
+
+def test_fixed_policy_closes_a_batch_when_full(server: ServerThread, models) -> None:
+    """max_queue_delay_us of 2 s: eight one-row requests make one full batch long before it."""
+
+    async def burst() -> list[np.ndarray]:
+        triton = aioclient.InferenceServerClient(url=server.url)
+        try:
+
+            async def one(i: int) -> np.ndarray:
+                infer_input = aioclient.InferInput("X", [1, 4], "FP32")
+                infer_input.set_data_from_numpy(_x(1, seed=i))
+                return (await triton.infer("fixed", [infer_input], headers=dict(AUTH))).as_numpy("variable")
+
+            return await asyncio.gather(*(one(i) for i in range(8)))
+        finally:
+            await triton.close()
+
+    results = asyncio.run(burst())
+    expected = _expected(models.regressor_onnx, np.concatenate([_x(1, seed=i) for i in range(8)]))["variable"]
+    np.testing.assert_allclose(np.concatenate(results), expected, rtol=1e-5)
+    text = _raw(server, "GET", "/metrics")[2].decode()
+    assert 'sluice_batch_size_count{model="fixed",version="1"} 1\n' in text
+    assert 'sluice_batch_size_sum{model="fixed",version="1"} 8' in text
 
 
 # -- errors ------------------------------------------------------------------------------------

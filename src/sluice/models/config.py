@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sluice.errors import ConfigError
 
@@ -46,6 +46,36 @@ class BatchingConfig(BaseModel):
     max_queue_rows: int | None = Field(
         default=None, ge=1, description="Rows queued before requests are shed with 503 (default: 16 batches)."
     )
+    policy: Literal["adaptive", "fixed"] | None = Field(
+        default=None,
+        description="'adaptive' (the default) sizes batches and sheds load to hold target_p99_ms; 'fixed' "
+        "closes a batch when it holds max_batch_size rows or its oldest request has waited "
+        "max_queue_delay_us (the default when max_queue_delay_us is set), and sheds only when the queue is full.",
+    )
+    max_queue_delay_us: int | None = Field(
+        default=None,
+        ge=0,
+        le=10_000_000,
+        description="For policy 'fixed': longest wait of a batch's first request (default 1000).",
+    )
+
+    @model_validator(mode="after")
+    def _policy(self) -> BatchingConfig:
+        if self.policy == "adaptive" and self.max_queue_delay_us is not None:
+            raise ValueError("max_queue_delay_us applies to policy 'fixed'; remove it or set policy: fixed")
+        if self.policy == "fixed" and self.target_p99_ms is not None:
+            raise ValueError("target_p99_ms applies to policy 'adaptive'; a fixed policy takes max_queue_delay_us")
+        return self
+
+    @property
+    def fixed(self) -> bool:
+        """Whether this is the fixed-window policy."""
+        return self.policy == "fixed" or (self.policy is None and self.max_queue_delay_us is not None)
+
+    @property
+    def queue_delay_us(self) -> int:
+        """The fixed policy's window."""
+        return 1000 if self.max_queue_delay_us is None else self.max_queue_delay_us
 
 
 class ModelConfig(BaseModel):

@@ -26,7 +26,7 @@ from sluice.models.loader import load_source
 from sluice.models.repository import ModelRepository
 from sluice.models.signature import Signature, TensorSpec
 from sluice.serve.dispatch import Dispatcher, DispatchMetrics
-from sluice.serve.policy import AdaptivePolicy
+from sluice.serve.policy import AdaptivePolicy, BatchPolicy, FixedPolicy
 
 __all__ = [
     "BATCH_BOUNDS_ROWS",
@@ -259,7 +259,11 @@ class ModelHost:
         model = await asyncio.to_thread(load_source, source)
         batching = config.batching
         max_batch_size = batching.max_batch_size if _batchable(model.signature) else 0
-        policy = AdaptivePolicy(batching.target_p99_ms or self.target_p99_ms, max(1, max_batch_size))
+        policy: BatchPolicy
+        if batching.fixed:
+            policy = FixedPolicy(max(1, max_batch_size), batching.queue_delay_us)
+        else:
+            policy = AdaptivePolicy(batching.target_p99_ms or self.target_p99_ms, max(1, max_batch_size))
         dispatcher = Dispatcher(model.predict_checked, policy, max_queue_rows=batching.max_queue_rows)
         dispatcher.metrics = _new_metrics()
         served = ServedVersion(name, version, model, dispatcher, max_batch_size)
