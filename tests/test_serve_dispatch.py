@@ -12,7 +12,6 @@ import pytest
 
 from sluice.errors import DataError, Overloaded, PredictError, RequestTimeout
 from sluice.serve.dispatch import Dispatcher, PredictFn
-from sluice.serve.limit import ConcurrencyLimit
 from sluice.serve.policy import AdaptivePolicy, FixedPolicy
 
 
@@ -164,47 +163,3 @@ def test_inputs_that_cannot_be_concatenated_are_refused_per_request() -> None:
         await dispatcher.close()
 
     asyncio.run(main())
-
-
-def test_batches_that_compute_in_microseconds_run_on_the_loop_and_slow_ones_in_the_worker() -> None:
-    fast, slow = Doubler(), Doubler(delay_s=0.003)
-
-    async def run(model: Doubler) -> list[str]:
-        dispatcher = Dispatcher(model, AdaptivePolicy(target_p99_ms=200, max_batch_size=16))
-        names = []
-        for i in range(5):  # one at a time: each is its own batch
-            await dispatcher.submit({"x": np.full((1, 2), float(i))}, rows=1)
-            names.append(model.threads.pop())
-        await dispatcher.close()
-        return names
-
-    loop_thread = threading.current_thread().name
-    # the first batch teaches the latency model; it runs in the worker since nothing is known
-    names = asyncio.run(run(fast))
-    assert names[0].startswith("sluice-predict") and names[1:] == [loop_thread] * 4
-    assert all(name.startswith("sluice-predict") for name in asyncio.run(run(slow)))
-
-
-def test_requests_over_the_in_progress_limit_are_refused_before_any_work() -> None:
-    model = Doubler(delay_s=0.05)
-
-    async def main() -> list[BaseException | dict[str, np.ndarray]]:
-        dispatcher = Dispatcher(model, AdaptivePolicy(target_p99_ms=1000, max_batch_size=16))
-        dispatcher.limit = ConcurrencyLimit(1.0, initial=2, minimum=1)
-
-        async def one(i: int) -> dict[str, np.ndarray]:
-            with dispatcher.admitted():
-                return await dispatcher.submit({"x": np.full((1, 2), float(i))}, rows=1)
-
-        results = await asyncio.gather(*(one(i) for i in range(4)), return_exceptions=True)
-        assert dispatcher.limit.in_progress == 0 and dispatcher.metrics.shed == 2
-        await dispatcher.close()
-        return results
-
-    first, second, third, fourth = asyncio.run(main())
-    assert isinstance(first, dict) and isinstance(second, dict)
-    np.testing.assert_array_equal(second["y"], [[2.0, 2.0]])
-    for refused in (third, fourth):
-        assert isinstance(refused, Overloaded)
-        assert str(refused) == "2 requests in progress, the most this model answers within its 1000 ms budget"
-    assert sum(model.batch_rows) == 2  # the refused requests never reached the model

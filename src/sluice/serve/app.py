@@ -221,20 +221,19 @@ class ServeApp:
     async def _infer(self, request: _Request) -> Response:
         self._authorize(request)
         name, selector = _model_selector(request)
-        key = ("", "")
         try:
-            admitting = self.host.get(name, selector)
-            key = (admitting.name, str(admitting.version))
-            # a model with every request slot taken is refused before the body is read: under
-            # overload that is the cheapest answer there is
-            with admitting.dispatcher.admitted():
-                body = await self._read_body(request)
-                # resolved again after the last await: a version swapped out meanwhile is
-                # closing, and from here to the dispatcher's queue nothing yields to the loop
-                served = self.host.get(name, selector)
-                key = (served.name, str(served.version))
-                self.requests[key] += 1
-                return await self._run_inference(body, request, served)
+            self.host.get(name, selector)  # an unknown model is refused before its body is read
+            body = await self._read_body(request)
+            # resolved again after the last await: a version swapped out meanwhile is closing,
+            # and from here to the dispatcher's queue nothing yields to the loop
+            served = self.host.get(name, selector)
+        except SluiceError as exc:
+            self.failures[("", "", exc.http_status)] += 1
+            raise
+        key = (served.name, str(served.version))
+        self.requests[key] += 1
+        try:
+            return await self._run_inference(body, request, served)
         except SluiceError as exc:
             self.failures[(*key, exc.http_status)] += 1
             raise
