@@ -163,3 +163,42 @@ def test_inputs_that_cannot_be_concatenated_are_refused_per_request() -> None:
         await dispatcher.close()
 
     asyncio.run(main())
+
+
+def test_a_version_that_would_shed_one_row_refuses_before_any_work() -> None:
+    model = Doubler(delay_s=0.03)
+
+    async def main() -> None:
+        dispatcher = Dispatcher(model, AdaptivePolicy(target_p99_ms=20, max_batch_size=4))
+        await dispatcher.submit({"x": np.ones((1, 2))}, rows=1)  # teaches it: ~30 ms a batch
+        dispatcher.refuse_early()  # idle: always admitted
+        running = asyncio.ensure_future(dispatcher.submit({"x": np.ones((1, 2))}, rows=1))
+        await asyncio.sleep(0.005)  # in flight now: one more row would finish after ~60 ms
+        with pytest.raises(Overloaded, match=r"^cannot meet the deadline: estimated \d+\.\d ms"):
+            dispatcher.refuse_early()
+        assert dispatcher.metrics.shed == 1
+        await running
+        await dispatcher.close()
+
+    asyncio.run(main())
+    assert model.batch_rows == [1, 1]
+
+
+def test_batches_that_compute_in_microseconds_run_on_the_loop_and_slow_ones_in_the_worker() -> None:
+    fast, slow = Doubler(), Doubler(delay_s=0.003)
+
+    async def run(model: Doubler) -> list[str]:
+        dispatcher = Dispatcher(model, AdaptivePolicy(target_p99_ms=200, max_batch_size=16))
+        names = []
+        for i in range(5):  # one at a time: each is its own batch
+            await dispatcher.submit({"x": np.full((1, 2), float(i))}, rows=1)
+            names.append(model.threads.pop())
+        await dispatcher.close()
+        return names
+
+    loop_thread = threading.current_thread().name
+    # the first batch teaches the latency model; it runs in the worker since nothing is known
+    names = asyncio.run(run(fast))
+    assert names[0].startswith("sluice-predict") and names[1:] == [loop_thread] * 4
+    # a sleeping model spends no CPU, but its wall time keeps it off the loop
+    assert all(name.startswith("sluice-predict") for name in asyncio.run(run(slow)))

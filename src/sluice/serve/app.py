@@ -221,14 +221,19 @@ class ServeApp:
     async def _infer(self, request: _Request) -> Response:
         self._authorize(request)
         name, selector = _model_selector(request)
+        key = ("", "")
         try:
-            self.host.get(name, selector)  # an unknown model is refused before its body is read
+            admitting = self.host.get(name, selector)
+            key = (admitting.name, str(admitting.version))
+            # a version that would shed even a one-row request refuses before the body is
+            # read: under overload that is the cheapest answer there is
+            admitting.dispatcher.refuse_early(_timeout_s(request.headers, None))
             body = await self._read_body(request)
             # resolved again after the last await: a version swapped out meanwhile is closing,
             # and from here to the dispatcher's queue nothing yields to the loop
             served = self.host.get(name, selector)
         except SluiceError as exc:
-            self.failures[("", "", exc.http_status)] += 1
+            self.failures[(*key, exc.http_status)] += 1
             raise
         key = (served.name, str(served.version))
         self.requests[key] += 1

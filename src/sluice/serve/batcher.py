@@ -91,6 +91,28 @@ class Batcher(Generic[P]):
         """Admit a request of ``rows`` rows or raise :class:`Overloaded` at once."""
         if rows < 1:
             raise ValueError(f"a request needs at least one row, got {rows}")
+        self.check_admission(rows, now, timeout_s)
+        request = PendingRequest(
+            request_id=self._next_id,
+            rows=rows,
+            arrival_s=now,
+            deadline_s=None if timeout_s is None else now + timeout_s,
+            payload=payload,
+        )
+        self._next_id += 1
+        # only admitted rows fill batches; a closed-loop client that was refused comes back at
+        # once, and counting its retries would make the queue look busier and shed even more
+        self.policy.observe_arrival(now, rows)
+        self._queue.append(request)
+        self._queued_rows += rows
+        return request
+
+    def check_admission(self, rows: int, now: float, timeout_s: float | None = None) -> None:
+        """Raise :class:`Overloaded` if a request of ``rows`` rows would be refused now.
+
+        The driver may call it with one row before it reads a request's body: if even one
+        row cannot be admitted, the refusal costs nothing to decode.
+        """
         if self._queue and self._queued_rows + rows > self.max_queue_rows:
             raise Overloaded(
                 f"queue full: {self._queued_rows} rows queued, limit {self.max_queue_rows}, request has {rows}",
@@ -109,26 +131,16 @@ class Batcher(Generic[P]):
                     f"{self._queued_rows} rows queued, budget {min(budgets) * 1000:.1f} ms",
                     self._retry_after_s(now),
                 )
-        request = PendingRequest(
-            request_id=self._next_id,
-            rows=rows,
-            arrival_s=now,
-            deadline_s=None if timeout_s is None else now + timeout_s,
-            payload=payload,
-        )
-        self._next_id += 1
-        # only admitted rows fill batches; a closed-loop client that was refused comes back at
-        # once, and counting its retries would make the queue look busier and shed even more
-        self.policy.observe_arrival(now, rows)
-        self._queue.append(request)
-        self._queued_rows += rows
-        return request
 
     def estimate_completion_s(self, now: float, extra_rows: int = 0) -> float:
         """Seconds until the queue plus ``extra_rows`` more rows are answered.
 
-        Full batches ahead count at their mean service time (the sum of several batches
-        varies far less than each one), the last at its upper quantile; that last, partial
+        Only what shedding can save is counted: the model's compute. Full batches ahead count
+        at their mean (the sum of several batches varies far less than each one), the last at
+        its upper quantile. The per-batch overhead (thread hand-over, a busy event loop) is
+        left out: when the HTTP loop is the bottleneck, a 503 costs it nearly as much as an
+        answer, and closed-loop clients that are refused come straight back, so shedding on
+        loop lag would only feed itself. That last, partial
         batch is assumed to fill with the rows expected to arrive before it starts (its
         latency is that of the batch it will be, not of the rows queued now).
         """
@@ -141,9 +153,9 @@ class Batcher(Generic[P]):
         full, rest = divmod(rows, limit)
         if not rest:
             full, rest = full - 1, limit
-        start_s = busy_s + full * policy.service_s(limit, upper=False)
+        start_s = busy_s + full * policy.latency.mean_s(limit)
         expected = rest + math.ceil(policy.arrivals.rows_per_s(now) * start_s)
-        return start_s + policy.service_s(min(limit, expected))
+        return start_s + policy.latency.upper_s(min(limit, expected))
 
     def _retry_after_s(self, now: float) -> float:
         return max(0.001, self.estimate_completion_s(now))
@@ -190,7 +202,7 @@ class Batcher(Generic[P]):
         self._queued_rows -= rows
         batch = Batch(requests=requests, rows=rows, closed_s=now, reason=reason)
         self._in_flight = batch
-        self._busy_until_s = now + (self.policy.service_s(rows) if self.policy.latency.fitted else 0.0)
+        self._busy_until_s = now + (self.policy.latency.upper_s(rows) if self.policy.latency.fitted else 0.0)
         return batch
 
     def batch_done(

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -23,7 +23,6 @@ import numpy as np
 from sluice.errors import DataError, Overloaded, PredictError, RequestTimeout, SluiceError
 from sluice.metrics import LatencyHistogram
 from sluice.serve.batcher import Batch, Batcher, PendingRequest
-from sluice.serve.limit import ConcurrencyLimit
 from sluice.serve.policy import BatchPolicy
 
 __all__ = ["DispatchMetrics", "Dispatcher", "PredictFn"]
@@ -73,7 +72,6 @@ class Dispatcher:
         self._predict = predict
         self._clock = clock
         self.batcher: Batcher[_Job] = Batcher(policy, max_queue_rows=max_queue_rows)
-        self.limit = ConcurrencyLimit(policy.latency_budget_s())
         self.metrics = DispatchMetrics()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -87,28 +85,16 @@ class Dispatcher:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sluice-predict")
             self._task = asyncio.get_running_loop().create_task(self._run())
 
-    @contextlib.contextmanager
-    def admitted(self) -> Iterator[None]:
-        """Hold one of the version's request slots while a request is read, decoded, predicted
-        and encoded; raises :class:`Overloaded` at once (before the body is read) when every
-        slot is taken. Answered requests teach the :class:`ConcurrencyLimit` their latency."""
+    def refuse_early(self, timeout_s: float | None = None) -> None:
+        """Raise :class:`Overloaded` now if even a one-row request would be shed, so the
+        caller can answer 503 before reading and decoding the request's body."""
         if self._closing:
             raise Overloaded("the server is shutting down", retry_after_s=1.0)
-        if not self.limit.try_acquire():
-            self.metrics.shed += 1
-            budget_ms = (self.limit.budget_s or 0.0) * 1000
-            raise Overloaded(
-                f"{self.limit.in_progress} requests in progress, the most this model answers "
-                f"within its {budget_ms:.0f} ms budget",
-                retry_after_s=self.limit.budget_s or 1.0,
-            )
-        started_s = self._clock()
-        latency_s = None
         try:
-            yield
-            latency_s = self._clock() - started_s
-        finally:
-            self.limit.release(latency_s)
+            self.batcher.check_admission(1, self._clock(), timeout_s)
+        except Overloaded:
+            self.metrics.shed += 1
+            raise
 
     async def submit(self, inputs: Mapping[str, np.ndarray], rows: int, timeout_s: float | None = None) -> Arrays:
         """Queue ``rows`` rows and return this request's slice of the outputs.

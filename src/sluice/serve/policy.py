@@ -196,12 +196,6 @@ class BatchPolicy:
         self.cpu.observe(rows, compute_s if cpu_s is None else cpu_s)
         self.overhead_s += _OVERHEAD_ALPHA * (max(0.0, overhead_s) - self.overhead_s)
 
-    def service_s(self, rows: int, *, upper: bool = True) -> float:
-        """Seconds from closing a batch of ``rows`` rows to answering it (upper quantile of the
-        compute, or its mean with ``upper=False``), overhead included."""
-        compute = self.latency.upper_s(rows) if upper else self.latency.mean_s(rows)
-        return compute + self.overhead_s
-
     def run_inline(self, rows: int) -> bool:
         """Whether a batch of ``rows`` rows computes so briefly that handing it to a worker
         thread would cost more than running it on the event loop."""
