@@ -12,6 +12,7 @@ __all__ = [
     "ConfigError",
     "DataError",
     "ErrorFractionExceeded",
+    "HttpError",
     "Interrupted",
     "MissingDependency",
     "ModelError",
@@ -112,6 +113,16 @@ class ProtocolError(SluiceError):
     """A request breaks the protocol or the model's signature (HTTP 400)."""
 
     http_status = 400
+
+
+class HttpError(SluiceError):
+    """An HTTP-level refusal (401, 404 for an unknown route, 405, 413), with its status and
+    any headers the answer needs (e.g. ``WWW-Authenticate``)."""
+
+    def __init__(self, message: str, http_status: int, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.http_status = http_status
+        self.headers = headers or {}
 
 
 class Overloaded(SluiceError):

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sluice.errors import Overloaded, ProtocolError, SluiceError
+from sluice.errors import HttpError, Overloaded, ProtocolError, SluiceError
 from sluice.serve.host import ModelHost, ServedVersion
 from sluice.serve.metadata import model_config, model_metadata, server_metadata
 from sluice.serve.prometheus import render_metrics
@@ -40,15 +40,6 @@ TIMEOUT_HEADER = "Sluice-Timeout-Ms"
 """Request header with a timeout in milliseconds (the ``timeout`` parameter takes microseconds)."""
 
 _JSON = {"Content-Type": "application/json"}
-
-
-class HttpError(SluiceError):
-    """An HTTP-level refusal (401, 404 route, 405, 413) raised and answered inside the app."""
-
-    def __init__(self, message: str, http_status: int, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.http_status = http_status
-        self.headers = headers or {}
 
 
 @dataclass
