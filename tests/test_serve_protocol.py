@@ -18,6 +18,7 @@ from tritonclient.http import InferInput, InferRequestedOutput, InferResult  # n
 from tritonclient.http._utils import _get_inference_request  # noqa: E402
 
 import sluice.serve.protocol as protocol  # noqa: E402
+import sluice.serve.tensors as tensors  # noqa: E402
 from sluice.errors import ConfigError, PredictError, ProtocolError, SluiceError  # noqa: E402
 from sluice.models.signature import Signature, TensorSpec  # noqa: E402
 from sluice.serve.metadata import model_config, model_metadata, server_metadata  # noqa: E402
@@ -50,7 +51,7 @@ def triton_request(
     """Body and Inference-Header-Content-Length exactly as tritonclient.http would send them."""
     inputs = []
     for name, value in arrays.items():
-        datatype = protocol.datatype_of(value.dtype)
+        datatype = tensors.datatype_of(value.dtype)
         tensor = InferInput(name, list(value.shape), datatype)
         tensor.set_data_from_numpy(value, binary_data=binary if isinstance(binary, bool) else binary[name])
         inputs.append(tensor)
@@ -115,15 +116,15 @@ def assert_same(found: np.ndarray, expected: np.ndarray) -> None:
 
 
 def test_datatype_mappings() -> None:
-    assert protocol.datatype_of(np.dtype(">f4")) == "FP32"
-    assert protocol.datatype_of(np.dtype("U5")) == "BYTES"
-    assert protocol.numpy_dtype("BYTES") == np.dtype(object)
-    assert protocol.config_datatype("BYTES") == "TYPE_STRING"
-    assert protocol.config_datatype("FP16") == "TYPE_FP16"
+    assert tensors.datatype_of(np.dtype(">f4")) == "FP32"
+    assert tensors.datatype_of(np.dtype("U5")) == "BYTES"
+    assert tensors.numpy_dtype("BYTES") == np.dtype(object)
+    assert tensors.config_datatype("BYTES") == "TYPE_STRING"
+    assert tensors.config_datatype("FP16") == "TYPE_FP16"
     with pytest.raises(ConfigError, match="complex128 has no Open Inference Protocol datatype"):
-        protocol.datatype_of(np.dtype(np.complex128))
+        tensors.datatype_of(np.dtype(np.complex128))
     with pytest.raises(ProtocolError, match="invalid datatype 'BF16'"):
-        protocol.numpy_dtype("BF16")
+        tensors.numpy_dtype("BF16")
 
 
 # -- round trips through tritonclient -----------------------------------------------------------
@@ -475,4 +476,10 @@ def test_public_names() -> None:
         for name, value in vars(protocol).items()
         if not name.startswith("_") and getattr(value, "__module__", None) == protocol.__name__
     }
-    assert defined | {"DATATYPES", "HEADER_LENGTH"} == set(protocol.__all__)
+    assert defined | {"HEADER_LENGTH"} == set(protocol.__all__)
+    tensor_names = {
+        name
+        for name, value in vars(tensors).items()
+        if not name.startswith("_") and getattr(value, "__module__", None) == tensors.__name__
+    }
+    assert tensor_names | {"DATATYPES"} == set(tensors.__all__)

@@ -7,7 +7,7 @@ from typing import Any
 
 from sluice.errors import ConfigError
 from sluice.models.signature import Signature, TensorSpec
-from sluice.serve.protocol import config_datatype, datatype_of
+from sluice.serve.tensors import config_datatype, datatype_of
 
 __all__ = ["model_config", "model_metadata", "server_metadata"]
 

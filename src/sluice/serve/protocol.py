@@ -2,60 +2,35 @@
 
 :func:`decode_request` turns an inference request body (JSON, or a JSON header followed by
 binary tensor data) into checked numpy tensors; :func:`encode_response` turns model outputs
-into a response body and its headers. The metadata helpers build the JSON documents of
-``GET /v2``, ``GET /v2/models/{m}`` and Triton's ``GET /v2/models/{m}/config``. Error
-messages follow Triton's wording, so clients and their users see what they would see there.
+into a response body and its headers; :mod:`sluice.serve.tensors` converts each tensor.
+Error messages follow Triton's wording, so clients and their users see what they would see
+there.
 """
 
 from __future__ import annotations
 
 import json
-import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 
-from sluice.errors import ConfigError, PredictError, ProtocolError
+from sluice.errors import ProtocolError
 from sluice.models.signature import Signature, TensorSpec
-from sluice.serve.binary import MalformedBytes, deserialize_bytes, serialize_bytes, tensor_bytes, tensor_from_bytes
+from sluice.serve.binary import serialize_bytes, tensor_bytes
+from sluice.serve.tensors import (
+    datatype_of,
+    dims,
+    from_binary,
+    from_json,
+    json_data,
+    output_datatype,
+)
 
-__all__ = [
-    "DATATYPES",
-    "HEADER_LENGTH",
-    "InferRequest",
-    "RequestedOutput",
-    "config_datatype",
-    "datatype_of",
-    "decode_request",
-    "encode_response",
-    "error_body",
-    "numpy_dtype",
-]
+__all__ = ["HEADER_LENGTH", "InferRequest", "RequestedOutput", "decode_request", "encode_response", "error_body"]
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
-
-DATATYPES: dict[str, np.dtype[np.generic]] = {
-    "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype(np.uint8),
-    "UINT16": np.dtype(np.uint16),
-    "UINT32": np.dtype(np.uint32),
-    "UINT64": np.dtype(np.uint64),
-    "INT8": np.dtype(np.int8),
-    "INT16": np.dtype(np.int16),
-    "INT32": np.dtype(np.int32),
-    "INT64": np.dtype(np.int64),
-    "FP16": np.dtype(np.float16),
-    "FP32": np.dtype(np.float32),
-    "FP64": np.dtype(np.float64),
-    "BYTES": np.dtype(object),
-}
-"""Every Open Inference Protocol datatype Sluice carries, with the numpy dtype it decodes to."""
-
-_BY_DTYPE = {dtype: name for name, dtype in DATATYPES.items()}
-# JSON value kinds (numpy's, after np.asarray) each datatype accepts; ints widen to floats.
-_JSON_KINDS = {"b": "b", "u": "iu", "i": "iu", "f": "iuf"}
 
 
 @dataclass(frozen=True)
@@ -88,41 +63,6 @@ class InferRequest:
         return int(first.shape[0]) if first is not None and first.ndim else 0
 
 
-# -- datatypes ---------------------------------------------------------------------------------
-
-
-def datatype_of(dtype: np.dtype[Any]) -> str:
-    """The protocol datatype of a numpy dtype (strings and objects are ``BYTES``)."""
-    if dtype.kind in "OUS":
-        return "BYTES"
-    name = _BY_DTYPE.get(dtype.newbyteorder("=")) if dtype.kind in "biuf" else None
-    if name is None:
-        raise ConfigError(f"dtype {dtype} has no Open Inference Protocol datatype; use one of {_names()}")
-    return name
-
-
-def numpy_dtype(datatype: str) -> np.dtype[np.generic]:
-    """The numpy dtype a protocol datatype decodes to (``object`` for ``BYTES``)."""
-    try:
-        return DATATYPES[datatype]
-    except KeyError:
-        raise ProtocolError(f"invalid datatype '{datatype}'; expected one of {_names()}") from None
-
-
-def config_datatype(datatype: str) -> str:
-    """Triton's model-configuration name of a protocol datatype: ``FP32`` → ``TYPE_FP32``."""
-    numpy_dtype(datatype)
-    return "TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}"
-
-
-def _names() -> str:
-    return ", ".join(DATATYPES)
-
-
-def _dims(shape: Iterable[int]) -> str:
-    return "[" + ",".join(str(d) for d in shape) + "]"
-
-
 # -- requests ----------------------------------------------------------------------------------
 
 
@@ -153,7 +93,7 @@ def decode_request(
         if size is None:
             if "data" not in raw:
                 raise ProtocolError(f"input '{name}' has neither 'data' nor a binary_data_size parameter")
-            inputs[name] = _from_json(name, datatype, raw["data"], shape)
+            inputs[name] = from_json(name, datatype, raw["data"], shape)
         else:
             if not _is_count(size):
                 raise ProtocolError(f"input '{name}': binary_data_size must be a non-negative integer, got {size!r}")
@@ -162,7 +102,7 @@ def decode_request(
                     f"input '{name}' takes {size} bytes of binary data "
                     f"but only {len(blobs) - offset} remain in the body"
                 )
-            inputs[name] = _from_binary(name, datatype, blobs[offset : offset + size], shape, model_name)
+            inputs[name] = from_binary(name, datatype, blobs[offset : offset + size], shape, model_name)
             offset += size
         inputs[name] = _fit_shape(spec, inputs[name])
     if offset != len(blobs):
@@ -241,7 +181,7 @@ def _input_spec(signature: Signature, name: str, datatype: str, shape: tuple[int
     if not _shape_fits(spec.shape, shape):
         raise ProtocolError(
             f"unexpected shape for input '{name}' for model '{model_name}'. "
-            f"Expected {_dims(spec.shape)}, got {_dims(shape)}"
+            f"Expected {dims(spec.shape)}, got {dims(shape)}"
         )
     return spec
 
@@ -256,82 +196,6 @@ def _shape_fits(model: tuple[int, ...], request: tuple[int, ...]) -> bool:
 
 def _fit_shape(spec: TensorSpec, values: np.ndarray) -> np.ndarray:
     return values.reshape(values.shape[:1]) if len(spec.shape) == 1 and values.ndim == 2 else values
-
-
-def _from_json(name: str, datatype: str, data: object, shape: tuple[int, ...]) -> np.ndarray:
-    count = math.prod(shape)
-    values = _json_bytes(name, data) if datatype == "BYTES" else _json_numbers(name, datatype, data)
-    if values.size != count:
-        raise ProtocolError(
-            f"unable to parse 'data' for input '{name}': shape {_dims(shape)} holds {count} elements "
-            f"but 'data' has {values.size}"
-        )
-    return values.reshape(shape)
-
-
-def _json_numbers(name: str, datatype: str, data: object) -> np.ndarray:
-    dtype = DATATYPES[datatype]
-    try:
-        values = np.asarray(data)
-    except ValueError:  # ragged nesting
-        raise ProtocolError(f"unable to parse 'data' for input '{name}': nested lists of unequal lengths") from None
-    if values.size and dtype.kind in "iu" and values.dtype.kind in "fO":
-        return _json_wide_ints(name, datatype, data, values)
-    if values.size and values.dtype.kind not in _JSON_KINDS[dtype.kind]:
-        raise ProtocolError(f"unable to parse 'data' for input '{name}': expected {datatype} values")
-    if values.size and dtype.kind in "iu":
-        info = np.iinfo(cast("np.dtype[np.integer[Any]]", dtype))
-        if values.min() < info.min or values.max() > info.max:
-            raise ProtocolError(
-                f"unable to parse 'data' for input '{name}': values outside the range of {datatype} "
-                f"[{info.min}, {info.max}]"
-            )
-    return values.astype(dtype, copy=False)
-
-
-def _json_wide_ints(name: str, datatype: str, data: object, natural: np.ndarray) -> np.ndarray:
-    # numpy reads ints beyond int64 mixed with small ones as floats: convert again exactly,
-    # and refuse real fractions (or None, strings) by comparing with the first reading.
-    try:
-        exact = np.asarray(data, dtype=DATATYPES[datatype])
-    except (TypeError, ValueError, OverflowError):
-        exact = None
-    if exact is None or (natural.dtype.kind == "f" and not np.array_equal(exact.astype(np.float64), natural)):
-        raise ProtocolError(f"unable to parse 'data' for input '{name}': expected {datatype} values")
-    return exact
-
-
-def _json_bytes(name: str, data: object) -> np.ndarray:
-    values = np.asarray(data, dtype=object)
-    flat = values.ravel().tolist()
-    if not all(isinstance(v, str) for v in flat):
-        raise ProtocolError(f"unable to parse 'data' for input '{name}': expected BYTES values as strings")
-    out = np.empty(len(flat), dtype=object)
-    out[:] = [v.encode("utf-8") for v in flat]
-    return out.reshape(values.shape)
-
-
-def _from_binary(name: str, datatype: str, blob: memoryview, shape: tuple[int, ...], model_name: str) -> np.ndarray:
-    count = math.prod(shape)
-    if datatype == "BYTES":
-        try:
-            values = deserialize_bytes(blob)
-        except MalformedBytes as exc:
-            raise ProtocolError(f"{exc} for inference input '{name}' for model '{model_name}'") from None
-        if values.size != count:
-            raise ProtocolError(
-                f"expected {count} string elements for inference input '{name}' for model '{model_name}', "
-                f"got {values.size}"
-            )
-        return values.reshape(shape)
-    dtype = DATATYPES[datatype]
-    expected = count * dtype.itemsize
-    if len(blob) != expected:
-        raise ProtocolError(
-            f"input byte size mismatch for input '{name}' for model '{model_name}'. "
-            f"Expected {expected}, got {len(blob)}"
-        )
-    return tensor_from_bytes(blob, dtype, shape)
 
 
 def _check_complete(signature: Signature, inputs: Mapping[str, np.ndarray], model_name: str) -> None:
@@ -428,14 +292,14 @@ def encode_response(
         if want.name not in outputs:
             raise ProtocolError(f"unexpected inference output '{want.name}' for model '{model_name}'")
         values = np.asarray(outputs[want.name])
-        datatype = _output_datatype(want.name, values)
+        datatype = output_datatype(want.name, values)
         entry: dict[str, Any] = {"name": want.name, "datatype": datatype, "shape": list(values.shape)}
         if want.binary_data if want.binary_data is not None else binary_default:
             blob = serialize_bytes(values) if datatype == "BYTES" else tensor_bytes(values)
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
-            entry["data"] = _json_data(want.name, datatype, values)
+            entry["data"] = json_data(want.name, datatype, values)
         entries.append(entry)
     document: dict[str, Any] = {"model_name": model_name, "model_version": str(model_version)}
     if request_id is not None:
@@ -446,27 +310,6 @@ def encode_response(
         return header, {"Content-Type": "application/json"}
     headers = {"Content-Type": "application/octet-stream", HEADER_LENGTH: str(len(header))}
     return b"".join([header, *blobs]), headers
-
-
-def _output_datatype(name: str, values: np.ndarray) -> str:
-    try:
-        return datatype_of(values.dtype)
-    except ConfigError:
-        raise PredictError(
-            f"output '{name}' has dtype {values.dtype}, which the Open Inference Protocol cannot carry"
-        ) from None
-
-
-def _json_data(name: str, datatype: str, values: np.ndarray) -> list[Any]:
-    flat: list[Any] = values.ravel(order="C").tolist()
-    if datatype != "BYTES":
-        return flat
-    try:
-        return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in flat]
-    except UnicodeDecodeError:
-        raise ProtocolError(
-            f"output '{name}' holds bytes that are not UTF-8, which JSON cannot carry; request it with binary_data"
-        ) from None
 
 
 def error_body(message: str) -> bytes:
