@@ -378,9 +378,108 @@ def bench_sluice(mode: str, models: dict[str, Path], duration_s: float, target_m
             path = f"/v2/models/{row.model}/infer"
             body = request.payload.split(b"\r\n\r\n", 1)[1]
             measure(row, request, proc, lambda p=path, b=body, r=request: post_once(r, p, b), duration_s)
+            if mode == "adaptive" and PERF_ANALYZER.enabled:
+                for concurrency in PERF_CONCURRENCY:
+                    PERF_ROWS.append(perf_analyzer(row.model, port, concurrency))
     finally:
         stop(proc)
     return rows
+
+
+# -- perf_analyzer (Triton's own load generator, binary tensors) ------------------------------
+
+
+@dataclass
+class PerfAnalyzer:
+    enabled: bool = True
+    binary: Path | None = None
+    why_not: str = ""
+
+
+@dataclass
+class PerfRow:
+    model: str
+    concurrency: int
+    throughput_per_s: float = 0.0
+    p50_us: float = 0.0
+    p99_us: float = 0.0
+    note: str = ""
+
+
+PERF_ANALYZER = PerfAnalyzer()
+PERF_ROWS: list[PerfRow] = []
+PERF_CONCURRENCY = (1, 8)
+PERF_VENV = VENVS / "perf"
+
+
+def ensure_perf_analyzer() -> None:
+    """perf_analyzer ships inside the tritonclient 2.51 wheel (see ENVIRONMENT.md); it needs
+    Debian's libb64-0d and the CUDA runtime library from PyPI even for HTTP on a CPU machine."""
+    import ctypes.util
+
+    binary = PERF_VENV / "bin" / "perf_analyzer"
+    if not binary.exists():
+        print(f"[perf_analyzer] installing tritonclient[http]==2.51.0 into {PERF_VENV} …", flush=True)
+        log = VENVS / "perf.install.log"
+        try:
+            with log.open("wb") as out:
+                base = shutil.which("python3.11") or sys.executable
+                subprocess.run([base, "-m", "venv", str(PERF_VENV)], check=True, stdout=out, stderr=out)
+                pip = [str(PERF_VENV / "bin" / "python"), "-m", "pip", "install", "-q"]
+                packages = ["tritonclient[http]==2.51.0", "nvidia-cuda-runtime-cu12"]
+                subprocess.run([*pip, *packages], check=True, stdout=out, stderr=out, timeout=INSTALL_TIMEOUT_S)
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
+            PERF_ANALYZER.why_not = f"install failed ({type(exc).__name__}; see {log})"
+            return
+    if ctypes.util.find_library("b64") is None:
+        PERF_ANALYZER.why_not = "needs Debian's libb64-0d (apt-get install libb64-0d)"
+        return
+    PERF_ANALYZER.binary = binary
+
+
+def perf_analyzer(model: str, port: int, concurrency: int) -> PerfRow:
+    row = PerfRow(model, concurrency)
+    if PERF_ANALYZER.binary is None:
+        row.note = f"not measured: {PERF_ANALYZER.why_not}"
+        return row
+    cudart = next(PERF_VENV.glob("lib/python*/site-packages/nvidia/cuda_runtime/lib"), None)
+    env = {**os.environ, "LD_LIBRARY_PATH": str(cudart or "")}
+    csv = WORK / f"perf-{model}-c{concurrency}.csv"
+    cmd = [str(PERF_ANALYZER.binary), "-m", model, "-u", f"{HOST}:{port}", "-i", "http"]
+    cmd += ["--concurrency-range", str(concurrency), "--measurement-mode", "count_windows"]
+    cmd += ["--measurement-request-count", "3000", "-s", "50", "--percentile", "99", "-f", str(csv)]
+    try:
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180, check=False)
+    except subprocess.TimeoutExpired:
+        row.note = "timed out"
+        return row
+    if done.returncode != 0 or not csv.exists():
+        lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+        row.note = f"failed: {lines[-1][:120] if lines else done.returncode}"
+        return row
+    header, values = csv.read_text().splitlines()[:2]
+    fields = dict(zip(header.split(","), values.split(","), strict=False))
+    row.throughput_per_s = float(fields["Inferences/Second"])
+    row.p50_us, row.p99_us = float(fields["p50 latency"]), float(fields["p99 latency"])
+    print(
+        f"[perf_analyzer/{model}] c{concurrency}: {row.throughput_per_s:,.0f} infer/s p50 {row.p50_us:.0f} µs "
+        f"p99 {row.p99_us:.0f} µs",
+        flush=True,
+    )
+    return row
+
+
+def print_perf_table() -> None:
+    if not PERF_ROWS:
+        return
+    print("\nperf_analyzer -i http (binary tensors, closed loop) against sluice adaptive:")
+    print(f"{'model':<5} {'c':>3} {'infer/s':>9} {'p50 ms':>7} {'p99 ms':>7}")
+    for r in PERF_ROWS:
+        if r.note:
+            print(f"{r.model:<5} {r.concurrency:>3} {r.note}")
+        else:
+            latency = f"{r.p50_us / 1000:>7.3f} {r.p99_us / 1000:>7.3f}"
+            print(f"{r.model:<5} {r.concurrency:>3} {r.throughput_per_s:>9,.0f} {latency}")
 
 
 def bench_peer(name: str, models: dict[str, Path], duration_s: float) -> list[Row]:
@@ -499,6 +598,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--target-p99-ms", type=float, default=P99_SLO_MS, help="sluice serve --target-p99-ms (default 10)"
     )
+    parser.add_argument("--no-perf-analyzer", action="store_true", help="skip the perf_analyzer runs")
     return parser.parse_args(argv)
 
 
@@ -514,6 +614,9 @@ def main(argv: list[str] | None = None) -> None:
     else:
         modes.insert(1, "fixed")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    PERF_ANALYZER.enabled = not args.no_perf_analyzer
+    if PERF_ANALYZER.enabled:
+        ensure_perf_analyzer()
     rows: list[Row] = []
     try:
         for mode in modes:
@@ -525,6 +628,7 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         stop_all()
     print_table(rows, duration, args.target_p99_ms)
+    print_perf_table()
     print(f"\nTotal wall time {time.perf_counter() - started:.1f} s")
 
 

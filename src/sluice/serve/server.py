@@ -84,11 +84,19 @@ def build_app(settings: ServeSettings) -> ServeApp:
     return ServeApp(host, auth_token=token, max_body_bytes=settings.max_body_bytes, watcher=watcher)
 
 
-def _uvicorn_server(settings: ServeSettings, app: ServeApp) -> uvicorn.Server:
+def _uvicorn_server(settings: ServeSettings, app: ServeApp, *, foreground: bool = False) -> uvicorn.Server:
     try:
         import uvicorn
     except ImportError:
         raise MissingDependency("uvicorn", "serve", "sluice serve") from None
+    loop: Literal["uvloop", "asyncio"] = "asyncio"
+    if foreground:  # uvloop sets a process-wide loop policy: only when the process is the server
+        try:
+            import uvloop  # noqa: F401 — the faster event loop, when installed
+
+            loop = "uvloop"
+        except ImportError:
+            pass
     try:
         import httptools  # noqa: F401 — the faster HTTP parser, when installed
 
@@ -100,7 +108,7 @@ def _uvicorn_server(settings: ServeSettings, app: ServeApp) -> uvicorn.Server:
         host=settings.host,
         port=settings.port,
         http=http,
-        loop="asyncio",
+        loop=loop,
         lifespan="on",
         access_log=False,
         log_level=settings.log_level,
@@ -123,7 +131,7 @@ def run(settings: ServeSettings) -> None:
     # its batch waits up to the switch interval (5 ms by default) to hand results back. A
     # 0.5 ms interval keeps that hand-over well under the latency targets.
     sys.setswitchinterval(SWITCH_INTERVAL_S)
-    server = _uvicorn_server(settings, build_app(settings))
+    server = _uvicorn_server(settings, build_app(settings), foreground=True)
     # uvicorn re-raises the signal it stopped on once it is done; a SIGTERM handler that does
     # nothing turns that into the clean exit 0 a supervisor expects after a drain
     previous = signal.signal(signal.SIGTERM, _ignore_signal)
