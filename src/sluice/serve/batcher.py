@@ -206,15 +206,22 @@ class Batcher(Generic[P]):
         return batch
 
     def batch_done(
-        self, batch: Batch[P], compute_s: float | None, overhead_s: float = 0.0, cpu_s: float | None = None
+        self,
+        batch: Batch[P],
+        compute_s: float | None,
+        overhead_s: float = 0.0,
+        cpu_s: float | None = None,
+        *,
+        inline: bool = False,
     ) -> None:
         """The in-flight batch finished after ``compute_s`` seconds in ``predict`` (``cpu_s`` of
-        CPU) and ``overhead_s`` around it; ``compute_s`` None (a failed batch) teaches nothing."""
+        CPU; on the event loop if ``inline``) and ``overhead_s`` around it; ``compute_s`` None
+        (a failed batch) teaches nothing."""
         if batch is not self._in_flight:
             raise ValueError("batch_done() got a batch that is not the one in flight")
         self._in_flight = None
         if compute_s is not None:
-            self.policy.observe_batch(batch.rows, compute_s, overhead_s, cpu_s)
+            self.policy.observe_batch(batch.rows, compute_s, overhead_s, cpu_s, inline=inline)
 
     def pop_expired(self, now: float) -> list[PendingRequest[P]]:
         """Remove and return queued requests whose timeout has passed."""

@@ -178,7 +178,8 @@ class Dispatcher:
         names = list(jobs[0].inputs)
         inputs = {name: np.concatenate([job.inputs[name] for job in jobs]) for name in names}
         try:
-            if self.batcher.policy.run_inline(batch.rows):
+            inline = self.batcher.policy.run_inline(batch.rows)
+            if inline:
                 timed = self._timed_predict(inputs)
             else:
                 timed = await asyncio.get_running_loop().run_in_executor(self._executor, self._timed_predict, inputs)
@@ -192,7 +193,8 @@ class Dispatcher:
             return
         done_s = self._clock()
         self.metrics.compute.record(timed.wall_s)
-        self.batcher.batch_done(batch, timed.wall_s, done_s - started_s - timed.wall_s, timed.cpu_s)
+        overhead_s = done_s - started_s - timed.wall_s
+        self.batcher.batch_done(batch, timed.wall_s, overhead_s, timed.cpu_s, inline=inline)
         offset = 0
         for request in batch.requests:
             part = {name: array[offset : offset + request.rows] for name, array in checked.items()}

@@ -31,7 +31,7 @@ INLINE_MAX_S = 100e-6
 """Batches expected to need at most this much CPU (on average) run on the event loop: a
 thread hand-over and the wake-up back cost ~50–100 µs here, more than such a batch itself."""
 INLINE_MAX_WALL_S = 500e-6
-"""… provided their mean wall time in ``predict`` (GIL waits included) stays under this."""
+"""… as long as the batches that did run there took under this much wall time on average."""
 _OVERHEAD_ALPHA = 0.1
 _STALL_FACTOR = 4.0
 
@@ -178,6 +178,8 @@ class BatchPolicy:
         """Fit of the CPU seconds the predicting thread itself spends: unlike wall time, it
         leaves out waits for the GIL and the scheduler, so it says how long a batch would
         hold the event loop if it ran there."""
+        self.inline = LatencyModel()
+        """Fit of the wall time of batches that ran on the event loop."""
         self.arrivals = ArrivalRate()
         self.overhead_s = 0.0
         """EWMA of each batch's time outside ``predict``: the hand-over to the worker thread and
@@ -188,20 +190,34 @@ class BatchPolicy:
         """A request was admitted (refused ones never join a batch)."""
         self.arrivals.observe(now, rows)
 
-    def observe_batch(self, rows: int, compute_s: float, overhead_s: float = 0.0, cpu_s: float | None = None) -> None:
+    def observe_batch(
+        self,
+        rows: int,
+        compute_s: float,
+        overhead_s: float = 0.0,
+        cpu_s: float | None = None,
+        *,
+        inline: bool = False,
+    ) -> None:
         """A batch of ``rows`` rows finished after ``compute_s`` seconds inside ``predict``
-        (``cpu_s`` of them on the predicting thread's CPU, when measured) and ``overhead_s``
-        more between closing the batch and scattering its results."""
+        (``cpu_s`` of them on the predicting thread's CPU, when measured; ``inline`` when it
+        ran on the event loop) and ``overhead_s`` more between closing the batch and
+        scattering its results."""
         self.latency.observe(rows, compute_s)
+        if inline:
+            self.inline.observe(rows, compute_s)
         self.cpu.observe(rows, compute_s if cpu_s is None else cpu_s)
         self.overhead_s += _OVERHEAD_ALPHA * (max(0.0, overhead_s) - self.overhead_s)
 
     def run_inline(self, rows: int) -> bool:
         """Whether a batch of ``rows`` rows computes so briefly that handing it to a worker
         thread would cost more than running it on the event loop."""
-        # both: a model that sleeps or waits for a device spends little CPU but long wall time
-        fits = self.cpu.fitted and self.cpu.mean_s(rows) <= INLINE_MAX_S
-        return fits and self.latency.mean_s(rows) <= INLINE_MAX_WALL_S
+        if not (self.cpu.fitted and self.cpu.mean_s(rows) <= INLINE_MAX_S):
+            return False
+        # Little CPU is not enough: a model that sleeps or waits for a device spends little
+        # CPU but long wall time. Wall time measured in the worker includes waits for the GIL,
+        # so only batches that ran on the loop tell: try it, and keep it while it holds.
+        return not self.inline.fitted or self.inline.mean_s(rows) <= INLINE_MAX_WALL_S
 
     def batch_limit(self) -> int:
         """Most rows a batch may hold now."""
