@@ -50,6 +50,15 @@ def serve(
         ),
     ] = 1,
     log_level: Annotated[str, typer.Option(help="critical, error, warning, info or debug.")] = "info",
+    access_log: Annotated[
+        str | None,
+        typer.Option(
+            metavar="FILE",
+            help="Write one JSON line per request (time, method, path, status, duration_ms, bytes_out, client) "
+            "to FILE, appending; '-' for stderr. Written by its own thread, off the request path.",
+            show_default=False,
+        ),
+    ] = None,
     watch: Annotated[
         bool,
         typer.Option(
@@ -100,6 +109,7 @@ def serve(
                     "trust_pickle": trust_pickle,
                     "intra_op_threads": intra_op_threads,
                     "log_level": log_level.lower(),
+                    "access_log": access_log,
                     "watch": watch,
                     "watch_interval_s": watch_interval,
                     "drain_timeout_s": drain_timeout,

@@ -4,7 +4,8 @@ Raw ASGI, no framework: a request is routed by its path segments to one handler,
 returns a :class:`Response`; every :class:`~sluice.errors.SluiceError` becomes
 ``{"error": message}`` with the error's ``http_status`` (and ``Retry-After`` when shed).
 Inference and repository control need the bearer token when one is set; bodies over the
-limit are refused with 413 before they are read. ``GET /metrics`` is Prometheus text.
+limit are refused with 413 before they are read. ``GET /metrics`` is Prometheus text. With an
+:class:`~sluice.serve.accesslog.AccessLog`, every answer is logged as a JSON line off the hot path.
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ import hmac
 import json
 import logging
 import math
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from sluice.errors import HttpError, Overloaded, ProtocolError, SluiceError
+from sluice.serve.accesslog import AccessLog, AccessRecord
 from sluice.serve.host import ModelHost, ServedVersion
 from sluice.serve.metadata import model_config, model_metadata, server_metadata
 from sluice.serve.prometheus import render_metrics
@@ -76,8 +79,10 @@ class ServeApp:
         auth_token: str | None = None,
         max_body_bytes: int = 64 << 20,
         watcher: RepositoryWatcher | None = None,
+        access_log: AccessLog | None = None,
     ) -> None:
         self.host = host
+        self.access_log = access_log
         self.watcher = watcher
         self.auth_token = auth_token
         self.max_body_bytes = max_body_bytes
@@ -89,16 +94,21 @@ class ServeApp:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
         elif scope["type"] == "http":
+            started_s = time.perf_counter()
             response = await self.handle(scope, receive)
             headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.items()]
             headers.append((b"content-length", str(len(response.body)).encode()))
             await send({"type": "http.response.start", "status": response.status, "headers": headers})
             await send({"type": "http.response.body", "body": response.body})
+            if self.access_log is not None:
+                _log_access(self.access_log, scope, response, started_s)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                if self.access_log is not None:
+                    self.access_log.start()
                 # load in the background: live answers at once, ready once every model is warm
                 self._loading = asyncio.get_running_loop().create_task(self._load_and_watch())
                 await send({"type": "lifespan.startup.complete"})
@@ -109,6 +119,8 @@ class ServeApp:
                 if self.watcher is not None:
                     await self.watcher.stop()
                 await self.host.close()
+                if self.access_log is not None:
+                    self.access_log.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -362,3 +374,19 @@ def _error_response(exc: SluiceError) -> Response:
     if isinstance(exc, HttpError):
         headers.update(exc.headers)
     return Response(exc.http_status, error_body(str(exc)), headers)
+
+
+def _log_access(log: AccessLog, scope: Scope, response: Response, started_s: float) -> None:
+    now_s = time.perf_counter()
+    client = scope.get("client")
+    log.record(
+        AccessRecord(
+            time=round(time.time() - (now_s - started_s), 6),
+            method=scope["method"],
+            path=scope["path"],
+            status=response.status,
+            duration_ms=round((now_s - started_s) * 1000, 3),
+            bytes_out=len(response.body),
+            client=f"{client[0]}:{client[1]}" if client else None,
+        )
+    )

@@ -57,6 +57,9 @@ class ServeSettings(BaseModel):
         "makes small batches fastest; more can help large batches of heavy models on a many-core machine.",
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    access_log: str | None = Field(
+        default=None, description="Write one JSON line per request to this file ('-': stderr); off by default."
+    )
     watch: bool = Field(default=False, description="Reload models whose files change, without a restart.")
     watch_interval_s: float = Field(default=1.0, gt=0, description="Seconds between polls of the repository.")
     drain_timeout_s: float = Field(
@@ -68,6 +71,7 @@ def build_app(settings: ServeSettings) -> ServeApp:
     """The ASGI application for ``settings`` (models load when the server starts)."""
     from sluice.models.config import LoadOptions
     from sluice.models.repository import ModelRepository
+    from sluice.serve.accesslog import AccessLog
     from sluice.serve.app import ServeApp
     from sluice.serve.host import ModelHost
     from sluice.serve.watch import RepositoryWatcher
@@ -81,7 +85,10 @@ def build_app(settings: ServeSettings) -> ServeApp:
     )
     token = settings.auth_token.get_secret_value() if settings.auth_token else None
     watcher = RepositoryWatcher(host, interval_s=settings.watch_interval_s) if settings.watch else None
-    return ServeApp(host, auth_token=token, max_body_bytes=settings.max_body_bytes, watcher=watcher)
+    access_log = AccessLog.open(settings.access_log) if settings.access_log else None
+    return ServeApp(
+        host, auth_token=token, max_body_bytes=settings.max_body_bytes, watcher=watcher, access_log=access_log
+    )
 
 
 def _uvicorn_server(settings: ServeSettings, app: ServeApp, *, foreground: bool = False) -> uvicorn.Server:
