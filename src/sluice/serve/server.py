@@ -12,6 +12,7 @@ import math
 import signal
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Literal
@@ -23,7 +24,7 @@ from sluice.errors import ConfigError, MissingDependency
 if TYPE_CHECKING:
     import uvicorn
 
-    from sluice.serve.app import ServeApp
+    from sluice.serve.app import ASGIApp, ServeApp
 
 __all__ = ["ServeSettings", "ServerThread", "build_app", "run"]
 
@@ -54,8 +55,11 @@ class ServeSettings(BaseModel):
     )
 
 
-def build_app(settings: ServeSettings) -> ServeApp:
-    """The ASGI application for ``settings`` (models load when the server starts)."""
+def build_app(settings: ServeSettings, *, mounts: Mapping[str, ASGIApp] | None = None) -> ServeApp:
+    """The ASGI application for ``settings`` (models load when the server starts).
+
+    ``mounts`` adds apps by path prefix behind the same bearer token (see :class:`ServeApp`).
+    """
     from sluice.models.config import LoadOptions
     from sluice.models.repository import ModelRepository
     from sluice.serve.app import ServeApp
@@ -71,7 +75,7 @@ def build_app(settings: ServeSettings) -> ServeApp:
     )
     token = settings.auth_token.get_secret_value() if settings.auth_token else None
     watcher = RepositoryWatcher(host, interval_s=settings.watch_interval_s) if settings.watch else None
-    return ServeApp(host, auth_token=token, max_body_bytes=settings.max_body_bytes, watcher=watcher)
+    return ServeApp(host, auth_token=token, max_body_bytes=settings.max_body_bytes, watcher=watcher, mounts=mounts)
 
 
 def _uvicorn_server(settings: ServeSettings, app: ServeApp) -> uvicorn.Server:
@@ -106,10 +110,10 @@ def _uvicorn_server(settings: ServeSettings, app: ServeApp) -> uvicorn.Server:
     return DrainingServer(config)
 
 
-def run(settings: ServeSettings) -> None:
+def run(settings: ServeSettings, *, mounts: Mapping[str, ASGIApp] | None = None) -> None:
     """Serve in the foreground until interrupted; queued requests finish before it returns."""
     _log_to_stderr(settings.log_level)
-    server = _uvicorn_server(settings, build_app(settings))
+    server = _uvicorn_server(settings, build_app(settings, mounts=mounts))
     # uvicorn re-raises the signal it stopped on once it is done; a SIGTERM handler that does
     # nothing turns that into the clean exit 0 a supervisor expects after a drain
     previous = signal.signal(signal.SIGTERM, _ignore_signal)
@@ -140,9 +144,9 @@ def _ignore_signal(sig: int, frame: FrameType | None) -> None:
 class ServerThread:
     """The server on a background thread: ``with ServerThread(settings) as s: … s.url …``."""
 
-    def __init__(self, settings: ServeSettings) -> None:
+    def __init__(self, settings: ServeSettings, *, mounts: Mapping[str, ASGIApp] | None = None) -> None:
         self.settings = settings
-        self.app = build_app(settings)
+        self.app = build_app(settings, mounts=mounts)
         self._server = _uvicorn_server(settings, self.app)
         self._thread = threading.Thread(target=self._server.run, name="sluice-serve", daemon=True)
 
