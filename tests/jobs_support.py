@@ -41,7 +41,8 @@ def worker_command(*extra: str) -> list[str]:
 def run_worker(home: Path, *extra: str, failpoints: str | None = None, timeout_s: float = 60) -> int:
     """Run a worker process to its end; returns its exit code (-9 when a failpoint killed it)."""
     env = worker_env(home, **({"SLUICE_JOBS_FAILPOINTS": failpoints} if failpoints else {}))
-    done = subprocess.run(worker_command("--slots", "1", *extra), env=env, capture_output=True, timeout=timeout_s)
+    command = worker_command("--slots", "1", *extra)
+    done = subprocess.run(command, check=False, env=env, capture_output=True, timeout=timeout_s)
     return done.returncode
 
 

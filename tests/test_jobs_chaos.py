@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 
@@ -30,13 +32,15 @@ def _kill_plan(rng: random.Random) -> list[tuple[str, int]]:
     return [*plan, ("job.summary", 1), ("job.succeeded", 1)]
 
 
-def _no_overlapping_attempts(attempts: list[dict[str, object]]) -> bool:
-    by_shard: dict[object, list[tuple[float, float]]] = {}
+def _no_overlapping_attempts(attempts: list[dict[str, Any]]) -> bool:
+    by_shard: dict[int, list[tuple[float, float]]] = {}
     for a in attempts:
-        by_shard.setdefault(a["idx"], []).append((float(a["started_at"]), float(a["ended_at"])))  # type: ignore[arg-type]
-    return all(
-        later[0] >= earlier[1] for spans in by_shard.values() for earlier, later in zip(sorted(spans), sorted(spans)[1:])
-    )
+        by_shard.setdefault(a["idx"], []).append((a["started_at"], a["ended_at"]))
+    for spans in by_shard.values():
+        spans.sort()
+        if any(later[0] < earlier[1] for earlier, later in itertools.pairwise(spans)):
+            return False
+    return True
 
 
 def test_sigkill_at_seeded_points_then_resume_matches_an_uninterrupted_run(tmp_path: Path, models) -> None:
@@ -73,7 +77,7 @@ def test_sigkill_at_seeded_points_then_resume_matches_an_uninterrupted_run(tmp_p
     assert got == ids  # no duplicate, no missing row
 
     attempts = SqliteJobStore(home / "jobs.db").attempts(job.id)
-    done = sorted(int(a["idx"]) for a in attempts if a["outcome"] == "DONE")  # type: ignore[call-overload]
+    done = sorted(a["idx"] for a in attempts if a["outcome"] == "DONE")
     assert done == list(range(FILES))  # every shard recorded exactly once
     assert sum(a["outcome"] == "LOST" for a in attempts) == 3  # claimed, batch_written, committed
     assert _no_overlapping_attempts(attempts)

@@ -25,7 +25,9 @@ class Clock:
 
 def _job(job_id: str = "j1", shards: int = 2, **fields: object) -> NewJob:
     request = JobRequest(model="m.onnx", input="/in", output="/out", **fields)  # type: ignore[arg-type]
-    return NewJob(job_id, request, {"model": "m.onnx"}, "m.onnx", [NewShard(i, f"/in/{i}.csv", 10) for i in range(shards)])
+    return NewJob(
+        job_id, request, {"model": "m.onnx"}, "m.onnx", [NewShard(i, f"/in/{i}.csv", 10) for i in range(shards)]
+    )
 
 
 def _store(tmp_path: Path, clock: Clock) -> SqliteJobStore:

@@ -295,5 +295,9 @@ def worker(
     package.addHandler(handler)
     package.setLevel(logging.INFO)
     runner = Worker(_store(home), slots=slots, lease_s=lease, poll_s=poll, job_id=job_id)
-    signal.signal(signal.SIGTERM, lambda _sig, _frame: runner.stop())
-    run_cli(lambda: runner.run(until_idle=until_idle))
+    previous = signal.signal(signal.SIGTERM, lambda _sig, _frame: runner.stop())
+    try:
+        run_cli(lambda: runner.run(until_idle=until_idle))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        package.removeHandler(handler)
