@@ -201,3 +201,21 @@ def test_an_old_database_is_migrated_and_a_newer_one_refused(tmp_path: Path) -> 
     conn.close()
     with pytest.raises(StoreError, match=rf"schema version {SCHEMA_VERSION + 1}, newer than this Sluice supports"):
         SqliteJobStore(path)
+
+
+def test_storage_options_parse_into_nested_values() -> None:
+    from sluice.cli.options import parse_key_values
+    from sluice.errors import ConfigError
+
+    parsed = parse_key_values(
+        ["endpoint_url=http://127.0.0.1:9000", "client_kwargs.region_name=eu-west-1", "anon=false", "key=a=b"],
+        "--storage-option",
+    )
+    assert parsed == {
+        "endpoint_url": "http://127.0.0.1:9000",
+        "client_kwargs": {"region_name": "eu-west-1"},
+        "anon": False,
+        "key": "a=b",
+    }
+    with pytest.raises(ConfigError, match=r"^--storage-option expects KEY=VALUE, found 'endpoint_url'$"):
+        parse_key_values(["endpoint_url"], "--storage-option")

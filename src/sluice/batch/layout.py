@@ -42,7 +42,10 @@ class OutputLayout:
         """Make the directory ready; returns the indices of parts already complete."""
         fs = self.root.fs
         fs.makedirs(self.root.path, exist_ok=True)
-        existing = {p.rsplit("/", 1)[-1] for p in fs.ls(self.root.path, detail=False)}
+        try:
+            existing = {p.rsplit("/", 1)[-1] for p in fs.ls(self.root.path, detail=False)}
+        except FileNotFoundError:  # an object-store prefix exists only once something is under it
+            existing = set()
         for name in sorted(n for n in existing if _LEFTOVER.match(n)):
             fs.rm(self.root.child(name).path)  # a temporary file of a run that crashed
         if overwrite:

@@ -176,9 +176,16 @@ class Worker:
                 continue
             try:
                 self._handle(claim)
-            except Exception:
+            except Exception as exc:  # e.g. storage down while finishing: give the work back, go on
                 log.exception("worker %s: unexpected error on %s of job %s", self.id, claim.kind, claim.job_id)
+                self._give_back(claim, _describe(exc))
                 self._stop.wait(self.poll_s)
+
+    def _give_back(self, claim: Claim, reason: str) -> None:
+        try:
+            self.store.release(claim, reason)
+        except SluiceError as exc:
+            log.warning("worker %s: could not give back %s of job %s: %s", self.id, claim.kind, claim.job_id, exc)
 
     def _handle(self, claim: Claim) -> None:
         if claim.kind is ClaimKind.SHARD:
@@ -201,8 +208,8 @@ class Worker:
             self._failpoints.hit("job.prepared")
             self.store.job_started(claim, choice.batch_size, f"batch size {choice.batch_size} ({choice.source})")
             self._drop_runner(claim.job_id)  # the cached record has no batch size yet
-        except SluiceError as exc:
-            self.store.fail_job(claim, str(exc))
+        except Exception as exc:  # a job that cannot start fails with the reason; resume retries it
+            self.store.fail_job(claim, _describe(exc))
         finally:
             self._release(claim.job_id)
 
