@@ -42,10 +42,7 @@ class OutputLayout:
         """Make the directory ready; returns the indices of parts already complete."""
         fs = self.root.fs
         fs.makedirs(self.root.path, exist_ok=True)
-        try:
-            existing = {p.rsplit("/", 1)[-1] for p in fs.ls(self.root.path, detail=False)}
-        except FileNotFoundError:  # an object-store prefix exists only once something is under it
-            existing = set()
+        existing = self._names()
         for name in sorted(n for n in existing if _LEFTOVER.match(n)):
             fs.rm(self.root.child(name).path)  # a temporary file of a run that crashed
         if overwrite:
@@ -77,6 +74,12 @@ class OutputLayout:
                 done.add(int(match.group(1)))
         return done
 
+    def _names(self) -> set[str]:
+        try:
+            return {p.rsplit("/", 1)[-1] for p in self.root.fs.ls(self.root.path, detail=False)}
+        except FileNotFoundError:  # an object-store prefix exists only once something is under it
+            return set()
+
     def remove_leftovers(self, index: int) -> list[str]:
         """Remove the temporary files an earlier, crashed attempt at part ``index`` left; returns their names.
 
@@ -85,8 +88,7 @@ class OutputLayout:
         if not self.root.is_local or not self.root.exists():
             return []
         prefixes = (f".{self.part(index).path.rsplit('/', 1)[-1]}.tmp-", f".errors-{index:05d}.jsonl.tmp-")
-        names = [p.rsplit("/", 1)[-1] for p in self.root.fs.ls(self.root.path, detail=False)]
-        leftovers = sorted(n for n in names if n.startswith(prefixes) and _LEFTOVER.match(n))
+        leftovers = sorted(n for n in self._names() if n.startswith(prefixes) and _LEFTOVER.match(n))
         for name in leftovers:
             self.root.fs.rm(self.root.child(name).path)
         return leftovers

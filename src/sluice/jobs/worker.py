@@ -208,7 +208,7 @@ class Worker:
             self._failpoints.hit("job.prepared")
             self.store.job_started(claim, choice.batch_size, f"batch size {choice.batch_size} ({choice.source})")
             self._drop_runner(claim.job_id)  # the cached record has no batch size yet
-        except Exception as exc:  # a job that cannot start fails with the reason; resume retries it
+        except Exception as exc:  # noqa: BLE001 - a job that cannot start fails with the reason; resume retries it
             self.store.fail_job(claim, _describe(exc))
         finally:
             self._release(claim.job_id)
