@@ -9,11 +9,12 @@ shard that kills every worker that touches it fails the job instead of looping f
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Set
+from collections.abc import Sequence, Set
 
 from sluice.jobs.model import Claim, ClaimKind, JobRequest, JobState, ShardState
+from sluice.jobs.store import WorkerInfo
 
-__all__ = ["add_event", "reclaim", "take_work"]
+__all__ = ["add_event", "dead_local_workers", "reclaim", "take_work"]
 
 _RUNNING = JobState.RUNNING.value
 
@@ -133,3 +134,23 @@ def add_event(db: sqlite3.Connection, job_id: str, at: float, message: str, shar
         "INSERT INTO events (job_id, at, level, shard, message) VALUES (?, ?, ?, ?, ?)",
         (job_id, at, level, shard, message),
     )
+
+
+def dead_local_workers(workers: Sequence[WorkerInfo]) -> set[str]:
+    """Workers on this machine whose process is gone: their leases need not be waited out."""
+    import socket
+
+    import psutil
+
+    host = socket.gethostname()
+    dead = set()
+    for worker in workers:
+        if worker.host != host:
+            continue
+        try:
+            alive = abs(psutil.Process(worker.pid).create_time() - worker.process_started_at) < 1.0
+        except psutil.Error:
+            alive = False
+        if not alive:
+            dead.add(worker.id)
+    return dead

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from sluice.errors import JobNotFound, JobStateError, StoreError
-from sluice.jobs.leases import add_event, reclaim, take_work
+from sluice.jobs.leases import add_event, dead_local_workers, reclaim, take_work
 from sluice.jobs.migrations import migrate
 from sluice.jobs.model import (
     TERMINAL_STATES,
@@ -30,6 +30,7 @@ from sluice.jobs.model import (
     ShardState,
     ShardStatus,
 )
+from sluice.jobs.snapshot import job_snapshot
 from sluice.jobs.store import JobRecord, NewJob, WorkerInfo
 
 __all__ = ["SqliteJobStore"]
@@ -141,50 +142,15 @@ class SqliteJobStore:
         return [self._status(r) for r in rows]
 
     def _status(self, job: sqlite3.Row) -> JobStatus:
-        shards = self._read(
-            "SELECT state, COUNT(*) AS n, SUM(rows) AS rows, SUM(rows_failed) AS failed, "
-            "SUM(rows_estimate) AS est, COUNT(rows_estimate) AS known, SUM(attempts) AS attempts "
-            "FROM shards WHERE job_id = ? GROUP BY state",
-            (job["id"],),
-        )
-        by_state = {r["state"]: r for r in shards}
-        total = sum(r["n"] for r in shards)
-        rows = sum(r["rows"] or 0 for r in shards)
-        failed = sum(r["failed"] or 0 for r in shards)
-        known = sum(r["known"] for r in shards)
-        errors = self._read(
-            "SELECT idx, error FROM attempts WHERE job_id = ? AND error IS NOT NULL ORDER BY id DESC LIMIT 5",
-            (job["id"],),
-        )
-        error_files = self._read(
-            "SELECT error_file FROM shards WHERE job_id = ? AND error_file IS NOT NULL ORDER BY idx", (job["id"],)
-        )
-        started, finished = job["started_at"], job["finished_at"]
-        elapsed = ((finished or self.clock()) - started) if started else 0.0
-        return JobStatus(
-            id=job["id"],
-            name=job["name"],
-            state=JobState(job["state"]),
-            model=job["model"],
-            input=job["input"],
-            output=job["output"],
-            shards_total=total,
-            shards_done=_count(by_state, ShardState.DONE),
-            shards_running=_count(by_state, ShardState.RUNNING),
-            shards_failed=_count(by_state, ShardState.FAILED),
-            rows=rows,
-            rows_failed=failed,
-            rows_estimate=sum(r["est"] or 0 for r in shards) if known == total else None,
-            rows_per_second=round((rows + failed) / elapsed, 1) if elapsed > 0 else 0.0,
-            created_at=job["created_at"],
-            started_at=started,
-            finished_at=finished,
-            attempts=sum(r["attempts"] or 0 for r in shards),
-            message=job["message"],
-            errors=[f"shard {e['idx']}: {e['error']}" for e in errors],
-            error_files=[r["error_file"] for r in error_files],
-            batch_size=job["batch_size"],
-        )
+        with self._lock:
+            try:
+                self._conn.execute("BEGIN")  # one snapshot for all the figures
+                try:
+                    return job_snapshot(self._conn, job, self.clock())
+                finally:
+                    self._conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise StoreError(f"job database {self.path}: {exc}") from exc
 
     def shards(self, job_id: str) -> list[ShardStatus]:
         self._job_row(job_id)
@@ -240,7 +206,7 @@ class SqliteJobStore:
         return [WorkerInfo(r["id"], r["host"], r["pid"], r["process_started_at"]) for r in rows]
 
     def claim(self, worker_id: str, lease_s: float, job_id: str | None = None) -> Claim | None:
-        dead = _dead_local_workers(self.workers())
+        dead = dead_local_workers(self.workers())
         with self._tx() as db:
             now = self.clock()
             reclaim(db, now, dead)
@@ -410,11 +376,6 @@ class SqliteJobStore:
         return self.status(job_id)
 
 
-def _count(by_state: Mapping[str, sqlite3.Row], state: ShardState) -> int:
-    row = by_state.get(state.value)
-    return int(row["n"]) if row is not None else 0
-
-
 def _event(
     db: sqlite3.Connection, job_id: str, at: float, message: str, shard: int | None = None, level: str = "INFO"
 ) -> None:
@@ -457,23 +418,3 @@ def _end_job(
         level = "ERROR" if state is JobState.FAILED else "INFO"
         _event(db, job_id, now, state.value + (f": {message}" if message else ""), level=level)
     return bool(changed)
-
-
-def _dead_local_workers(workers: Sequence[WorkerInfo]) -> set[str]:
-    """Workers on this machine whose process is gone: their leases need not be waited out."""
-    import socket
-
-    import psutil
-
-    host = socket.gethostname()
-    dead = set()
-    for worker in workers:
-        if worker.host != host:
-            continue
-        try:
-            alive = abs(psutil.Process(worker.pid).create_time() - worker.process_started_at) < 1.0
-        except psutil.Error:
-            alive = False
-        if not alive:
-            dead.add(worker.id)
-    return dead
