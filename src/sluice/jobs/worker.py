@@ -15,7 +15,7 @@ import os
 import socket
 import threading
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from sluice.errors import SluiceError
@@ -118,6 +118,7 @@ class Worker:
         self.job_id = job_id
         self.id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._stop = threading.Event()
+        self._changed = threading.Condition()  # a slot finished something: idle slots look again at once
         self._active: dict[int, _Active] = {}
         self._runners: dict[str, _Runner] = {}
         self._lock = threading.Lock()  # guards _active
@@ -127,6 +128,8 @@ class Worker:
     def stop(self) -> None:
         """Ask the worker to stop: shards in progress are dropped and given back at once."""
         self._stop.set()
+        with self._changed:
+            self._changed.notify_all()
         with self._lock:
             active = list(self._active.values())
         for shard in active:
@@ -172,7 +175,7 @@ class Worker:
                 self._close_runners(only_idle=True)
                 if until_idle and not self.store.has_open_jobs(self.job_id):
                     return
-                self._stop.wait(self.poll_s)
+                self._idle()
                 continue
             try:
                 self._handle(claim)
@@ -180,6 +183,14 @@ class Worker:
                 log.exception("worker %s: unexpected error on %s of job %s", self.id, claim.kind, claim.job_id)
                 self._give_back(claim, _describe(exc))
                 self._stop.wait(self.poll_s)
+            with self._changed:
+                self._changed.notify_all()
+
+    def _idle(self) -> None:
+        """Wait for new work: ``poll_s``, or less when another slot of this worker finishes something."""
+        with self._changed:
+            if not self._stop.is_set():
+                self._changed.wait(self.poll_s)
 
     def _give_back(self, claim: Claim, reason: str) -> None:
         try:
@@ -207,7 +218,7 @@ class Worker:
             choice = runner.runner.choose_batch_size()
             self._failpoints.hit("job.prepared")
             self.store.job_started(claim, choice.batch_size, f"batch size {choice.batch_size} ({choice.source})")
-            self._drop_runner(claim.job_id)  # the cached record has no batch size yet
+            runner.record = replace(runner.record, batch_size=choice.batch_size, prepared=True)
         except Exception as exc:  # noqa: BLE001 - a job that cannot start fails with the reason; resume retries it
             self.store.fail_job(claim, _describe(exc))
         finally:
