@@ -279,9 +279,9 @@ def worker(
 ) -> None:
     """Run queued jobs: claim shards, run them, record each once its part is durable.
 
-    Start as many workers as you like, on one machine or several sharing the database's directory:
-    leases keep two workers off the same shard. Stop with Ctrl-C or SIGTERM: shards in progress
-    are dropped and given back at once.
+    Start as many workers on this machine as you like: leases keep two workers off the same shard
+    (SQLite in WAL mode needs one machine; several machines need a server database behind the
+    JobStore interface). Stop with Ctrl-C or SIGTERM: shards in progress are dropped and given back.
     """
     import logging
     import signal
