@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -153,7 +154,7 @@ def test_cancel_a_running_job_then_resume_it(tmp_path: Path, models) -> None:
         },
         store=home,
     )
-    worker = subprocess.Popen(worker_command("--slots", "1", "--lease", "1"), env=worker_env(home))
+    worker = subprocess.Popen(worker_command("--slots", "1", "--lease", "3"), env=worker_env(home))
     try:
         while job.status().shards_done < 1:
             time.sleep(0.02)
@@ -183,7 +184,9 @@ def test_two_workers_on_one_database_never_share_a_shard(tmp_path: Path, models)
     reference = sluice.jobs.submit({**fields, "output": str(tmp_path / "ref")}, store=tmp_path / "home-ref")
     assert reference.wait().state is JobState.SUCCEEDED
     job = sluice.jobs.submit({**fields, "output": str(tmp_path / "out")}, store=home)
-    workers = [subprocess.Popen(worker_command("--slots", "2", "--lease", "2"), env=worker_env(home)) for _ in range(2)]
+    workers = [
+        subprocess.Popen(worker_command("--slots", "2", "--lease", "10"), env=worker_env(home)) for _ in range(2)
+    ]
     assert [w.wait(timeout=60) for w in workers] == [0, 0]
     assert job.status().state is JobState.SUCCEEDED
     attempts = SqliteJobStore(home / "jobs.db").attempts(job.id)
@@ -220,3 +223,29 @@ def test_bad_specs_are_refused_at_submit(tmp_path: Path, models, fields: dict[st
     assert result.stdout == ""  # no job id: nothing was queued
     assert _error(result) == "error: " + expected.format(spec=spec)
     assert sluice.jobs.list_jobs(store=tmp_path / "home") == []
+
+
+def test_sigterm_stops_a_worker_cleanly_and_gives_its_shard_back(tmp_path: Path, models) -> None:
+    write_inputs(tmp_path / "in", 8, 400)
+    home = tmp_path / "home"
+    out = tmp_path / "out"
+    job = sluice.jobs.submit(
+        {"model": str(models.onnx), "input": str(tmp_path / "in"), "output": str(out), "batch_size": 1}
+        | {"key_column": "id"},
+        store=home,
+    )
+    worker = subprocess.Popen(worker_command("--slots", "1"), env=worker_env(home))
+    try:
+        while job.status().shards_done < 1:
+            time.sleep(0.02)
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=60) == 0
+    finally:
+        worker.kill()
+    status = job.status()
+    assert (status.state, status.shards_running) == (JobState.RUNNING, 0)
+    given_back = [a for a in SqliteJobStore(home / "jobs.db").attempts(job.id) if a["outcome"] == "CANCELLED"]
+    assert len(given_back) == 1
+    assert given_back[0]["error"].startswith("worker ") and given_back[0]["error"].endswith(" is stopping")
+    assert hidden_files(out) == []
+    assert job.wait().state is JobState.SUCCEEDED

@@ -108,3 +108,15 @@ def test_an_aborted_upload_leaves_an_earlier_object_as_it_was(s3: Any, s3_endpoi
     second.abort()  # closing would have completed the upload: a partial part at the final key
     s3.invalidate_cache()
     assert s3.cat(f"{BUCKET}/x/part-00000.parquet") == b"complete"
+
+
+def test_predict_reads_and_writes_s3_with_storage_options(tmp_path: Path, models, s3: Any, s3_endpoint: str) -> None:
+    write_inputs(tmp_path / "in", 2, 25)
+    s3.put(str(tmp_path / "in") + "/", f"{BUCKET}/in/", recursive=True)
+    local = invoke("predict", "-m", models.onnx, "-i", tmp_path / "in", "-o", tmp_path / "ref", "--key-column", "id",
+                   "-q")  # fmt: skip
+    assert local.exit_code == 0, local.output
+    remote = invoke("predict", "-m", models.onnx, "-i", f"s3://{BUCKET}/in/", "-o", f"s3://{BUCKET}/predicted",
+                    "--key-column", "id", "--storage-option", f"endpoint_url={s3_endpoint}", "-q")  # fmt: skip
+    assert remote.exit_code == 0, remote.output
+    assert _objects(s3, f"{BUCKET}/predicted") == _local(tmp_path / "ref")

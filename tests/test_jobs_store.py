@@ -219,3 +219,12 @@ def test_storage_options_parse_into_nested_values() -> None:
     }
     with pytest.raises(ConfigError, match=r"^--storage-option expects KEY=VALUE, found 'endpoint_url'$"):
         parse_key_values(["endpoint_url"], "--storage-option")
+
+
+def test_jobs_is_a_lazy_public_package() -> None:
+    import sluice
+
+    assert sluice.jobs.__name__ == "sluice.jobs"
+    assert sluice.jobs.__all__ == sorted(sluice.jobs.__all__)
+    for name in sluice.jobs.__all__:
+        assert getattr(sluice.jobs, name) is not None

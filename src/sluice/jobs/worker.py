@@ -210,8 +210,8 @@ class Worker:
     def _start_job(self, claim: Claim) -> None:
         try:
             runner = self._acquire(claim.job_id)
-        except SluiceError as exc:
-            self.store.fail_job(claim, str(exc))
+        except Exception as exc:  # noqa: BLE001 - a job that cannot be planned fails with the reason
+            self.store.fail_job(claim, _describe(exc))
             return
         try:
             runner.runner.prepare_output()
@@ -233,8 +233,8 @@ class Worker:
         except _Changed as exc:
             self.store.fail_job(claim, str(exc))
             return
-        except SluiceError as exc:
-            self.store.attempt_failed(claim, str(exc))
+        except Exception as exc:  # noqa: BLE001 - e.g. the model or input unreachable now: an attempt failed
+            self.store.attempt_failed(claim, _describe(exc))
             return
         active = _Active(claim)
         with self._lock:
