@@ -65,8 +65,8 @@ class Job:
         """Block until the job ends; returns its final status.
 
         With ``work`` (the default) this process works on the job itself, alongside any
-        running ``sluice jobs worker``; without it, it only watches. ``timeout_s`` bounds
-        the wait (the status returned is then not final).
+        running ``sluice jobs worker``, until the job ends; without it, it only watches, for
+        at most ``timeout_s`` if given (the status returned is then not necessarily final).
         """
         if work:
             from sluice.jobs.worker import Worker

@@ -257,7 +257,9 @@ class Worker:
                 self._active.pop(claim.attempt_id, None)
             self._release(claim.job_id)
         self._failpoints.hit("shard.committed")
-        if not self.store.shard_done(claim, outcome.rows, outcome.rows_failed, outcome.error_file):
+        if self.store.shard_done(claim, outcome.rows, outcome.rows_failed, outcome.error_file):
+            log.info("worker %s: shard %d of job %s done, %d rows", self.id, claim.shard, claim.job_id, outcome.rows)
+        else:
             log.warning("worker %s: shard %d of job %s was taken over meanwhile", self.id, claim.shard, claim.job_id)
         self._failpoints.hit("shard.recorded")
 
