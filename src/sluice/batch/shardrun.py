@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sluice.batch.autotune import BatchSizeChoice, choose_batch_size
-from sluice.batch.layout import SUMMARY, OutputLayout
+from sluice.batch.layout import OutputLayout
 from sluice.batch.pipeline import Pipeline
 from sluice.batch.plan import JobPlan, plan_job
 from sluice.batch.predictor import Predictor
@@ -115,12 +115,6 @@ class ShardRunner:
         stats = pipeline.run()
         error_file = stats.error_files[0] if stats.error_files else None
         return ShardOutcome(index, stats.rows, stats.rows_failed, error_file)
-
-    def write_summary(self, summary: dict[str, Any]) -> None:
-        self.layout.write_json(SUMMARY, summary)
-
-    def mark_success(self) -> None:
-        self.layout.mark_success()
 
     def close(self) -> None:
         """Stop the predict workers and release the model."""
