@@ -15,9 +15,10 @@ from support import FEATURES
 
 @pytest.fixture(autouse=True, scope="session")
 def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Automatic batch sizes are cached per machine; tests keep theirs out of ~/.cache."""
+    """Automatic batch sizes are cached per machine and jobs kept in ~/.sluice; tests keep theirs in tmp."""
     mp = pytest.MonkeyPatch()
     mp.setenv("SLUICE_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+    mp.setenv("SLUICE_HOME", str(tmp_path_factory.mktemp("sluice-home")))  # no test touches ~/.sluice
     yield
     mp.undo()
 

@@ -25,11 +25,13 @@ _EXPORTS = {
     "TensorSpec": "sluice.models",
     "load_model": "sluice.models",
     "SluiceError": "sluice.errors",
+    "jobs": "sluice.jobs",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])
 
 if TYPE_CHECKING:  # names for type checkers; at run time __getattr__ imports them lazily
+    from sluice import jobs as jobs
     from sluice.batch import JobSpec as JobSpec
     from sluice.batch import RunSummary as RunSummary
     from sluice.batch import predict as predict

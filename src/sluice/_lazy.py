@@ -11,13 +11,18 @@ __all__ = ["lazy_exports"]
 
 
 def lazy_exports(package: str, exports: Mapping[str, str]) -> Callable[[str], Any]:
-    """A module ``__getattr__`` for ``package`` that resolves ``exports`` (name → module) on demand."""
+    """A module ``__getattr__`` for ``package`` that resolves ``exports`` (name → module) on demand.
+
+    A name that maps to the subpackage of that name (``"jobs": "sluice.jobs"``) is the module itself.
+    """
 
     def __getattr__(name: str) -> Any:
         module = exports.get(name)
         if module is None:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
-        value = getattr(importlib.import_module(module), name)
+        value = importlib.import_module(module)
+        if module != f"{package}.{name}":
+            value = getattr(value, name)
         setattr(sys.modules[package], name, value)  # later lookups skip this function
         return value
 

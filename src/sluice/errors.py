@@ -14,6 +14,8 @@ __all__ = [
     "ErrorFractionExceeded",
     "HttpError",
     "Interrupted",
+    "JobNotFound",
+    "JobStateError",
     "MissingDependency",
     "ModelError",
     "ModelLoadError",
@@ -24,6 +26,7 @@ __all__ = [
     "ProtocolError",
     "RequestTimeout",
     "SluiceError",
+    "StoreError",
     "TrainError",
     "UnsafeModelError",
 ]
@@ -150,3 +153,22 @@ class Interrupted(SluiceError):
     """The user interrupted the run; completed parts are kept."""
 
     exit_code = 130
+
+
+class JobNotFound(SluiceError):
+    """No job with the given id in the job store (HTTP 404)."""
+
+    http_status = 404
+
+
+class JobStateError(SluiceError):
+    """The job is in a state that does not allow the request, e.g. cancelling a finished job (HTTP 409)."""
+
+    http_status = 409
+
+
+class StoreError(SluiceError):
+    """The job store cannot be used (unreadable database, a schema from a newer Sluice)."""
+
+    exit_code = 1
+    http_status = 500

@@ -64,7 +64,14 @@ def choose_batch_size(
     if cached is not None:
         return BatchSizeChoice(int(cached["batch_size"]), "cache")
     started = time.perf_counter()
-    sample = load_sample(model, spec.input, rows=SAMPLE_ROWS, features=spec.features, not_features=not_features)
+    sample = load_sample(
+        model,
+        spec.input,
+        rows=SAMPLE_ROWS,
+        features=spec.features,
+        not_features=not_features,
+        storage_options=spec.storage_options,
+    )
     bench = ModelBench(model.source, sample, min_seconds=MEASURE_SECONDS)
     space = SearchSpace(
         ((spec.workers or 1, spec.intra_op_threads or 1),), min_batch=MIN_AUTO_BATCH, start_batch=MIN_AUTO_BATCH

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from sluice.data.location import Location, resolve_location
@@ -27,8 +28,8 @@ _OWNED = re.compile(r"^(part-\d{5}\.(parquet|csv|jsonl)|errors-\d{5}\.jsonl|summ
 
 
 class OutputLayout:
-    def __init__(self, uri: str, fmt: OutputFormat) -> None:
-        self.root = resolve_location(uri)
+    def __init__(self, uri: str, fmt: OutputFormat, storage_options: Mapping[str, Any] | None = None) -> None:
+        self.root = resolve_location(uri, storage_options)
         self.format = fmt
 
     def part(self, index: int) -> Location:
@@ -41,7 +42,7 @@ class OutputLayout:
         """Make the directory ready; returns the indices of parts already complete."""
         fs = self.root.fs
         fs.makedirs(self.root.path, exist_ok=True)
-        existing = {p.rsplit("/", 1)[-1] for p in fs.ls(self.root.path, detail=False)}
+        existing = self._names()
         for name in sorted(n for n in existing if _LEFTOVER.match(n)):
             fs.rm(self.root.child(name).path)  # a temporary file of a run that crashed
         if overwrite:
@@ -72,6 +73,25 @@ class OutputLayout:
             if match and name.endswith("." + self.format):
                 done.add(int(match.group(1)))
         return done
+
+    def _names(self) -> set[str]:
+        try:
+            return {p.rsplit("/", 1)[-1] for p in self.root.fs.ls(self.root.path, detail=False)}
+        except FileNotFoundError:  # an object-store prefix exists only once something is under it
+            return set()
+
+    def remove_leftovers(self, index: int) -> list[str]:
+        """Remove the temporary files an earlier, crashed attempt at part ``index`` left; returns their names.
+
+        Only local directories have them: object stores never show an upload that did not complete.
+        """
+        if not self.root.is_local or not self.root.exists():
+            return []
+        prefixes = (f".{self.part(index).path.rsplit('/', 1)[-1]}.tmp-", f".errors-{index:05d}.jsonl.tmp-")
+        leftovers = sorted(n for n in self._names() if n.startswith(prefixes) and _LEFTOVER.match(n))
+        for name in leftovers:
+            self.root.fs.rm(self.root.child(name).path)
+        return leftovers
 
     def write_json(self, name: str, data: dict[str, Any]) -> None:
         target = AtomicFile(self.root.child(name))

@@ -164,6 +164,7 @@ class Pipeline:
         workers: int,
         readers: int,
         progress: ProgressListener,
+        predictor: Predictor | None = None,
     ) -> None:
         self.plan = plan
         self.layout = layout
@@ -182,7 +183,10 @@ class Pipeline:
         self._remaining = len(shards)
         self._all_done = threading.Event()
         self._failure: BaseException | None = None
-        self.predictor = Predictor(plan.model, workers)
+        # a caller running many pipelines over one model (a job service's worker) lends its
+        # own predictor, so worker processes start once, not once per shard
+        self._owns_predictor = predictor is None
+        self.predictor = predictor or Predictor(plan.model, workers)
         self._empty_outputs = _empty_outputs(plan)
         passthrough = [plan.schema.field(name) for name in plan.columns.passthrough]
         self.output_schema = pa.schema([*passthrough, *(pa.field(n, a.type) for n, a in self._empty_outputs)])
@@ -223,7 +227,12 @@ class Pipeline:
             runs = list(self.runs)
         for run in runs:
             run.abort()
-        self.predictor.close()
+        if self._owns_predictor:
+            self.predictor.close()
+
+    def cancel(self, reason: BaseException) -> None:
+        """Stop from another thread: unfinished parts are dropped and :meth:`run` raises ``reason``."""
+        self._fail(reason)
 
     def _fail(self, exc: BaseException) -> None:
         if self._failure is None:

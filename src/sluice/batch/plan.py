@@ -54,7 +54,9 @@ class JobPlan:
 def plan_job(spec: JobSpec, model: Model | None = None) -> JobPlan:
     if model is None:
         model = load_source(resolve_model(spec.model, spec.repository, options=spec.load_options()))
-    shards = plan_shards(spec.input, spec.input_format, shard_rows=spec.shard_rows)
+    shards = plan_shards(
+        spec.input, spec.input_format, shard_rows=spec.shard_rows, storage_options=spec.storage_options
+    )
     schema = infer_schema(shards[0])
     columns = plan_columns(spec, model, schema, text_input=shards[0].format != "parquet")
     return JobPlan(spec, model, shards, schema, columns, model_digest(model))

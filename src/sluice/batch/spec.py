@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -49,6 +49,10 @@ class JobSpec(BaseModel):
     overwrite: bool = False
     trust_pickle: bool = False
     trusted_types: list[str] = Field(default_factory=list)
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="fsspec options for s3:// and other URIs (endpoint_url, key, secret, anon, client_kwargs, …).",
+    )
 
     @field_validator("batch_size")
     @classmethod

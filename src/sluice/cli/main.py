@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
-from sluice.cli.options import RepositoryOption, given_fields, split_csv
+from sluice.cli.options import RepositoryOption, given_fields, parse_key_values, split_csv
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -150,6 +150,16 @@ def predict(
             "--trust-type", help="A type a skops file may contain that you reviewed (repeatable).", show_default=False
         ),
     ] = None,
+    storage_option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--storage-option",
+            metavar="KEY=VALUE",
+            help="fsspec option for s3:// (or other) URIs, e.g. endpoint_url=http://127.0.0.1:9000; repeatable "
+            "(a.b=v nests; true/false are booleans). Credentials also come from the AWS environment variables.",
+            show_default=False,
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no summary table.")] = False,
     summary_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
 ) -> None:
@@ -182,6 +192,7 @@ def predict(
         "overwrite": overwrite or None,
         "trust_pickle": trust_pickle or None,
         "trusted_types": trust_type or None,
+        "storage_options": run_cli(lambda: parse_key_values(storage_option or [], "--storage-option")) or None,
     }
     summary = run_cli(lambda: _predict(spec, fields, quiet))
     if summary_json:
@@ -292,6 +303,7 @@ def _main(
 def _register() -> None:
     from sluice.cli.bench_command import bench_app
     from sluice.cli.cost_command import cost
+    from sluice.cli.jobs_command import jobs_app
     from sluice.cli.serve_command import serve
     from sluice.cli.train_command import train_app
     from sluice.cli.tune_command import tune
@@ -301,6 +313,7 @@ def _register() -> None:
     app.command("serve")(serve)
     app.add_typer(train_app, name="train")
     app.add_typer(bench_app, name="bench")
+    app.add_typer(jobs_app, name="jobs")
 
 
 _register()

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-__all__ = ["RepositoryOption", "given_fields", "split_csv"]
+__all__ = ["RepositoryOption", "given_fields", "parse_key_values", "split_csv"]
 
 RepositoryOption = Annotated[
     str | None,
@@ -38,3 +38,26 @@ def given_fields(
 
         raise ConfigError(f"{', '.join(missing)} required (or give them in a {file_flag} file)")
     return given
+
+
+def parse_key_values(items: Sequence[str], flag: str) -> dict[str, Any]:
+    """``["endpoint_url=http://…", "client_kwargs.region_name=eu-west-1", "anon=false"]`` → a nested dict.
+
+    Dots in a key nest it; ``true``/``false`` become booleans; everything else stays a string.
+    """
+    from sluice.errors import ConfigError
+
+    result: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{flag} expects KEY=VALUE, found {item!r}")
+        *parents, leaf = key.strip().split(".")
+        target = result
+        for part in parents:
+            child = target.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"{flag} {item!r}: {part!r} is already set to a value")
+            target = child
+        target[leaf] = {"true": True, "false": False}.get(value.strip().lower(), value)
+    return result

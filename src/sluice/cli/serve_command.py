@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -74,6 +74,14 @@ def serve(
         float,
         typer.Option(metavar="SECONDS", help="On SIGTERM/Ctrl-C, how long in-flight requests may take to finish."),
     ] = 30.0,
+    jobs: Annotated[
+        bool,
+        typer.Option(
+            "--jobs",
+            help="Also serve the batch jobs REST API at /v1/jobs (behind --auth-token), over the job database "
+            "in $SLUICE_HOME; `sluice jobs worker` runs the jobs.",
+        ),
+    ] = False,
 ) -> None:
     """Serve the repository's models over HTTP with the Open Inference Protocol v2 (Triton-compatible).
 
@@ -81,6 +89,7 @@ def serve(
     version goes in a URL (/v2/models/NAME/versions/stable/infer). Endpoints: /v2/health/live,
     /v2/health/ready, /v2, /v2/models/NAME[/versions/V][/ready|/config|/infer],
     /v2/repository/index, /v2/repository/models/NAME/load|unload, /metrics (Prometheus).
+    With --jobs: POST/GET /v1/jobs, GET /v1/jobs/ID, POST /v1/jobs/ID:cancel (see docs/jobs.md).
 
     Requests are batched per model version to stay within --target-p99-ms. A request may set a
     timeout with the 'timeout' parameter (microseconds) or a Sluice-Timeout-Ms header (504 when
@@ -117,6 +126,14 @@ def serve(
             )
         except ValidationError as exc:
             raise ConfigError(format_validation_error(exc)) from None
-        run(settings)
+        run(settings, mounts=_jobs_api() if jobs else None)
 
     run_cli(start)
+
+
+def _jobs_api() -> dict[str, Any]:
+    """The jobs REST API, composed in here: the server itself knows nothing of batch jobs."""
+    from sluice.jobs.http import PREFIX, JobsApi
+    from sluice.jobs.store import open_store
+
+    return {PREFIX: JobsApi(open_store())}

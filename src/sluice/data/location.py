@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import IO, Any, Literal
 
@@ -55,13 +56,18 @@ class Location:
         return bool(self.fs.exists(self.path))
 
 
-def resolve_location(uri: str | os.PathLike[str]) -> Location:
-    """A local path or an fsspec URI (``s3://bucket/key``, ``memory://…``) as a :class:`Location`."""
+def resolve_location(uri: str | os.PathLike[str], storage_options: Mapping[str, Any] | None = None) -> Location:
+    """A local path or an fsspec URI (``s3://bucket/key``, ``memory://…``) as a :class:`Location`.
+
+    ``storage_options`` go to the URI's filesystem (for ``s3://``: ``endpoint_url``, ``key``,
+    ``secret``, ``client_kwargs``, …); without them fsspec's own defaults and the standard
+    environment variables (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, …) apply.
+    """
     import fsspec
 
     text = os.fspath(uri)
     try:
-        fs, path = fsspec.core.url_to_fs(text)
+        fs, path = fsspec.core.url_to_fs(text, **(storage_options or {}))
     except ImportError as exc:
         scheme = text.split("://", 1)[0]
         package = {"s3": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs"}.get(scheme, scheme)
@@ -95,10 +101,12 @@ def _visible(path: str) -> bool:
     return not any(part.startswith((".", "_")) for part in path.split("/")[-1:])
 
 
-def list_inputs(uri: str | os.PathLike[str], fmt: DataFormat | None = None) -> list[Location]:
+def list_inputs(
+    uri: str | os.PathLike[str], fmt: DataFormat | None = None, storage_options: Mapping[str, Any] | None = None
+) -> list[Location]:
     """The input files a path, directory, glob or URI names, sorted; hidden and ``_`` files skipped."""
     text = os.fspath(uri)
-    loc = resolve_location(text)
+    loc = resolve_location(text, storage_options)
     fs = loc.fs
     if any(ch in loc.path for ch in "*?["):
         paths = sorted(p for p in fs.glob(loc.path) if fs.isfile(p))

@@ -8,6 +8,7 @@ those whose output is already complete.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,10 +74,11 @@ def plan_shards(
     fmt: DataFormat | None = None,
     *,
     shard_rows: int = DEFAULT_SHARD_ROWS,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> list[Shard]:
     """List the inputs ``uri`` names and cut them into shards."""
     shards: list[Shard] = []
-    for loc in list_inputs(uri, fmt):
+    for loc in list_inputs(uri, fmt, storage_options):
         detected, compression = _format_of(loc.path, fmt)
         size = int(loc.fs.size(loc.path) or 0)
         if detected != "parquet":

@@ -54,17 +54,44 @@ class AtomicFile:
         return self._handle is not None
 
     def commit(self) -> None:
+        """Make the file visible whole: locally flushed to disk, then renamed; on object stores, uploaded."""
         self.open().close()
         if self._path != self.target.path:
+            _fsync(self._path)
             os.replace(self._path, self.target.path)
+            _fsync(os.path.dirname(self.target.path) or ".")  # the rename itself
 
     def abort(self) -> None:
-        if self._handle is not None:
+        """Drop what was written; nothing appears at the target (an earlier complete file there stays)."""
+        if self._handle is None:
+            return
+        if self.target.is_local:
             try:
                 self._handle.close()
             finally:
                 if self.target.fs.exists(self._path):
                     self.target.fs.rm(self._path)
+            return
+        # closing an object-store file completes its upload: a partial part would appear at the
+        # final key; discard() abandons the upload instead
+        discard = getattr(self._handle, "discard", None)
+        if discard is not None:
+            discard()
+            self._handle.closed = True  # type: ignore[misc]  # discard() leaves the buffer unusable; close() would fail on it
+            return
+        try:
+            self._handle.close()
+        finally:
+            if self.target.fs.exists(self._path):
+                self.target.fs.rm(self._path)
+
+
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class PartWriter:

@@ -17,7 +17,7 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +29,7 @@ from sluice.serve.prometheus import render_metrics
 from sluice.serve.protocol import HEADER_LENGTH, decode_request, encode_response, error_body
 from sluice.serve.watch import RepositoryWatcher
 
-__all__ = ["EXTENSIONS", "TIMEOUT_HEADER", "Response", "ServeApp"]
+__all__ = ["EXTENSIONS", "TIMEOUT_HEADER", "ASGIApp", "Response", "ServeApp"]
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +67,15 @@ class _Request:
 
 
 Handler = Callable[[_Request], Awaitable[Response]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 class ServeApp:
-    """The ASGI callable; ``host`` holds the models, the rest are the server's limits."""
+    """The ASGI callable; ``host`` holds the models, the rest are the server's limits.
+
+    ``mounts`` adds ASGI apps by path prefix (``{"/v1/jobs": app}``): HTTP requests under a
+    prefix go to its app once the bearer token is checked; they do not see lifespan events.
+    """
 
     def __init__(
         self,
@@ -80,9 +85,11 @@ class ServeApp:
         max_body_bytes: int = 64 << 20,
         watcher: RepositoryWatcher | None = None,
         access_log: AccessLog | None = None,
+        mounts: Mapping[str, ASGIApp] | None = None,
     ) -> None:
         self.host = host
         self.access_log = access_log
+        self.mounts = {prefix.rstrip("/"): app for prefix, app in (mounts or {}).items()}
         self.watcher = watcher
         self.auth_token = auth_token
         self.max_body_bytes = max_body_bytes
@@ -95,7 +102,12 @@ class ServeApp:
             await self._lifespan(receive, send)
         elif scope["type"] == "http":
             started_s = time.perf_counter()
-            response = await self.handle(scope, receive)
+            mounted = self._mounted(scope["path"])
+            denied = self._deny(scope) if mounted is not None else None
+            if mounted is not None and denied is None:
+                await mounted(scope, receive, send)
+                return
+            response = denied or await self.handle(scope, receive)
             headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.items()]
             headers.append((b"content-length", str(len(response.body)).encode()))
             await send({"type": "http.response.start", "status": response.status, "headers": headers})
@@ -142,6 +154,21 @@ class ServeApp:
         except Exception as exc:
             log.exception("internal error on %s %s", scope["method"], scope["path"])
             return Response(500, error_body(f"internal error: {type(exc).__name__}: {exc}"), dict(_JSON))
+
+    def _mounted(self, path: str) -> ASGIApp | None:
+        for prefix, app in self.mounts.items():
+            if path == prefix or path.startswith(prefix + "/"):
+                return app
+        return None
+
+    def _deny(self, scope: Scope) -> Response | None:
+        """The 401 answer for a mounted app's request without the bearer token, else None."""
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        try:
+            self._authorize(_Request(scope["method"], [], headers, _no_body))
+        except HttpError as exc:
+            return _error_response(exc)
+        return None
 
     # -- routing -------------------------------------------------------------------------------
 
@@ -319,6 +346,10 @@ class ServeApp:
 
     def _too_large(self, size: int) -> HttpError:
         return HttpError(f"request body of {size} bytes exceeds the limit of {self.max_body_bytes} bytes", 413)
+
+
+async def _no_body() -> Message:
+    return {"type": "http.request", "body": b"", "more_body": False}
 
 
 def _method(request: _Request, method: str, handler: Handler) -> Handler:

@@ -13,6 +13,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Literal
@@ -24,7 +25,7 @@ from sluice.errors import ConfigError, MissingDependency
 if TYPE_CHECKING:
     import uvicorn
 
-    from sluice.serve.app import ServeApp
+    from sluice.serve.app import ASGIApp, ServeApp
 
 __all__ = ["ServeSettings", "ServerThread", "build_app", "run"]
 
@@ -67,8 +68,11 @@ class ServeSettings(BaseModel):
     )
 
 
-def build_app(settings: ServeSettings) -> ServeApp:
-    """The ASGI application for ``settings`` (models load when the server starts)."""
+def build_app(settings: ServeSettings, *, mounts: Mapping[str, ASGIApp] | None = None) -> ServeApp:
+    """The ASGI application for ``settings`` (models load when the server starts).
+
+    ``mounts`` adds apps by path prefix behind the same bearer token (see :class:`ServeApp`).
+    """
     from sluice.models.config import LoadOptions
     from sluice.models.repository import ModelRepository
     from sluice.serve.accesslog import AccessLog
@@ -87,7 +91,12 @@ def build_app(settings: ServeSettings) -> ServeApp:
     watcher = RepositoryWatcher(host, interval_s=settings.watch_interval_s) if settings.watch else None
     access_log = AccessLog.open(settings.access_log) if settings.access_log else None
     return ServeApp(
-        host, auth_token=token, max_body_bytes=settings.max_body_bytes, watcher=watcher, access_log=access_log
+        host,
+        auth_token=token,
+        max_body_bytes=settings.max_body_bytes,
+        watcher=watcher,
+        access_log=access_log,
+        mounts=mounts,
     )
 
 
@@ -131,14 +140,14 @@ def _uvicorn_server(settings: ServeSettings, app: ServeApp, *, foreground: bool 
     return DrainingServer(config)
 
 
-def run(settings: ServeSettings) -> None:
+def run(settings: ServeSettings, *, mounts: Mapping[str, ASGIApp] | None = None) -> None:
     """Serve in the foreground until interrupted; queued requests finish before it returns."""
     _log_to_stderr(settings.log_level)
     # The event loop holds the GIL while it parses requests; a predict thread that finished
     # its batch waits up to the switch interval (5 ms by default) to hand results back. A
     # 0.5 ms interval keeps that hand-over well under the latency targets.
     sys.setswitchinterval(SWITCH_INTERVAL_S)
-    server = _uvicorn_server(settings, build_app(settings), foreground=True)
+    server = _uvicorn_server(settings, build_app(settings, mounts=mounts), foreground=True)
     # uvicorn re-raises the signal it stopped on once it is done; a SIGTERM handler that does
     # nothing turns that into the clean exit 0 a supervisor expects after a drain
     previous = signal.signal(signal.SIGTERM, _ignore_signal)
@@ -169,9 +178,9 @@ def _ignore_signal(sig: int, frame: FrameType | None) -> None:
 class ServerThread:
     """The server on a background thread: ``with ServerThread(settings) as s: … s.url …``."""
 
-    def __init__(self, settings: ServeSettings) -> None:
+    def __init__(self, settings: ServeSettings, *, mounts: Mapping[str, ASGIApp] | None = None) -> None:
         self.settings = settings
-        self.app = build_app(settings)
+        self.app = build_app(settings, mounts=mounts)
         self._server = _uvicorn_server(settings, self.app)
         self._thread = threading.Thread(target=self._server.run, name="sluice-serve", daemon=True)
 

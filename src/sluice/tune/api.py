@@ -6,6 +6,7 @@ import os
 import re
 import time
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -52,13 +53,19 @@ def thread_setups(model: Model, cores: int | None = None) -> tuple[tuple[int, in
 
 
 def load_sample(
-    model: Model, source: str, *, rows: int = 1 << 16, features: FeatureSpec = None, not_features: Sequence[str] = ()
+    model: Model,
+    source: str,
+    *,
+    rows: int = 1 << 16,
+    features: FeatureSpec = None,
+    not_features: Sequence[str] = (),
+    storage_options: Mapping[str, Any] | None = None,
 ) -> dict[str, np.ndarray]:
     """Up to ``rows`` rows of ``source`` bound to the model's inputs (rows that do not bind are left out).
 
     ``not_features`` are columns (keys, identifiers) never taken as features by default.
     """
-    shards = plan_shards(source)
+    shards = plan_shards(source, storage_options=storage_options)
     schema = infer_schema(shards[0])
     features = features or model.source.config.features or model.default_features
     plan = model.signature.plan(schema, features, not_features=not_features, allow_nan=model.source.config.allow_nan)
