@@ -24,6 +24,7 @@ __all__ = [
     "RequestTimeout",
     "SluiceError",
     "TrainError",
+    "UnknownRequest",
     "UnsafeModelError",
 ]
 
@@ -133,6 +134,12 @@ class RequestTimeout(SluiceError):
 
     exit_code = 1
     http_status = 504
+
+
+class UnknownRequest(SluiceError):
+    """Feedback names a request id or routing key the server does not remember answering (404)."""
+
+    http_status = 404
 
 
 class Interrupted(SluiceError):

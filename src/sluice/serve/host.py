@@ -1,11 +1,12 @@
 """The model versions a server holds: loaded, warmed up, each behind its own batching dispatcher.
 
-:class:`ModelHost` decides which versions of each repository model to serve (the latest one
-plus every labelled one), loads each in a worker thread, gives it a
-:class:`~sluice.serve.dispatch.Dispatcher` under an :class:`~sluice.serve.policy.AdaptivePolicy`,
-and sends it one warm-up inference of zeros before calling it ready. It resolves what a URL
-names (``NAME``, ``NAME/versions/2``, ``NAME/versions/stable``) to one served version, and
-loads and unloads models on request. Every method runs on the server's event loop.
+:class:`ModelHost` decides which versions of each repository model to serve (those its
+``versions:`` policy names, by default the latest one, plus every labelled or routed one),
+loads each in a worker thread, gives it a :class:`~sluice.serve.dispatch.Dispatcher` under
+an :class:`~sluice.serve.policy.AdaptivePolicy`, and sends it one warm-up inference of zeros
+before calling it ready. It resolves what a URL names (``NAME``, ``NAME/versions/2``,
+``NAME/versions/stable``) to one served version, and loads and unloads models on request.
+Every method runs on the server's event loop.
 :func:`sluice.serve.prometheus.render_metrics` writes their dispatchers' figures for ``/metrics``.
 """
 
@@ -23,6 +24,7 @@ from sluice.metrics import BucketedHistogram
 from sluice.models.base import Model
 from sluice.models.config import LoadOptions, ModelConfig
 from sluice.models.loader import load_source
+from sluice.models.policy_config import select_versions
 from sluice.models.repository import ModelRepository
 from sluice.models.signature import Signature, TensorSpec
 from sluice.serve.dispatch import Dispatcher, DispatchMetrics
@@ -43,6 +45,7 @@ BATCH_BOUNDS_ROWS = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 
 _PLATFORMS = {"onnx": "onnxruntime_onnx", "sklearn": "sklearn", "pickle": "sklearn", "python": "python"}
 
 State = Literal["LOADING", "READY", "UNAVAILABLE"]
+_NOT_WANTED = "not served: outside the version policy and named by no label or route"
 
 
 def _new_metrics() -> DispatchMetrics:
@@ -116,6 +119,10 @@ class ModelHost:
     def state(self, name: str, version: int) -> VersionState | None:
         """The state of ``name`` version ``version`` (None: never loaded)."""
         return self._states.get((name, version))
+
+    def config(self, name: str) -> ModelConfig | None:
+        """The ``model.yaml`` settings ``name`` was last loaded with (None: not loaded)."""
+        return self._configs.get(name)
 
     def served(self) -> dict[str, list[ServedVersion]]:
         """Served versions per model name, oldest first."""
@@ -211,12 +218,16 @@ class ModelHost:
             self._configs[name] = config
             self._served[name] = serving
             await self._retire(name, current, serving)
+            for version in set(self.repository.versions(name)) - wanted - set(serving):
+                self._states[(name, version)] = VersionState("UNAVAILABLE", _NOT_WANTED, blocks_ready=False)
             if first_error is not None:
                 raise first_error
 
     def _settings_changed(self, name: str, config: ModelConfig) -> bool:
         old = self._configs.get(name)
-        return old is not None and old.model_dump(exclude={"labels"}) != config.model_dump(exclude={"labels"})
+        # labels, routing and the version policy change where requests go, not how a version runs
+        routing_only = {"labels", "routing", "versions"}
+        return old is not None and old.model_dump(exclude=routing_only) != config.model_dump(exclude=routing_only)
 
     async def _retire(self, name: str, before: dict[int, ServedVersion], after: dict[int, ServedVersion]) -> None:
         # routing already points at ``after``: what the old versions hold in their queues was
@@ -252,7 +263,11 @@ class ModelHost:
         versions = self.repository.versions(name)
         if not versions:
             raise ModelNotFound(f"model '{name}' in {self.repository.root} has no version directories (1/, 2/, …)")
-        return {versions[-1], *(v for v in config.labels.values() if v in versions)}
+        named = {*config.labels.values()}
+        if config.routing is not None:
+            for variant in [*config.routing.weights, *config.routing.shadow]:
+                named.add(int(variant) if variant.isdigit() else config.labels.get(variant, -1))
+        return {*select_versions(config.versions, versions), *(v for v in named if v in versions)}
 
     async def _load_version(self, name: str, version: int, config: ModelConfig) -> ServedVersion:
         source = self.repository.resolve(f"{name}@{version}", self.options)
