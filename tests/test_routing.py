@@ -96,7 +96,7 @@ def test_routing_config_validation() -> None:
         RoutingConfig.model_validate({"weights": {1: 1}, "shadow": {3: 2}})
     with pytest.raises(ValueError, match="cannot both take traffic and shadow it"):
         RoutingConfig.model_validate({"weights": {1: 1, 2: 1}, "shadow": {2: 0.5}})
-    with pytest.raises(ValueError, match="must be 'parameters.NAME' or 'header:NAME'"):
+    with pytest.raises(ValueError, match=r"must be 'parameters\.NAME' or 'header:NAME'"):
         RoutingConfig.model_validate({"weights": {1: 1}, "sticky_key": "cookie"})
 
 

@@ -21,6 +21,7 @@ __all__ = [
     "Overloaded",
     "PredictError",
     "ProtocolError",
+    "RemoteError",
     "RequestTimeout",
     "SluiceError",
     "TrainError",
@@ -134,6 +135,13 @@ class RequestTimeout(SluiceError):
 
     exit_code = 1
     http_status = 504
+
+
+class RemoteError(SluiceError):
+    """A server refused a control request or could not be reached; the message says which."""
+
+    exit_code = 1
+    http_status = 502
 
 
 class UnknownRequest(SluiceError):

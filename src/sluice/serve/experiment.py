@@ -100,7 +100,7 @@ class VariantStats:
     classes: Counter[str] = field(default_factory=Counter)
     scores: deque[float] = field(default_factory=lambda: deque(maxlen=_SAMPLES))
     outcomes: OutcomeTally = field(default_factory=OutcomeTally)
-    window: deque[tuple[float, float, bool]] = field(default_factory=deque)
+    window: deque[tuple[float, float, bool]] = field(default_factory=lambda: deque(maxlen=_SAMPLES))
 
     def summary(self, now_s: float, window_s: float) -> WindowSummary:
         while self.window and self.window[0][0] < now_s - window_s:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from sluice.errors import ConfigError, ModelNotFound, ProtocolError, SluiceError, UnknownRequest
+from sluice.errors import ConfigError, ModelNotFound, Overloaded, ProtocolError, SluiceError, UnknownRequest
 from sluice.models.config import ModelConfig, format_validation_error
 from sluice.models.repository import write_config
 from sluice.serve.experiment import Experiment, Prediction, prediction_summary
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 VERSION_HEADER = "Sluice-Model-Version"
 """Response header naming the version that answered an inference request."""
 _HEADER_LENGTH = "inference-header-content-length"
-_GUARD_INTERVAL_S = 0.25  # how often a canary is judged at most
+_GUARD_EVERY = 10  # routed requests of a model between two judgements of its canaries
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,8 @@ class TrafficRouter:
         self._experiments: dict[str, Experiment] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._locks: dict[str, asyncio.Lock] = {}
-        self._judged_s: dict[str, float] = {}
+        self._since_judged: dict[str, int] = {}
+        self._rolling_back: set[str] = set()
 
     # -- routing -------------------------------------------------------------------------------
 
@@ -160,6 +161,9 @@ class TrafficRouter:
             served = self.host.get(name, variant)
             rows = int(next(iter(inputs.values())).shape[0])
             outputs = await served.dispatcher.submit(inputs, rows)
+        except Overloaded:  # the shadow's own batcher sheds: dropped under load, not an error
+            stats.dropped += 1
+            return
         except SluiceError as exc:
             stats.errors += 1
             log.debug("shadow %s of model '%s' failed: %s", variant, name, exc)
@@ -180,10 +184,10 @@ class TrafficRouter:
     def _guard(self, name: str, experiment: Experiment) -> None:
         if experiment.routing.guardrail is None or len(experiment.table.weights) < 2:
             return
-        now = self.clock()
-        if now - self._judged_s.get(name, -1e9) < _GUARD_INTERVAL_S:
+        count = self._since_judged.get(name, 0) + 1
+        self._since_judged[name] = count % _GUARD_EVERY
+        if count < _GUARD_EVERY or name in self._rolling_back:
             return
-        self._judged_s[name] = now
         versions = self.version_of(name, experiment)
         primary = experiment.table.primary
         for variant, weight in experiment.table.weights.items():
@@ -191,7 +195,7 @@ class TrafficRouter:
                 continue
             evidence = experiment.judge(versions[primary], versions[variant])
             if evidence is not None:
-                self._judged_s[name] = 1e18  # one rollback at a time; the new config resets it
+                self._rolling_back.add(name)  # one rollback at a time
                 task = asyncio.get_running_loop().create_task(self._auto_rollback(name, variant, evidence))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
@@ -206,7 +210,7 @@ class TrafficRouter:
             log.error("guardrail: the rollback of '%s' of model '%s' failed: %s", variant, name, exc)
             return
         finally:
-            self._judged_s.pop(name, None)
+            self._rolling_back.discard(name)
         if experiment is not None:
             experiment.rollbacks.append({"variant": variant, "evidence": evidence, "automatic": True})
 
@@ -268,7 +272,10 @@ class TrafficRouter:
         def update(routing: dict[str, Any] | None) -> dict[str, Any]:
             if routing is None and "weights" not in change:
                 raise ConfigError(f"model '{name}' has no routing yet: give weights")
-            return {**(routing or {}), **change}
+            merged = {**(routing or {}), **change}
+            if isinstance(merged.get("shadow"), dict):  # a fraction of 0 ends a shadow
+                merged["shadow"] = {k: f for k, f in merged["shadow"].items() if f != 0}
+            return merged
 
         return await self.change(name, update)
 
