@@ -61,7 +61,9 @@ def predict(x):
     return {"label": np.zeros(len(x), dtype=np.int64)}
 """
 
-PYTHON_MODEL = {"callable": "version_code:predict", "concurrency": "threads"}
+# client and server share one process and two cores here: a generous latency target, so the
+# batcher never sheds and every status counted is about routing
+PYTHON_MODEL = {"callable": "version_code:predict", "concurrency": "threads", "batching": {"target_p99_ms": 5000}}
 PYTHON_MODEL["outputs"] = [{"name": "label", "dtype": "int64", "shape": [-1]}]
 
 
@@ -283,7 +285,7 @@ def test_live_weight_changes_under_concurrent_load_fail_no_request(
                 status, _, body = c.infer("ab", X)
                 with lock:
                     statuses[status] += 1
-                    versions[body.get("model_version", "?")] += 1
+                    versions[body.get("model_version", body.get("error", "?"))] += 1
         finally:
             c.close()
 
@@ -291,7 +293,13 @@ def test_live_weight_changes_under_concurrent_load_fail_no_request(
     for t in threads:
         t.start()
     try:
-        for weights in ({"stable": 10, "canary": 90}, {"1": 50, "2": 30, "3": 20}, {"canary": 100}, {"stable": 100}):
+        for weights in (
+            {"stable": 10, "canary": 90},
+            {"1": 50, "2": 50},
+            {"canary": 100},
+            {"1": 70, "2": 30},
+            {"stable": 100},
+        ):
             before = sum(statuses.values())
             control.set_routes("ab", weights=weights, shadow={})
             _wait(lambda b=before: sum(statuses.values()) > b + 20, "requests after the change")
@@ -299,8 +307,8 @@ def test_live_weight_changes_under_concurrent_load_fail_no_request(
         stop.set()
         for t in threads:
             t.join()
-    assert set(statuses) == {200} and sum(statuses.values()) > 80
-    assert set(versions) == {"1", "2", "3"}
+    assert set(statuses) == {200} and sum(statuses.values()) > 80, versions
+    assert set(versions) == {"1", "2"}
     assert ModelRepository(repository).config("ab").routing.weights == {"stable": 100}
 
 
@@ -325,9 +333,15 @@ def test_routes_cli_needs_the_token_and_persists_to_model_yaml(server: ServerThr
     promoted = invoke("routes", "promote", "ab", "2", "--url", server.url, "--auth-token", TOKEN, "--json")
     assert promoted.exit_code == 0, promoted.output
     config = ModelRepository(repository).config("ab")
-    assert (config.labels["stable"], config.routing.weights) == (2, {"stable": 100})
+    assert (config.labels, config.routing.weights) == ({"stable": 2, "canary": 2, "previous": 1}, {"stable": 100})
+    assert ControlClient(server.url).routes("ab")["live_weights"] == {"stable": 100}
     rolled = invoke("routes", "rollback", "ab", "--url", server.url, "--auth-token", TOKEN)
-    assert rolled.exit_code == 0, rolled.output
+    assert rolled.exit_code == 0, rolled.output  # no canary takes traffic: the previous stable returns
+    assert ModelRepository(repository).config("ab").labels == {"stable": 1, "canary": 2}
+    again = invoke("routes", "rollback", "ab", "--url", server.url, "--auth-token", TOKEN)
+    assert again.stderr.strip().endswith(
+        "answered 400: model 'ab' has no canary taking traffic and no 'previous' label to restore"
+    )
     (repository / "ab" / "model.yaml").write_text(
         yaml.safe_dump(
             {**PYTHON_MODEL, "labels": {"stable": 1, "canary": 2}, "routing": {"weights": {"stable": 90, "canary": 10}}}

@@ -21,13 +21,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from pydantic import ValidationError
 
 from sluice.errors import ConfigError, ModelNotFound, Overloaded, ProtocolError, SluiceError, UnknownRequest
-from sluice.models.config import ModelConfig, format_validation_error
-from sluice.models.repository import write_config
 from sluice.serve.experiment import Experiment, Prediction, prediction_summary
 from sluice.serve.host import ModelHost, ServedVersion
+from sluice.serve.route_control import RouteControl
 
 __all__ = ["VERSION_HEADER", "RouteChoice", "TrafficRouter"]
 
@@ -60,6 +58,7 @@ class TrafficRouter:
         self._experiments: dict[str, Experiment] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._locks: dict[str, asyncio.Lock] = {}
+        self.control = RouteControl(host)
         self._since_judged: dict[str, int] = {}
         self._rolling_back: set[str] = set()
 
@@ -205,7 +204,7 @@ class TrafficRouter:
         experiment = self._experiments.get(name)
         log.warning("guardrail: rolling back variant '%s' of model '%s': %s", variant, name, evidence)
         try:
-            await self.change(name, lambda routing: _without(routing, variant))
+            await self.control.change(name, lambda routing: _without(routing, variant))
         except SluiceError as exc:
             log.error("guardrail: the rollback of '%s' of model '%s' failed: %s", variant, name, exc)
             return
@@ -262,89 +261,26 @@ class TrafficRouter:
         return {"model_name": name, "labels": config.labels, "routing": routing, "live_weights": live}
 
     async def set_routes(self, name: str, change: Mapping[str, Any]) -> dict[str, Any]:
-        """Apply ``{"weights": …, "shadow": …, "sticky_key": …, "mode": …}`` and persist it."""
-        unknown = sorted(set(change) - {"weights", "shadow", "sticky_key", "mode"})
-        if unknown:
-            raise ProtocolError(
-                f"unknown routing field(s) {', '.join(unknown)}; expected weights, shadow, sticky_key, mode"
-            )
-
-        def update(routing: dict[str, Any] | None) -> dict[str, Any]:
-            if routing is None and "weights" not in change:
-                raise ConfigError(f"model '{name}' has no routing yet: give weights")
-            merged = {**(routing or {}), **change}
-            if isinstance(merged.get("shadow"), dict):  # a fraction of 0 ends a shadow
-                merged["shadow"] = {k: f for k, f in merged["shadow"].items() if f != 0}
-            return merged
-
-        return await self.change(name, update)
-
-    async def promote(self, name: str, variant: str | None) -> dict[str, Any]:
-        """Make ``variant`` (default: the only candidate) the stable version and give it all traffic."""
-        config = self.host.repository.config(name)
-        if config.routing is None:
-            raise ConfigError(f"model '{name}' has no routing section in model.yaml: nothing to promote")
-        candidates = [v for v in config.routing.weights if v != config.routing.primary]
-        if variant is None:
-            if len(candidates) != 1:
-                raise ConfigError(f"model '{name}' has candidates {candidates or 'none'}: name the variant to promote")
-            variant = candidates[0]
-        version = self.host.get(name, variant).version
-        routing = {**config.routing.model_dump(), "weights": {"stable": 100.0}}
-        routing["shadow"] = {k: f for k, f in routing["shadow"].items() if k not in ("stable", str(version))}
-        new = {**config.model_dump(), "labels": {**config.labels, "stable": version}, "routing": routing}
-        return await self._persist(name, new)
-
-    async def rollback(self, name: str) -> dict[str, Any]:
-        """Send every request to the primary again (the candidates stay loaded until the next change)."""
-        return await self.change(name, lambda routing: {**(routing or {}), "weights": {_primary(name, routing): 100.0}})
-
-    async def change(self, name: str, update: Callable[[dict[str, Any] | None], dict[str, Any]]) -> dict[str, Any]:
-        """Read model.yaml, apply ``update`` to its routing section, validate, persist, load."""
-        config = self.host.repository.config(name)
-        routing = config.routing.model_dump() if config.routing is not None else None
-        return await self._persist(name, {**config.model_dump(), "routing": update(routing)})
-
-    async def _persist(self, name: str, document: dict[str, Any]) -> dict[str, Any]:
-        try:
-            config = ModelConfig.model_validate(document)
-        except ValidationError as exc:
-            raise ConfigError(f"model '{name}': {format_validation_error(exc)}") from None
-        self._check_variants(name, config)
-        lock = self._locks.setdefault(name, asyncio.Lock())
-        async with lock:
-            path = self.host.repository.model_dir(name) / "model.yaml"
-            await asyncio.to_thread(write_config, path, config)
-            # new variants load and warm up first; routing follows the loaded config after
-            await self.host.load(name)
-        log.info(
-            "routing of model '%s' is now %s", name, config.routing.model_dump(mode="json") if config.routing else None
-        )
+        """Apply ``{"weights": …, "shadow": …, "sticky_key": …, "mode": …}``, persist it, show it."""
+        await self.control.set_routes(name, change)
         return self.show(name)
 
-    def _check_variants(self, name: str, config: ModelConfig) -> None:
-        if config.routing is None:
-            return
-        on_disk = self.host.repository.versions(name)
-        for variant in [*config.routing.weights, *config.routing.shadow]:
-            if variant.isdigit() and int(variant) not in on_disk:
-                raise ConfigError(f"model '{name}' has no version {variant}; versions: {on_disk}")
-            if not variant.isdigit() and variant not in config.labels:
-                labels = sorted(config.labels) or "none"
-                raise ConfigError(f"model '{name}' has no label '{variant}'; labels: {labels}")
+    async def promote(self, name: str, variant: str | None) -> dict[str, Any]:
+        """See :meth:`RouteControl.promote`; answers the new routing."""
+        await self.control.promote(name, variant)
+        return self.show(name)
 
-
-def _primary(name: str, routing: Mapping[str, Any] | None) -> str:
-    if not routing or not routing.get("weights"):
-        raise ConfigError(f"model '{name}' has no routing section in model.yaml: nothing to roll back")
-    return str(next(iter(routing["weights"])))
+    async def rollback(self, name: str) -> dict[str, Any]:
+        """See :meth:`RouteControl.rollback`; answers the new routing."""
+        await self.control.rollback(name)
+        return self.show(name)
 
 
 def _without(routing: dict[str, Any] | None, variant: str) -> dict[str, Any]:
     if routing is None:
         raise ConfigError("the model has no routing section any more")
     weights = {k: w for k, w in routing["weights"].items() if k != variant}
-    return {**routing, "weights": weights or {_primary("", routing): 100.0}}
+    return {**routing, "weights": weights or {next(iter(routing["weights"])): 100.0}}
 
 
 def _sticky_key(spec: str | None, body: bytes, headers: Mapping[str, str]) -> str | None:
