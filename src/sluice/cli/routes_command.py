@@ -171,34 +171,21 @@ def report(
 def _report_table(result: ExperimentReport) -> Any:
     from rich.table import Table
 
-    table = Table(title=f"A/B report: {result.model} ({result.outcome} outcomes)", title_justify="left")
-    for column in (
-        "variant",
-        "version",
-        "traffic",
-        "errors",
-        "outcomes",
-        "mean [95% CI]",
-        "diff",
-        "test",
-        "p",
-        "need",
-        "advice",
-    ):
-        table.add_column(column, justify="left" if column in ("variant", "test", "advice") else "right")
+    table = Table()
+    for column in ("variant", "traffic", "outcomes", "mean [95% CI]", "diff", "p", "need", "advice"):
+        table.add_column(column, justify="left" if column in ("variant", "advice") else "right")
     for row in result.variants:
         mean = "–" if row.mean_outcome is None else f"{row.mean_outcome:.4g}"
         if row.interval is not None:
-            mean += f" [{row.interval.low:.4g}, {row.interval.high:.4g}]"
+            mean += f" [{row.interval.low:.3g}, {row.interval.high:.3g}]"
         c = row.comparison
+        errors = f", {row.errors} err" if row.errors else ""
         table.add_row(
-            row.variant,
-            row.version or "–",
-            f"{row.requests} ({row.traffic_share:.1%})",
-            str(row.errors),
+            f"{row.variant} (v{row.version or '?'})",
+            f"{row.requests} ({row.traffic_share:.0%}{errors})",
             str(row.outcomes),
             mean,
-            "primary" if c is None else _num(c.difference, "+.4g"),
+            "primary" if c is None else _num(c.difference, "+.3g"),
             "" if c is None else _num(c.p_value, ".3g"),
             "" if c is None or c.still_needed is None else str(c.still_needed),
             "" if c is None else c.recommendation,
