@@ -83,6 +83,8 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     _model(root, "broken", {1: HEALTHY, 2: BROKEN}, routing={"weights": {1: 50, 2: 50}, "guardrail": guard})
     _model(root, "calm", {1: HEALTHY, 2: HEALTHY}, routing={"weights": {1: 50, 2: 50}, "guardrail": guard})
     _model(root, "pol", {1: HEALTHY, 2: HEALTHY, 3: HEALTHY}, versions={"latest": 2})
+    bandit = {"weights": {1: 50, 2: 50}, "mode": "thompson", "floor_weight": 0.05, "sticky_key": "header:X-User"}
+    _model(root, "bandit", {1: HEALTHY, 2: HEALTHY}, routing=bandit)
     return root
 
 
@@ -265,6 +267,36 @@ def _text(server: ServerThread, path: str) -> tuple[int, str]:
         return response.status, response.read().decode()
     finally:
         conn.close()
+
+
+def test_thompson_mode_moves_weight_to_the_better_variant(caller: Caller, control: ControlClient) -> None:
+    served = {}
+    for i in range(200):
+        status, headers, _ = caller.request("POST", "/v2/models/bandit/infer", _body(X, request_id=f"b{i}"))
+        assert status == 200
+        served[f"b{i}"] = headers["sluice-model-version"]
+    assert set(served.values()) == {"1", "2"}
+    for request_id, version in served.items():  # version 2 always succeeds, version 1 never
+        feedback = json.dumps({"id": request_id, "reward": 1 if version == "2" else 0}).encode()
+        assert caller.request("POST", "/v2/models/bandit/feedback", feedback)[0] == 200
+    live = control.routes("bandit")["live_weights"]
+    assert live == {"1": pytest.approx(0.05), "2": pytest.approx(0.95)}
+    assert control.routes("bandit")["routing"]["weights"] == {"1": 50, "2": 50}  # model.yaml keeps its own
+
+
+def test_sticky_key_from_a_header(server: ServerThread) -> None:
+    for user in ("ann", "bob", "cyd", "dan"):
+        seen = set()
+        for _ in range(3):
+            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+            conn.request(
+                "POST", "/v2/models/bandit/infer", _body(X), {"Authorization": f"Bearer {TOKEN}", "X-User": user}
+            )
+            response = conn.getresponse()
+            response.read()
+            seen.add(response.getheader("Sluice-Model-Version"))
+            conn.close()
+        assert len(seen) == 1
 
 
 # -- changing routes live ----------------------------------------------------------------------

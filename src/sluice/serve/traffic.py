@@ -80,8 +80,11 @@ class TrafficRouter:
             return None
         if current is None:
             current = self._experiments[name] = Experiment(routing, rng=self.rng, clock=self.clock)
-        elif current.routing != routing:
-            current.reconfigure(routing)
+        elif current.routing is not routing:  # the same object on every request until a reload
+            if current.routing == routing:
+                current.routing = routing  # reloaded unchanged: live (e.g. Thompson) weights stay
+            else:
+                current.reconfigure(routing)
         return current
 
     def choose(self, name: str, selector: str | None, body: bytes, headers: Mapping[str, str]) -> RouteChoice:
