@@ -427,3 +427,19 @@ def test_version_policy_at_load_and_on_reload(caller: Caller, repository: Path) 
     assert caller.request("GET", "/v2/models/pol/config")[2]["version_policy"] == {"specific": {"versions": ["1", "3"]}}
     index = {e["version"]: e for e in caller.request("POST", "/v2/repository/index", b"{}")[2] if e["name"] == "pol"}
     assert index["2"]["state"] == "UNAVAILABLE" and index["1"]["state"] == index["3"]["state"] == "READY"
+
+
+def test_a_hand_edited_routing_to_a_missing_version_is_refused_and_the_old_one_serves(
+    caller: Caller, repository: Path
+) -> None:
+    path = repository / "pol" / "model.yaml"
+    path.write_text(yaml.safe_dump({**PYTHON_MODEL, "versions": "all", "routing": {"weights": {2: 50, 9: 50}}}))
+    status, _, body = caller.request("POST", "/v2/repository/models/pol/load", b"{}")
+    assert (status, body) == (
+        400,
+        {
+            "error": f"{path}: routing variant '9' names no version on disk; versions: [1, 2, 3], labels: none",
+        },
+    )
+    status, _, body = caller.infer("pol", X)
+    assert (status, body["model_version"]) == (200, "3")  # still the previous settings: no routing

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from sluice.errors import ModelNotFound, Overloaded, SluiceError
+from sluice.errors import ConfigError, ModelNotFound, Overloaded, SluiceError
 from sluice.metrics import BucketedHistogram
 from sluice.models.base import Model
 from sluice.models.config import LoadOptions, ModelConfig
@@ -263,11 +263,23 @@ class ModelHost:
         versions = self.repository.versions(name)
         if not versions:
             raise ModelNotFound(f"model '{name}' in {self.repository.root} has no version directories (1/, 2/, …)")
-        named = {*config.labels.values()}
-        if config.routing is not None:
-            for variant in [*config.routing.weights, *config.routing.shadow]:
-                named.add(int(variant) if variant.isdigit() else config.labels.get(variant, -1))
+        named = {*config.labels.values(), *self._routed_versions(name, config, versions)}
         return {*select_versions(config.versions, versions), *(v for v in named if v in versions)}
+
+    def _routed_versions(self, name: str, config: ModelConfig, versions: list[int]) -> set[int]:
+        # refused before anything changes, so what serves keeps serving
+        routed: set[int] = set()
+        if config.routing is None:
+            return routed
+        for variant in [*config.routing.weights, *config.routing.shadow]:
+            version = int(variant) if variant.isdigit() else config.labels.get(variant)
+            if version not in versions:
+                raise ConfigError(
+                    f"{self.repository.model_dir(name) / 'model.yaml'}: routing variant '{variant}' names no "
+                    f"version on disk; versions: {versions}, labels: {config.labels or 'none'}"
+                )
+            routed.add(version)
+        return routed
 
     async def _load_version(self, name: str, version: int, config: ModelConfig) -> ServedVersion:
         source = self.repository.resolve(f"{name}@{version}", self.options)

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 VERSION_HEADER = "Sluice-Model-Version"
 """Response header naming the version that answered an inference request."""
 _HEADER_LENGTH = "inference-header-content-length"
+_SHADOW_TIMEOUT_S = 30.0  # a stuck shadow frees its in-flight slot after this (counted as an error)
 _GUARD_EVERY = 10  # routed requests of a model between two judgements of its canaries
 
 
@@ -162,7 +163,7 @@ class TrafficRouter:
         try:
             served = self.host.get(name, variant)
             rows = int(next(iter(inputs.values())).shape[0])
-            outputs = await served.dispatcher.submit(inputs, rows)
+            outputs = await served.dispatcher.submit(inputs, rows, _SHADOW_TIMEOUT_S)
         except Overloaded:  # the shadow's own batcher sheds: dropped under load, not an error
             stats.dropped += 1
             return
