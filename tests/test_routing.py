@@ -144,3 +144,21 @@ def test_shadow_in_flight_limit_drops_copies() -> None:
     exp.shadow_in_flight = 2
     assert exp.pick_shadows() == []
     assert exp.shadows["2"].dropped == 1
+
+
+def test_experiment_judges_p99_over_the_window() -> None:
+    routing = RoutingConfig.model_validate(
+        {"weights": {1: 50, 2: 50}, "guardrail": {"window_s": 10, "min_requests": 100, "max_p99_increase_ms": 20}}
+    )
+    exp = Experiment(routing, rng=np.random.default_rng(0), clock=lambda: 0.0)
+    for i in range(100):
+        exp.record("1", 0.010, Prediction(classes=("1",)))
+        exp.record("2", 0.100 if i >= 98 else 0.010, Prediction(classes=("1",)))  # 2 slow of 100: p99 is slow
+    assert exp.judge("1", "2") == (
+        "p99 latency 100.0 ms vs primary 10.0 ms: +90.0 ms exceeds the margin of 20 ms over 10 s (100 and 100 requests)"
+    )
+    exp.variants["2"].window.clear()
+    exp.variants["2"].window_errors = 0
+    for _ in range(100):
+        exp.record("2", 0.025, Prediction(classes=("1",)))
+    assert exp.judge("1", "2") is None  # +15 ms is within the margin

@@ -100,14 +100,26 @@ class VariantStats:
     classes: Counter[str] = field(default_factory=Counter)
     scores: deque[float] = field(default_factory=lambda: deque(maxlen=_SAMPLES))
     outcomes: OutcomeTally = field(default_factory=OutcomeTally)
-    window: deque[tuple[float, float, bool]] = field(default_factory=lambda: deque(maxlen=_SAMPLES))
+    window: deque[tuple[float, float, bool]] = field(default_factory=deque)  # (at, latency, failed)
+    window_errors: int = 0
 
-    def summary(self, now_s: float, window_s: float) -> WindowSummary:
+    def remember(self, at_s: float, latency_s: float, failed: bool) -> None:
+        """Add a request to the guardrail window (the oldest goes beyond its bounded length)."""
+        if len(self.window) >= _SAMPLES:
+            self.window_errors -= self.window.popleft()[2]
+        self.window.append((at_s, latency_s, failed))
+        self.window_errors += failed
+
+    def summary(self, now_s: float, window_s: float, *, with_p99: bool = True) -> WindowSummary:
+        """The window's requests, errors and (sorting them, so only when asked) p99 latency."""
         while self.window and self.window[0][0] < now_s - window_s:
-            self.window.popleft()
-        latencies = sorted(latency for _, latency, failed in self.window if not failed)
-        p99 = latencies[min(len(latencies) - 1, math.ceil(0.99 * len(latencies)) - 1)] * 1000 if latencies else None
-        return WindowSummary(len(self.window), sum(1 for _, _, failed in self.window if failed), p99)
+            self.window_errors -= self.window.popleft()[2]
+        p99 = None
+        if with_p99:
+            latencies = sorted(latency for _, latency, failed in self.window if not failed)
+            if latencies:
+                p99 = latencies[min(len(latencies) - 1, math.ceil(0.99 * len(latencies)) - 1)] * 1000
+        return WindowSummary(len(self.window), self.window_errors, p99)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -212,7 +224,7 @@ class Experiment:
         """One answered (``prediction`` given) or failed (None) request of ``version``."""
         stats = self.variants.setdefault(version, VariantStats())
         stats.requests += 1
-        stats.window.append((self.clock(), latency_s, prediction is None))
+        stats.remember(self.clock(), latency_s, prediction is None)
         if prediction is None:
             stats.errors += 1
             return
@@ -254,8 +266,9 @@ class Experiment:
         if guard is None or primary_version not in self.variants or canary_version not in self.variants:
             return None
         now = self.clock()
-        primary = self.variants[primary_version].summary(now, guard.window_s)
-        canary = self.variants[canary_version].summary(now, guard.window_s)
+        p99 = guard.max_p99_increase_ms is not None
+        primary = self.variants[primary_version].summary(now, guard.window_s, with_p99=p99)
+        canary = self.variants[canary_version].summary(now, guard.window_s, with_p99=p99)
         return judge_canary(primary, canary, guard)
 
     def to_dict(self, version_of: Mapping[str, str]) -> dict[str, Any]:

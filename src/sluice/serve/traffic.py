@@ -58,7 +58,6 @@ class TrafficRouter:
         self.clock = clock
         self._experiments: dict[str, Experiment] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._locks: dict[str, asyncio.Lock] = {}
         self.control = RouteControl(host)
         self._since_judged: dict[str, int] = {}
         self._rolling_back: set[str] = set()
