@@ -18,6 +18,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -214,7 +215,8 @@ class TrafficRouter:
         finally:
             self._rolling_back.discard(name)
         if experiment is not None:
-            experiment.rollbacks.append({"variant": variant, "evidence": evidence, "automatic": True})
+            at = datetime.now(UTC).isoformat(timespec="seconds")
+            experiment.rollbacks.append({"variant": variant, "evidence": evidence, "automatic": True, "at": at})
 
     # -- feedback ------------------------------------------------------------------------------
 
