@@ -12,7 +12,8 @@ configurations with :class:`sluice.serve.control.ControlClient` (as ``sluice rou
 * ``shadow 20% slow``  — ``shadow {3: 0.2}`` (50 ms per shadow batch).
 
 Each configuration is measured at concurrency 1 (latency) and 16 (throughput), closed loop,
-for ``--duration`` seconds, in ``--rounds`` interleaved rounds; the table shows the median over
+for ``--duration`` seconds, in ``--rounds`` interleaved rounds (each starting with a different
+configuration, so drift on the shared machine does not favour one); the table shows the median over
 rounds of req/s, p50 and p99 of the primary's 200 answers as the clients saw them, the answers
 that were not 200 (503: shed by the primary's batcher), and how many shadow copies ran or were
 dropped. Data go to bench/.data/ab-routing (git-ignored).
@@ -148,8 +149,8 @@ def main() -> None:
     try:
         for concurrency in (1, 16):
             measure(client, url, "routed, no shadow", concurrency, 1.0)  # warm up
-            for _ in range(args.rounds):
-                for config in CONFIGS:
+            for round_ in range(args.rounds):
+                for config in CONFIGS[round_ % 4 :] + CONFIGS[: round_ % 4]:  # each round starts elsewhere
                     runs.setdefault((config, concurrency), []).append(
                         measure(client, url, config, concurrency, args.duration)
                     )

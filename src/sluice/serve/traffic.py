@@ -7,7 +7,7 @@ what it measured). The app asks it which variant answers a request that names no
 tells it how each request went, and hands it the experiment and route endpoints' bodies; it
 answers with JSON documents and :class:`~sluice.errors.SluiceError` on bad input. Shadow copies
 run as tasks after the primary has answered, on the shadow version's own dispatcher, and are
-dropped (counted) rather than queued when too many run or the primary is behind.
+dropped (counted) rather than queued when too many run or requests wait for the primary.
 """
 
 from __future__ import annotations
@@ -142,10 +142,11 @@ class TrafficRouter:
     def _start_shadows(
         self, primary: ServedVersion, experiment: Experiment, inputs: dict[str, np.ndarray], prediction: Prediction
     ) -> None:
-        behind = len(primary.dispatcher.batcher) >= max(1, primary.max_batch_size)
+        # requests waiting for the primary: it is busy, and shadow work is the first to go
+        behind = len(primary.dispatcher.batcher) > 0
         for variant in experiment.pick_shadows():
             stats = experiment.shadow_stats(variant)
-            if behind:  # the primary is behind: shadow work is the first to go
+            if behind:
                 stats.dropped += 1
                 continue
             experiment.shadow_in_flight += 1
