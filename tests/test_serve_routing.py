@@ -382,9 +382,18 @@ def test_routes_cli_needs_the_token_and_persists_to_model_yaml(server: ServerThr
     ControlClient(server.url, token=TOKEN).set_routes("ab", weights={"stable": 90, "canary": 10})
 
 
-def test_control_client_errors_are_one_line() -> None:
+def test_control_client_errors_are_one_line(control: ControlClient, server: ServerThread) -> None:
     with pytest.raises(RemoteError, match=r"^cannot reach the server at http://127.0.0.1:9: "):
         ControlClient("127.0.0.1:9", timeout_s=2).routes("ab")
+    with pytest.raises(RemoteError) as unknown:
+        control.set_routes("nope", weights={"1": 1})
+    assert "answered 404: no model named 'nope' in repository" in str(unknown.value)
+    with pytest.raises(RemoteError, match=r"answered 404: Request for unknown model: 'nope' is not found$"):
+        control.experiment("nope")
+    with pytest.raises(RemoteError, match=r"answered 400: unknown routing field\(s\) colour; expected weights"):
+        control._call("POST", "/v2/models/ab/routes", {"colour": "red"})
+    with pytest.raises(RemoteError, match=r"answered 405: method PUT not allowed on /v2/models/ab/routes/promote"):
+        control._call("PUT", "/v2/models/ab/routes/promote", {})
 
 
 # -- guardrail ---------------------------------------------------------------------------------

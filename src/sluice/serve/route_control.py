@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from sluice.errors import ConfigError, ProtocolError
+from sluice.errors import ConfigError, ModelNotFound, ProtocolError
 from sluice.models.config import ModelConfig, format_validation_error
 from sluice.models.repository import write_config
 from sluice.serve.host import ModelHost
@@ -110,6 +110,8 @@ class RouteControl:
         # one change at a time per model: read model.yaml, build, validate, write it atomically,
         # then load, so that new variants warm up before routing (which follows the loaded config)
         # sends them a request
+        if name not in self.host.repository.names():
+            raise ModelNotFound(f"no model named '{name}' in repository {self.host.repository.root}")
         lock = self._locks.setdefault(name, asyncio.Lock())
         async with lock:
             try:
