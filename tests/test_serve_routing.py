@@ -452,3 +452,19 @@ def test_a_hand_edited_routing_to_a_missing_version_is_refused_and_the_old_one_s
     )
     status, _, body = caller.infer("pol", X)
     assert (status, body["model_version"]) == (200, "3")  # still the previous settings: no routing
+
+
+def test_watch_applies_a_new_version_policy_and_routing(tmp_path: Path) -> None:
+    _model(tmp_path, "w", {1: HEALTHY, 2: HEALTHY, 3: HEALTHY})
+    settings = ServeSettings(repository=tmp_path, port=0, log_level="warning", watch=True, watch_interval_s=0.05)
+    with ServerThread(settings) as running:
+        running.wait_ready(timeout_s=30)
+        caller = Caller(running)
+        try:
+            assert caller.request("GET", "/v2/models/w")[2]["versions"] == ["3"]
+            config = {**PYTHON_MODEL, "versions": {"specific": [1, 2]}, "routing": {"weights": {1: 1, 2: 0}}}
+            (tmp_path / "w" / "model.yaml").write_text(yaml.safe_dump(config))
+            _wait(lambda: caller.request("GET", "/v2/models/w")[2]["versions"] == ["1", "2"], "the reload")
+            assert {caller.infer("w", X)[2]["model_version"] for _ in range(20)} == {"1"}
+        finally:
+            caller.close()
