@@ -222,6 +222,13 @@ def test_feedback_attributes_outcomes_and_the_report_tests_them(
         "POST", "/v2/models/ab/feedback", json.dumps({"id": "fb-0", "label": 1}).encode()
     )
     assert (status, answer["outcome"]) == (200, 1.0)
+    half = json.dumps({"id": "fb-0", "reward": 0.5}).encode()
+    status, _, answer = caller.request("POST", "/v2/models/ab/feedback", half)
+    assert (status, answer["error"]) == (
+        400,
+        "model 'ab' takes binary outcomes: 'reward' must be 0 or 1, got 0.5 "
+        "(set routing.experiment.outcome: continuous in model.yaml for other numbers)",
+    )
     status, _, answer = caller.request(
         "POST", "/v2/models/ab/feedback", json.dumps({"id": "nope", "reward": 1}).encode()
     )

@@ -238,6 +238,11 @@ class TrafficRouter:
             what = f"request id '{request_id}'" if request_id is not None else f"routing key '{key}'"
             raise UnknownRequest(f"model '{name}' has no remembered answer for {what}")
         reward = _reward(document, served.predicted)
+        if experiment.routing.experiment.outcome == "binary" and reward not in (0.0, 1.0):
+            raise ProtocolError(
+                f"model '{name}' takes binary outcomes: 'reward' must be 0 or 1, got {reward:g} "
+                "(set routing.experiment.outcome: continuous in model.yaml for other numbers)"
+            )
         experiment.add_outcome(served.version, reward)
         if experiment.routing.mode == "thompson":
             experiment.table = experiment.table.with_weights(
