@@ -40,13 +40,14 @@ class Prediction:
 
 
 def prediction_summary(outputs: Mapping[str, np.ndarray]) -> Prediction:
-    """The first integer (or text) output as classes, else the first float output's first column."""
+    """The first integer (or text) output with one value per row as classes, else the first float
+    output's first column as scores."""
     for array in outputs.values():
-        if array.dtype.kind in "iubUSO" and array.ndim >= 1 and array[0:1].size <= 1:
-            return Prediction(classes=tuple(_text(v) for v in array.reshape(len(array))))
+        if array.dtype.kind in "iubUSO" and (array.ndim == 1 or (array.ndim == 2 and array.shape[1] == 1)):
+            return Prediction(classes=tuple(map(_text, array.ravel().tolist())))
     for array in outputs.values():
         if array.dtype.kind == "f" and array.ndim >= 1:
-            return Prediction(scores=tuple(float(v) for v in array.reshape(len(array), -1)[:, 0]))
+            return Prediction(scores=tuple(array.reshape(len(array), -1)[:, 0].tolist()))
     return Prediction()
 
 
@@ -210,7 +211,10 @@ class Experiment:
         return chosen[: max(0, room)]
 
     def shadow_stats(self, variant: str) -> ShadowStats:
-        return self.shadows.setdefault(variant, ShadowStats())
+        stats = self.shadows.get(variant)
+        if stats is None:  # not setdefault: that would build a ShadowStats on every call
+            stats = self.shadows[variant] = ShadowStats()
+        return stats
 
     def record(
         self,
@@ -222,15 +226,20 @@ class Experiment:
         routing_key: str | None = None,
     ) -> None:
         """One answered (``prediction`` given) or failed (None) request of ``version``."""
-        stats = self.variants.setdefault(version, VariantStats())
+        stats = self._variant(version)
         stats.requests += 1
-        stats.remember(self.clock(), latency_s, prediction is None)
+        if self.routing.guardrail is not None:  # the window exists for the guardrail only
+            stats.remember(self.clock(), latency_s, prediction is None)
         if prediction is None:
             stats.errors += 1
             return
         stats.latency.record(latency_s)
-        stats.classes.update(prediction.classes)
-        stats.scores.extend(prediction.scores)
+        if prediction.classes:
+            stats.classes.update(prediction.classes)
+        else:
+            stats.scores.extend(prediction.scores)
+        if request_id is None and routing_key is None:
+            return
         served = Served(version, prediction.classes[0] if len(prediction.classes) == 1 else None)
         for remembered, key in ((self._by_id, request_id), (self._by_key, routing_key)):
             if key is not None:
@@ -238,6 +247,12 @@ class Experiment:
                 remembered.move_to_end(key)
                 if len(remembered) > _REMEMBERED:
                     remembered.popitem(last=False)
+
+    def _variant(self, version: str) -> VariantStats:
+        stats = self.variants.get(version)
+        if stats is None:  # not setdefault: that would build a VariantStats on every request
+            stats = self.variants[version] = VariantStats()
+        return stats
 
     def served(self, request_id: str | None, routing_key: str | None) -> Served | None:
         """The version that answered ``request_id`` (or last answered ``routing_key``)."""
@@ -247,7 +262,7 @@ class Experiment:
 
     def add_outcome(self, version: str, reward: float) -> None:
         """Attribute an outcome to ``version``; in thompson mode, re-weigh the variants."""
-        self.variants.setdefault(version, VariantStats()).outcomes.add(reward)
+        self._variant(version).outcomes.add(reward)
 
     def thompson_weights(self, version_of: Mapping[str, str]) -> dict[str, float]:
         """New weights per variant from the outcomes so far (``version_of``: variant → version)."""
