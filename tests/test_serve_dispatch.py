@@ -208,3 +208,16 @@ def test_batches_that_compute_in_microseconds_run_on_the_loop_and_slow_ones_in_t
     names = asyncio.run(run(slow))
     assert names[1] == loop_thread
     assert all(name.startswith("sluice-predict") for name in names[:1] + names[2:])
+
+
+def test_a_dispatcher_that_must_not_block_the_loop_never_runs_there() -> None:
+    model = Doubler()
+
+    async def main() -> None:
+        dispatcher = Dispatcher(model, AdaptivePolicy(target_p99_ms=200, max_batch_size=16), allow_inline=False)
+        for i in range(5):
+            await dispatcher.submit({"x": np.full((1, 2), float(i))}, rows=1)
+        await dispatcher.close()
+
+    asyncio.run(main())
+    assert model.on_loop == 0 and all(name.startswith("sluice-predict") for name in model.threads)

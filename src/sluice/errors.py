@@ -24,10 +24,12 @@ __all__ = [
     "Overloaded",
     "PredictError",
     "ProtocolError",
+    "RemoteError",
     "RequestTimeout",
     "SluiceError",
     "StoreError",
     "TrainError",
+    "UnknownRequest",
     "UnsafeModelError",
 ]
 
@@ -147,6 +149,19 @@ class RequestTimeout(SluiceError):
 
     exit_code = 1
     http_status = 504
+
+
+class RemoteError(SluiceError):
+    """A server refused a control request or could not be reached; the message says which."""
+
+    exit_code = 1
+    http_status = 502
+
+
+class UnknownRequest(SluiceError):
+    """Feedback names a request id or routing key the server does not remember answering (404)."""
+
+    http_status = 404
 
 
 class Interrupted(SluiceError):

@@ -304,6 +304,7 @@ def _register() -> None:
     from sluice.cli.bench_command import bench_app
     from sluice.cli.cost_command import cost
     from sluice.cli.jobs_command import jobs_app
+    from sluice.cli.routes_command import ab_app, routes_app
     from sluice.cli.serve_command import serve
     from sluice.cli.train_command import train_app
     from sluice.cli.tune_command import tune
@@ -314,6 +315,8 @@ def _register() -> None:
     app.add_typer(train_app, name="train")
     app.add_typer(bench_app, name="bench")
     app.add_typer(jobs_app, name="jobs")
+    app.add_typer(routes_app, name="routes")
+    app.add_typer(ab_app, name="ab")
 
 
 _register()

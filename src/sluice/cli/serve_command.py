@@ -39,7 +39,12 @@ def serve(
         ),
     ] = 100.0,
     trust_pickle: Annotated[
-        bool, typer.Option("--trust-pickle", help="Serve pickle/joblib model files (they can run arbitrary code).")
+        bool,
+        typer.Option(
+            "--trust-pickle",
+            help="Serve pickle/joblib model files (they can run arbitrary code); a repository can opt in "
+            "instead with 'trust_pickle: true' in its sluice-repository.yaml.",
+        ),
     ] = False,
     intra_op_threads: Annotated[
         int,
@@ -85,10 +90,14 @@ def serve(
 ) -> None:
     """Serve the repository's models over HTTP with the Open Inference Protocol v2 (Triton-compatible).
 
-    Serves the latest version of every model plus every labelled version; a label works where a
-    version goes in a URL (/v2/models/NAME/versions/stable/infer). Endpoints: /v2/health/live,
+    Serves the versions each model.yaml's 'versions:' policy names (default: the latest) plus every
+    labelled or routed version; a label works where a version goes in a URL
+    (/v2/models/NAME/versions/stable/infer). A 'routing:' section splits requests that name no
+    version between variants, with sticky keys, shadows and a guardrail (see docs/ab-testing.md;
+    'sluice routes' and 'sluice ab report' talk to it). Endpoints: /v2/health/live,
     /v2/health/ready, /v2, /v2/models/NAME[/versions/V][/ready|/config|/infer],
-    /v2/repository/index, /v2/repository/models/NAME/load|unload, /metrics (Prometheus).
+    /v2/models/NAME/feedback|experiment|routes[/promote|/rollback], /v2/repository/index,
+    /v2/repository/models/NAME/load|unload, /metrics (Prometheus).
     With --jobs: POST/GET /v1/jobs, GET /v1/jobs/ID, POST /v1/jobs/ID:cancel (see docs/jobs.md).
 
     Requests are batched per model version to stay within --target-p99-ms. A request may set a

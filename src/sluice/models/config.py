@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sluice.errors import ConfigError
+from sluice.models.policy_config import LatestVersions, RoutingConfig, VersionPolicy
 
 __all__ = [
     "BatchingConfig",
@@ -110,6 +111,13 @@ class ModelConfig(BaseModel):
     )
     batching: BatchingConfig = Field(
         default_factory=BatchingConfig, description="How `sluice serve` batches requests for this model."
+    )
+    versions: VersionPolicy = Field(
+        default_factory=lambda: LatestVersions(latest=1),
+        description="Versions `sluice serve` loads: {latest: N}, all, or {specific: [..]} (labelled ones too).",
+    )
+    routing: RoutingConfig | None = Field(
+        default=None, description="How requests that name no version are split between variants."
     )
     description: str | None = None
     training: dict[str, Any] | None = Field(

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import importlib.util
 import sys
 from collections.abc import Callable, Mapping
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -93,7 +97,7 @@ def import_callable(reference: str, search_path: str | None = None) -> Any:
     if search_path and search_path not in sys.path:
         sys.path.insert(0, search_path)
     try:
-        obj: Any = importlib.import_module(module_name)
+        obj: Any = _version_module(module_name, search_path) or importlib.import_module(module_name)
     except ImportError as exc:
         raise ModelLoadError(f"cannot import module '{module_name}' for model {reference}: {exc}") from exc
     for part in attr.split("."):
@@ -102,3 +106,29 @@ def import_callable(reference: str, search_path: str | None = None) -> Any:
         except AttributeError:
             raise ModelLoadError(f"module '{module_name}' has no attribute '{attr}'") from None
     return obj
+
+
+def _version_module(module_name: str, search_path: str | None) -> ModuleType | None:
+    # a module file in a version directory is that version's own code: imported under a name
+    # unique to its path and contents, so versions (and a hot-reloaded version) never share
+    # one cached module of the same name
+    if not search_path or "." in module_name:
+        return None
+    path = Path(search_path) / f"{module_name}.py"
+    if not path.is_file():
+        return None
+    digest = hashlib.blake2b(str(path.resolve()).encode() + path.read_bytes(), digest_size=8).hexdigest()
+    unique = f"_sluice_version_{module_name}_{digest}"
+    if unique in sys.modules:
+        return sys.modules[unique]
+    spec = importlib.util.spec_from_file_location(unique, path)
+    if spec is None or spec.loader is None:
+        return None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[unique] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[unique]
+        raise
+    return module

@@ -9,14 +9,17 @@ import tempfile
 from pathlib import Path
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field
 
-from sluice.errors import ConfigError, ModelNotFound
+from sluice.errors import ConfigError, ModelNotFound, UnsafeModelError
 from sluice.models.base import ModelSource
 from sluice.models.config import LoadOptions, ModelConfig, ModelFormat, read_yaml_model
 
 __all__ = [
     "DEFAULT_REPOSITORY",
+    "REPOSITORY_SETTINGS",
     "ModelRepository",
+    "RepositorySettings",
     "format_for_path",
     "is_callable_reference",
     "parse_reference",
@@ -24,6 +27,8 @@ __all__ = [
 ]
 
 DEFAULT_REPOSITORY = "models"
+REPOSITORY_SETTINGS = "sluice-repository.yaml"
+"""Repository-wide settings at the repository root (see :class:`RepositorySettings`)."""
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 _EXTENSIONS: dict[str, ModelFormat] = {
@@ -56,11 +61,33 @@ def parse_reference(ref: str) -> tuple[str, str | None]:
     return name, selector or None
 
 
+class RepositorySettings(BaseModel):
+    """``<root>/sluice-repository.yaml``: what the repository's owner allows for every model in it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    trust_pickle: bool = Field(
+        default=False,
+        description="Load pickle/joblib artifacts of this repository (they can run any code): opt in only "
+        "for a repository whose every file you made or fully trust.",
+    )
+
+
 class ModelRepository:
     """A directory of named, versioned models."""
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
+
+    @property
+    def settings_path(self) -> Path:
+        return self.root / REPOSITORY_SETTINGS
+
+    def settings(self) -> RepositorySettings:
+        """The repository-wide settings (defaults when the file is absent)."""
+        if not self.settings_path.is_file():
+            return RepositorySettings()
+        return read_yaml_model(self.settings_path, RepositorySettings)
 
     def names(self) -> list[str]:
         if not self.root.is_dir():
@@ -97,7 +124,17 @@ class ModelRepository:
         config = self.config(name)
         version = self._select(name, selector, config)
         version_dir = directory / str(version)
-        return _source_in(version_dir, config, options or LoadOptions(), name, version)
+        options = options or LoadOptions()
+        if not options.trust_pickle and self.settings().trust_pickle:
+            options = options.model_copy(update={"trust_pickle": True})
+        source = _source_in(version_dir, config, options, name, version)
+        if source.format == "pickle" and not options.trust_pickle:
+            raise UnsafeModelError(
+                f"model '{name}' version {version}: {source.location} is a pickle/joblib file, and loading one "
+                "runs whatever code it contains. Save it with skops instead, pass --trust-pickle, or opt this "
+                f"repository in with 'trust_pickle: true' in {self.settings_path}"
+            )
+        return source
 
     def _select(self, name: str, selector: str | None, config: ModelConfig) -> int:
         versions = self.versions(name)
@@ -133,10 +170,18 @@ class ModelRepository:
 
 
 def write_config(path: Path, config: ModelConfig) -> None:
-    data = config.model_dump(exclude_defaults=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
-    tmp.replace(path)
+    """Write ``config`` to ``path`` atomically: a reader sees the old file or the new one, never half."""
+    data = config.model_dump(mode="json", exclude_defaults=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(yaml.safe_dump(data, sort_keys=False))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _source_in(version_dir: Path, config: ModelConfig, options: LoadOptions, name: str, version: int) -> ModelSource:

@@ -23,10 +23,13 @@ from typing import Any
 
 from sluice.errors import HttpError, Overloaded, ProtocolError, SluiceError
 from sluice.serve.accesslog import AccessLog, AccessRecord
+from sluice.serve.experiment_metrics import render_experiment_metrics
+from sluice.serve.experiments_http import TRAFFIC_ROUTES, traffic_endpoint
 from sluice.serve.host import ModelHost, ServedVersion
-from sluice.serve.metadata import model_config, model_metadata, server_metadata
+from sluice.serve.metadata import model_config, model_metadata, server_metadata, version_policy
 from sluice.serve.prometheus import render_metrics
-from sluice.serve.protocol import HEADER_LENGTH, decode_request, encode_response, error_body
+from sluice.serve.protocol import HEADER_LENGTH, InferRequest, decode_request, encode_response, error_body
+from sluice.serve.traffic import VERSION_HEADER, TrafficRouter
 from sluice.serve.watch import RepositoryWatcher
 
 __all__ = ["EXTENSIONS", "TIMEOUT_HEADER", "ASGIApp", "Response", "ServeApp"]
@@ -96,6 +99,7 @@ class ServeApp:
         self.requests: Counter[tuple[str, str]] = Counter()
         self.failures: Counter[tuple[str, str, int]] = Counter()
         self._loading: asyncio.Task[None] | None = None
+        self.traffic = TrafficRouter(host)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -130,6 +134,7 @@ class ServeApp:
                     await self._loading
                 if self.watcher is not None:
                     await self.watcher.stop()
+                await self.traffic.close()
                 await self.host.close()
                 if self.access_log is not None:
                     self.access_log.close()
@@ -191,6 +196,8 @@ class ServeApp:
 
     def _model_route(self, request: _Request) -> Handler:
         rest = request.parts[3:]
+        if tuple(rest) in TRAFFIC_ROUTES:
+            return self._traffic
         if rest[:1] == ["versions"]:
             if len(rest) < 2:
                 raise HttpError("'versions' must be followed by a version number or label", 400)
@@ -239,11 +246,13 @@ class ServeApp:
     async def _model_config(self, request: _Request) -> Response:
         served = self._served(request)
         config = model_config(served.name, served.signature, served.max_batch_size, platform=served.platform)
-        config["version_policy"] = {"specific": {"versions": [str(served.version)]}}
+        loaded = self.host.config(served.name)
+        config["version_policy"] = version_policy(loaded.versions) if loaded is not None else {}
         return Response.json(config)
 
     async def _metrics(self, request: _Request) -> Response:
         text = render_metrics(self.host.served(), self.requests, self.failures)
+        text += render_experiment_metrics(self.traffic.experiments())
         return Response(200, text.encode("utf-8"), {"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
     # -- inference -----------------------------------------------------------------------------
@@ -256,24 +265,33 @@ class ServeApp:
             admitting = self.host.get(name, selector)
             key = (admitting.name, str(admitting.version))
             # a version that would shed even a one-row request refuses before the body is
-            # read: under overload that is the cheapest answer there is
-            admitting.dispatcher.refuse_early(_timeout_s(request.headers, None))
+            # read, the cheapest answer under overload (a routed request's version is known
+            # only from its body)
+            if selector is not None or self.traffic.experiment(name) is None:
+                admitting.dispatcher.refuse_early(_timeout_s(request.headers, None))
             body = await self._read_body(request)
             # resolved again after the last await: a version swapped out meanwhile is closing,
             # and from here to the dispatcher's queue nothing yields to the loop
-            served = self.host.get(name, selector)
+            choice = self.traffic.choose(name, selector, body, request.headers)
+            served = self.host.get(name, choice.selector)
         except SluiceError as exc:
             self.failures[(*key, exc.http_status)] += 1
             raise
         key = (served.name, str(served.version))
         self.requests[key] += 1
+        started_s = self.traffic.clock()
         try:
-            return await self._run_inference(body, request, served)
+            response, decoded, outputs = await self._run_inference(body, request, served)
         except SluiceError as exc:
             self.failures[(*key, exc.http_status)] += 1
+            self.traffic.failed(choice, served, started_s, exc.http_status)
             raise
+        self.traffic.answered(choice, served, decoded.id, decoded.inputs, outputs, started_s)
+        return response
 
-    async def _run_inference(self, body: bytes, request: _Request, served: ServedVersion) -> Response:
+    async def _run_inference(
+        self, body: bytes, request: _Request, served: ServedVersion
+    ) -> tuple[Response, InferRequest, dict[str, Any]]:
         decoded = decode_request(
             body,
             _header_length(request.headers),
@@ -286,7 +304,18 @@ class ServeApp:
         payload, headers = encode_response(
             served.name, served.version, decoded.id, outputs, decoded.outputs, decoded.binary_data_output
         )
-        return Response(200, payload, headers)
+        headers[VERSION_HEADER] = str(served.version)
+        return Response(200, payload, headers), decoded, outputs
+
+    async def _traffic(self, request: _Request) -> Response:
+        action = tuple(request.parts[3:])
+        allowed = TRAFFIC_ROUTES[action]
+        if request.method not in allowed:
+            raise HttpError(f"method {request.method} not allowed on /{'/'.join(request.parts)}; use {allowed[0]}", 405)
+        if request.method == "POST":
+            self._authorize(request)
+        document = _json_object(await self._read_body(request))
+        return Response.json(await traffic_endpoint(self.traffic, request.parts[2], action, request.method, document))
 
     # -- repository ----------------------------------------------------------------------------
 

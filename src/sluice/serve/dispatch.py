@@ -3,7 +3,8 @@
 One :class:`asyncio.Future` per request; one dispatcher task that sleeps on an
 :class:`asyncio.Event` until a request arrives or the batcher's next deadline passes (no
 polling), closes a batch, runs ``predict`` on the concatenated inputs in a worker thread (or on the
-loop itself when the policy expects it to take under ~100 µs, less than the hand-over),
+loop itself, when ``allow_inline``, if the policy expects it to take under ~100 µs, less than
+the hand-over),
 checks that every output has as many rows as the inputs, and scatters row slices back to
 each waiter. If ``predict`` raises or returns the wrong number of rows, every waiter of that
 batch gets the same :class:`~sluice.errors.PredictError`; nobody hangs.
@@ -68,8 +69,10 @@ class Dispatcher:
         *,
         max_queue_rows: int | None = None,
         clock: Callable[[], float] = time.monotonic,
+        allow_inline: bool = True,
     ) -> None:
         self._predict = predict
+        self._allow_inline = allow_inline
         self._clock = clock
         self.batcher: Batcher[_Job] = Batcher(policy, max_queue_rows=max_queue_rows)
         self.metrics = DispatchMetrics()
@@ -178,7 +181,7 @@ class Dispatcher:
         names = list(jobs[0].inputs)
         inputs = {name: np.concatenate([job.inputs[name] for job in jobs]) for name in names}
         try:
-            inline = self.batcher.policy.run_inline(batch.rows)
+            inline = self._allow_inline and self.batcher.policy.run_inline(batch.rows)
             if inline:
                 timed = self._timed_predict(inputs)
             else:

@@ -1,11 +1,12 @@
 """The model versions a server holds: loaded, warmed up, each behind its own batching dispatcher.
 
-:class:`ModelHost` decides which versions of each repository model to serve (the latest one
-plus every labelled one), loads each in a worker thread, gives it a
-:class:`~sluice.serve.dispatch.Dispatcher` under an :class:`~sluice.serve.policy.AdaptivePolicy`,
-and sends it one warm-up inference of zeros before calling it ready. It resolves what a URL
-names (``NAME``, ``NAME/versions/2``, ``NAME/versions/stable``) to one served version, and
-loads and unloads models on request. Every method runs on the server's event loop.
+:class:`ModelHost` decides which versions of each repository model to serve (those its
+``versions:`` policy names, by default the latest one, plus every labelled or routed one),
+loads each in a worker thread, gives it a :class:`~sluice.serve.dispatch.Dispatcher` under
+an :class:`~sluice.serve.policy.AdaptivePolicy`, and sends it one warm-up inference of zeros
+before calling it ready. It resolves what a URL names (``NAME``, ``NAME/versions/2``,
+``NAME/versions/stable``) to one served version, and loads and unloads models on request.
+Every method runs on the server's event loop.
 :func:`sluice.serve.prometheus.render_metrics` writes their dispatchers' figures for ``/metrics``.
 """
 
@@ -18,11 +19,12 @@ from typing import Any, Literal
 
 import numpy as np
 
-from sluice.errors import ModelNotFound, Overloaded, SluiceError
+from sluice.errors import ConfigError, ModelNotFound, Overloaded, SluiceError
 from sluice.metrics import BucketedHistogram
 from sluice.models.base import Model
 from sluice.models.config import LoadOptions, ModelConfig
 from sluice.models.loader import load_source
+from sluice.models.policy_config import select_versions
 from sluice.models.repository import ModelRepository
 from sluice.models.signature import Signature, TensorSpec
 from sluice.serve.dispatch import Dispatcher, DispatchMetrics
@@ -43,6 +45,7 @@ BATCH_BOUNDS_ROWS = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 
 _PLATFORMS = {"onnx": "onnxruntime_onnx", "sklearn": "sklearn", "pickle": "sklearn", "python": "python"}
 
 State = Literal["LOADING", "READY", "UNAVAILABLE"]
+_NOT_WANTED = "not served: outside the version policy and named by no label or route"
 
 
 def _new_metrics() -> DispatchMetrics:
@@ -116,6 +119,10 @@ class ModelHost:
     def state(self, name: str, version: int) -> VersionState | None:
         """The state of ``name`` version ``version`` (None: never loaded)."""
         return self._states.get((name, version))
+
+    def config(self, name: str) -> ModelConfig | None:
+        """The ``model.yaml`` settings ``name`` was last loaded with (None: not loaded)."""
+        return self._configs.get(name)
 
     def served(self) -> dict[str, list[ServedVersion]]:
         """Served versions per model name, oldest first."""
@@ -211,12 +218,16 @@ class ModelHost:
             self._configs[name] = config
             self._served[name] = serving
             await self._retire(name, current, serving)
+            for version in set(self.repository.versions(name)) - wanted - set(serving):
+                self._states[(name, version)] = VersionState("UNAVAILABLE", _NOT_WANTED, blocks_ready=False)
             if first_error is not None:
                 raise first_error
 
     def _settings_changed(self, name: str, config: ModelConfig) -> bool:
         old = self._configs.get(name)
-        return old is not None and old.model_dump(exclude={"labels"}) != config.model_dump(exclude={"labels"})
+        # labels, routing and the version policy change where requests go, not how a version runs
+        routing_only = {"labels", "routing", "versions"}
+        return old is not None and old.model_dump(exclude=routing_only) != config.model_dump(exclude=routing_only)
 
     async def _retire(self, name: str, before: dict[int, ServedVersion], after: dict[int, ServedVersion]) -> None:
         # routing already points at ``after``: what the old versions hold in their queues was
@@ -252,7 +263,23 @@ class ModelHost:
         versions = self.repository.versions(name)
         if not versions:
             raise ModelNotFound(f"model '{name}' in {self.repository.root} has no version directories (1/, 2/, …)")
-        return {versions[-1], *(v for v in config.labels.values() if v in versions)}
+        named = {*config.labels.values(), *self._routed_versions(name, config, versions)}
+        return {*select_versions(config.versions, versions), *(v for v in named if v in versions)}
+
+    def _routed_versions(self, name: str, config: ModelConfig, versions: list[int]) -> set[int]:
+        # refused before anything changes, so what serves keeps serving
+        routed: set[int] = set()
+        if config.routing is None:
+            return routed
+        for variant in [*config.routing.weights, *config.routing.shadow]:
+            version = int(variant) if variant.isdigit() else config.labels.get(variant)
+            if version not in versions:
+                raise ConfigError(
+                    f"{self.repository.model_dir(name) / 'model.yaml'}: routing variant '{variant}' names no "
+                    f"version on disk; versions: {versions}, labels: {config.labels or 'none'}"
+                )
+            routed.add(version)
+        return routed
 
     async def _load_version(self, name: str, version: int, config: ModelConfig) -> ServedVersion:
         source = self.repository.resolve(f"{name}@{version}", self.options)
@@ -264,7 +291,14 @@ class ModelHost:
             policy = FixedPolicy(max(1, max_batch_size), batching.queue_delay_us)
         else:
             policy = AdaptivePolicy(batching.target_p99_ms or self.target_p99_ms, max(1, max_batch_size))
-        dispatcher = Dispatcher(model.predict_checked, policy, max_queue_rows=batching.max_queue_rows)
+        dispatcher = Dispatcher(
+            model.predict_checked,
+            policy,
+            max_queue_rows=batching.max_queue_rows,
+            # only runtimes that compute and return may run on the event loop: Python code can
+            # block (a lock, a file, the network) and would freeze every request with it
+            allow_inline=source.format in _INLINE_FORMATS,
+        )
         dispatcher.metrics = _new_metrics()
         served = ServedVersion(name, version, model, dispatcher, max_batch_size)
         try:
@@ -276,6 +310,9 @@ class ModelHost:
             raise
         log.info("serving %s version %d (%s)", name, version, model.signature.describe())
         return served
+
+
+_INLINE_FORMATS = frozenset({"onnx", "sklearn"})
 
 
 def warm_up_inputs(signature: Signature) -> dict[str, np.ndarray]:

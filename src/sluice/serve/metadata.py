@@ -6,10 +6,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from sluice.errors import ConfigError
+from sluice.models.policy_config import LatestVersions, VersionPolicy
 from sluice.models.signature import Signature, TensorSpec
 from sluice.serve.tensors import config_datatype, datatype_of
 
-__all__ = ["model_config", "model_metadata", "server_metadata"]
+__all__ = ["model_config", "model_metadata", "server_metadata", "version_policy"]
 
 
 def server_metadata(extensions: Sequence[str], *, name: str = "sluice", version: str | None = None) -> dict[str, Any]:
@@ -77,3 +78,12 @@ def _tensor_config(spec: TensorSpec, batched: bool) -> dict[str, Any]:
     else:
         entry["dims"] = dims
     return entry
+
+
+def version_policy(policy: VersionPolicy) -> dict[str, Any]:
+    """Triton's ``version_policy`` document for a ``versions:`` setting of model.yaml."""
+    if policy == "all":
+        return {"all": {}}
+    if isinstance(policy, LatestVersions):
+        return {"latest": {"num_versions": policy.latest}}
+    return {"specific": {"versions": [str(v) for v in policy.specific]}}

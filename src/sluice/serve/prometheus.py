@@ -10,7 +10,7 @@ from sluice.metrics import BucketedHistogram
 if TYPE_CHECKING:
     from sluice.serve.host import ServedVersion
 
-__all__ = ["render_metrics"]
+__all__ = ["histogram_lines", "label_set", "render_metrics"]
 
 _HISTOGRAMS = (
     ("sluice_queue_seconds", "queue", "Seconds a request waited for its batch to start."),
@@ -80,3 +80,9 @@ def _labels(model: str, version: str, **extra: str) -> str:
 
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+histogram_lines = _histogram
+"""Prometheus lines of one histogram: ``_bucket`` per bound and ``+Inf``, ``_sum``, ``_count``."""
+label_set = _labels
+"""``{model="…",version="…",…}`` with values escaped."""
