@@ -1,0 +1,131 @@
+"""The Ray backend: Ray Data maps shard positions through a pool of model actors.
+
+``ray.data.range`` yields one row per pending shard (the read stage, run as ordinary Ray
+tasks on their own CPUs); ``map_batches`` sends each row to a callable class on an actor
+pool — the model stage — whose actors load the model once in their constructor and keep it
+for every shard they run. Each call reads its shard with Sluice's readers, predicts in
+batches of the job's batch size and commits the shard's part (the write stage). Actors take
+a fraction of a CPU (or a whole GPU each when the cluster has GPUs and the job allows CUDA),
+so read tasks always find a free CPU: on 2 cores, actors holding whole CPUs deadlock Ray Data.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from sluice.backends.shardtask import ShardJob, ShardOutcome, run_shard, worker_model
+from sluice.errors import EngineError, MissingDependency, SluiceError
+
+__all__ = ["RayEngine"]
+
+ACTOR_CPUS = 0.5
+
+
+class RayEngine:
+    """Runs shard tasks on Ray: a running instance, a cluster at ``address``, or a local one.
+
+    Without ``address``, a Ray instance already initialised in this process is used, else a
+    local instance is started with ``num_cpus`` (default: every core) and shut down on exit.
+    ``actors`` sets the model actor pool (default: one per CPU, or one per GPU).
+    """
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, *, actors: int | None = None, num_cpus: int | None = None) -> None:
+        self.address = address
+        self.actors = actors
+        self.num_cpus = num_cpus
+        self._owned = False
+        self._pool = 1
+        self._gpus = 0
+
+    def __enter__(self) -> RayEngine:
+        ray = _import_ray()
+        # No token file in ~/.ray, and nothing sent anywhere but this machine.
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        if not ray.is_initialized():
+            try:
+                ray.init(
+                    address=self.address,
+                    logging_level=logging.WARNING,
+                    num_cpus=None if self.address else (self.num_cpus or os.cpu_count() or 1),
+                    include_dashboard=False,
+                    log_to_driver=False,
+                )
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                where = self.address or "a local instance"
+                raise EngineError(f"could not start Ray ({where}): {exc}") from None
+            self._owned = True
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        resources = ray.cluster_resources()
+        self._gpus = int(resources.get("GPU", 0))
+        self._pool = max(1, self.actors or self._gpus or int(resources.get("CPU", 1)))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._owned:
+            _import_ray().shutdown()
+            self._owned = False
+
+    def slots(self) -> int:
+        return self._pool
+
+    def run(self, job: ShardJob) -> Iterator[ShardOutcome]:
+        """Stream each shard's outcome back as soon as its actor finishes it."""
+        ray = _import_ray()
+        import ray.data
+
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = False
+        context.print_on_execution_start = False
+        gpus = self._gpus if job.spec.device != "cpu" else 0
+        count = len(job.shards)
+        shards = ray.data.range(count, override_num_blocks=count)
+        outcomes = shards.map_batches(
+            ShardActor,
+            fn_constructor_args=(job,),
+            batch_size=1,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=min(count, self._pool)),
+            num_cpus=ACTOR_CPUS if not gpus else 1,
+            num_gpus=1 if gpus else 0,
+        )
+        try:
+            for row in outcomes.iter_rows():
+                yield ShardOutcome.from_json(str(row["outcome"]))
+        except ray.exceptions.RayError as exc:
+            raise EngineError(f"the Ray job failed after Ray's retries: {_last_line(exc)}") from None
+
+
+class ShardActor:
+    """The callable class on Ray's actor pool: loads the model once, then runs shards."""
+
+    def __init__(self, job: ShardJob) -> None:
+        self.job = job
+        try:
+            worker_model(job)  # load now, so the first shard's time is its own
+        except SluiceError:
+            pass  # run_shard reports it for each shard, as the same error the driver raises
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        outcomes = [run_shard(self.job, int(position)).to_json() for position in batch["id"]]
+        return {"outcome": np.array(outcomes, dtype=object)}
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise MissingDependency("ray", "ray", "--backend ray") from None
+    return ray
+
+
+def _last_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1][:500] if lines else type(exc).__name__
