@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from sluice.backends.processes import ChildProcesses
 from sluice.backends.shardtask import ShardJob, ShardOutcome, run_shard, worker_model
 from sluice.errors import EngineError, MissingDependency, SluiceError
 
@@ -43,6 +44,7 @@ class RayEngine:
         self._owned = False
         self._pool = 1
         self._gpus = 0
+        self._children = ChildProcesses()
 
     def __enter__(self) -> RayEngine:
         ray = _import_ray()
@@ -50,6 +52,7 @@ class RayEngine:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         if not ray.is_initialized():
+            self._children.mark()
             try:
                 ray.init(
                     address=self.address,
@@ -70,7 +73,10 @@ class RayEngine:
 
     def __exit__(self, *exc: object) -> None:
         if self._owned:
+            started = self._children.started()  # raylet, GCS, workers and actors
             _import_ray().shutdown()
+            # Actor processes notice the raylet is gone a moment later: wait for them.
+            self._children.reap(started)
             self._owned = False
 
     def slots(self) -> int:

@@ -14,12 +14,15 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import threading
 import uuid
+from pathlib import Path
 from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
 
+from sluice.backends.processes import ChildProcesses
 from sluice.backends.shardtask import ShardJob, ShardOutcome, run_shard
 from sluice.errors import EngineError, MissingDependency
 
@@ -44,6 +47,7 @@ class SparkEngine:
         self.master = master
         self.session = session
         self._owned = False
+        self._children = ChildProcesses()
 
     def __enter__(self) -> SparkEngine:
         try:
@@ -53,13 +57,16 @@ class SparkEngine:
         if self.session is None and self.master is None:
             self.session = SparkSession.getActiveSession()
         if self.session is None:
+            self._children.mark()
             self.session = _start_session(self.master or DEFAULT_MASTER)
             self._owned = True
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self._owned and self.session is not None:
+            started = self._children.started()  # the JVM and its Python workers
             stop_session(self.session)
+            self._children.reap(started)
             self.session = None
             self._owned = False
 
@@ -67,29 +74,41 @@ class SparkEngine:
         return int(self.session.sparkContext.defaultParallelism)
 
     def run(self, job: ShardJob) -> Iterator[ShardOutcome]:
-        """Run every shard of ``job`` as its own task; outcomes arrive when the job ends."""
+        """Run every shard of ``job`` as its own task; outcomes arrive when the job ends.
+
+        The job runs from a helper thread, so that Ctrl-C reaches this thread outside py4j's
+        socket read: pyspark's handler cancels the jobs over a connection of its own, and the
+        Spark job group is cancelled here before the interrupt goes on.
+        """
         spark = self.session
         count = len(job.shards)
         group = f"sluice-{uuid.uuid4().hex[:12]}"
-        context = spark.sparkContext
-        context.setJobGroup(group, f"sluice predict: {count} shard(s)", interruptOnCancel=True)
         positions = spark.range(0, count, 1, numPartitions=count)
         frame = positions.mapInArrow(functools.partial(_spark_partition, job), _OUTCOME_SCHEMA)
-        finished = False
+        result: dict[str, Any] = {}
+
+        def collect() -> None:
+            spark.sparkContext.setJobGroup(group, f"sluice predict: {count} shard(s)", interruptOnCancel=True)
+            try:
+                result["rows"] = frame.collect()
+            except Exception as exc:  # noqa: BLE001 - handed to the calling thread, which raises it
+                result["error"] = exc
+
+        thread = threading.Thread(target=collect, name="sluice-spark-job", daemon=True)
+        thread.start()
         try:
-            rows = frame.collect()
-            finished = True
+            while thread.is_alive():
+                thread.join(0.1)
         except KeyboardInterrupt:
+            spark.sparkContext.cancelJobGroup(group)
+            thread.join(60)
             raise
-        except Exception as exc:
-            if not _is_engine_error(exc):
-                raise
-            raise EngineError(f"the Spark job failed after Spark's retries: {_last_line(exc)}") from None
-        finally:
-            if not finished:
-                context.cancelJobGroup(group)
-            context.setLocalProperty("spark.jobGroup.id", None)
-        return (ShardOutcome.from_json(row.outcome) for row in rows)
+        error = result.get("error")
+        if error is not None:
+            if not _is_engine_error(error):
+                raise error
+            raise EngineError(f"the Spark job failed after Spark's retries: {_last_line(error)}") from None
+        return (ShardOutcome.from_json(row.outcome) for row in result["rows"])
 
 
 def _spark_partition(job: ShardJob, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -106,8 +125,10 @@ def _start_session(master: str) -> Any:
     # Loopback only, and the workers run this interpreter (with Sluice on its path).
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    quiet_logs = Path(__file__).with_name("log4j2.properties").as_uri()
     builder = (
         SparkSession.builder.master(master)
+        .config("spark.driver.extraJavaOptions", f"-Dlog4j2.configurationFile={quiet_logs}")
         .appName("sluice")
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")
