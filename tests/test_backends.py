@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import sluice
-from sluice.errors import PredictError
+from sluice.errors import EngineError, PredictError
 from support import make_table, read_jsonl, read_output, write_module, write_table
 
 # Ray Data warns about its own deprecated settings when it copies its context to workers.
@@ -132,7 +132,9 @@ def test_same_rows_predictions_and_errors_as_local(
     assert (remote["backend"], local["backend"]) == (engine, "local")
     good = ROWS - 2 if fmt == "parquet" else ROWS  # text inputs have 2 bad records beyond the 100k
     assert (summary.rows, summary.rows_failed) == (good, 2)
-    assert (remote["rows"], remote["rows_failed"], remote["shards"]) == (local["rows"], local["rows_failed"], local["shards"])
+    assert [remote[k] for k in ("rows", "rows_failed", "shards")] == [
+        local[k] for k in ("rows", "rows_failed", "shards")
+    ]
     assert _by_key(out) == _by_key(local_runs[fmt])
     assert _errors(out) == _errors(local_runs[fmt])
     assert sorted(p.name for p in out.glob("part-*")) == sorted(p.name for p in local_runs[fmt].glob("part-*"))
@@ -189,7 +191,22 @@ def test_failing_model_raises_the_same_error_as_local(
         with pytest.raises(PredictError) as info:
             _predict("broken_backend_model:predict", tmp_path / "in", tmp_path / backend, backend)
         messages.append(str(info.value))
-    assert messages[0] == messages[1] == (
-        "the model failed on every one of 1000 records of a batch: broken_backend_model:predict raised RuntimeError: boom"
-    )
+    expected = "the model failed on every one of 1000 records of a batch: "
+    assert messages[0] == messages[1] == expected + "broken_backend_model:predict raised RuntimeError: boom"
     assert not list((tmp_path / engine).glob("part-*"))
+
+
+@pytest.mark.parametrize("engine", ENGINES, indirect=True)
+def test_a_worker_that_dies_is_one_clean_engine_error(
+    engine: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_module(tmp_path, "dying_backend_model", "import os\n\ndef predict(x):\n    os._exit(3)\n")
+    monkeypatch.chdir(tmp_path)
+    write_table(make_table(100), tmp_path / "in" / "in-0.parquet")
+    with pytest.raises(EngineError) as info:
+        _predict("dying_backend_model:predict", tmp_path / "in", tmp_path / "out", engine)
+    name = {"spark": "Spark", "ray": "Ray"}[engine]
+    message = str(info.value)
+    assert message.startswith(f"the {name} job failed after {name}'s retries: ")
+    assert "\n" not in message
+    assert not list((tmp_path / "out").glob("part-*"))

@@ -64,7 +64,8 @@ def _inputs(tmp_path: Path, files: int, rows: int) -> Path:
 def test_no_process_outlives_a_run(backend: str, tmp_path: Path, models: object) -> None:
     marker = uuid.uuid4().hex
     model = str(models.onnx)  # type: ignore[attr-defined]
-    args = ["predict", "-m", model, "-i", str(_inputs(tmp_path, 2, 1_000)), "-o", str(tmp_path / "out"), "--key-column", "id"]
+    args = ["predict", "-m", model, "-i", str(_inputs(tmp_path, 2, 1_000)), "-o", str(tmp_path / "out")]
+    args += ["--key-column", "id"]
     proc = _start([*args, "--backend", backend, *BACKEND_FLAGS[backend], "--json"], tmp_path, marker)
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr.decode()

@@ -30,10 +30,10 @@ _EXPORTS = {
 __all__ = sorted([*_EXPORTS, "__version__"])
 
 if TYPE_CHECKING:  # names for type checkers; at run time __getattr__ imports them lazily
-    from sluice.batch import JobSpec as JobSpec
-    from sluice.batch import RunSummary as RunSummary
     from sluice.backends import predict as predict
     from sluice.backends import run_job as run_job
+    from sluice.batch import JobSpec as JobSpec
+    from sluice.batch import RunSummary as RunSummary
     from sluice.batch import predict_batches as predict_batches
     from sluice.errors import SluiceError as SluiceError
     from sluice.models import LoadOptions as LoadOptions

@@ -11,8 +11,10 @@ so read tasks always find a free CPU: on 2 cores, actors holding whole CPUs dead
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,6 +27,7 @@ from sluice.errors import EngineError, MissingDependency, SluiceError
 __all__ = ["RayEngine"]
 
 ACTOR_CPUS = 0.5
+ACTOR_RETRIES = 2
 
 
 class RayEngine:
@@ -85,23 +88,28 @@ class RayEngine:
     def run(self, job: ShardJob) -> Iterator[ShardOutcome]:
         """Stream each shard's outcome back as soon as its actor finishes it."""
         ray = _import_ray()
-        import ray.data
-
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False
         context.print_on_execution_start = False
         gpus = self._gpus if job.spec.device != "cpu" else 0
         count = len(job.shards)
         shards = ray.data.range(count, override_num_blocks=count)
-        outcomes = shards.map_batches(
-            ShardActor,
-            fn_constructor_args=(job,),
-            batch_size=1,
-            batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=min(count, self._pool)),
-            num_cpus=ACTOR_CPUS if not gpus else 1,
-            num_gpus=1 if gpus else 0,
-        )
+        with warnings.catch_warnings():
+            # Ray Data restarts pool actors and retries their tasks forever by default, so a
+            # worker that dies on every attempt would hang the job. The only way to bound that
+            # is the remote-args keywords, which warn of their removal in Ray 2.64.
+            warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+            outcomes = shards.map_batches(
+                ShardActor,
+                fn_constructor_args=(job,),
+                batch_size=1,
+                batch_format="numpy",
+                compute=ray.data.ActorPoolStrategy(size=min(count, self._pool)),
+                num_cpus=ACTOR_CPUS if not gpus else 1,
+                num_gpus=1 if gpus else 0,
+                max_restarts=ACTOR_RETRIES,
+                max_task_retries=ACTOR_RETRIES,
+            )
         try:
             for row in outcomes.iter_rows():
                 yield ShardOutcome.from_json(str(row["outcome"]))
@@ -114,10 +122,10 @@ class ShardActor:
 
     def __init__(self, job: ShardJob) -> None:
         self.job = job
-        try:
-            worker_model(job)  # load now, so the first shard's time is its own
-        except SluiceError:
-            pass  # run_shard reports it for each shard, as the same error the driver raises
+        # Load now, so the first shard's time is its own; a model that does not load is
+        # reported by run_shard for each shard, as the same error the driver raises.
+        with contextlib.suppress(SluiceError):
+            worker_model(job)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         outcomes = [run_shard(self.job, int(position)).to_json() for position in batch["id"]]
@@ -127,11 +135,16 @@ class ShardActor:
 def _import_ray() -> Any:
     try:
         import ray
+        import ray.data
     except ImportError:
         raise MissingDependency("ray", "ray", "--backend ray") from None
     return ray
 
 
 def _last_line(exc: BaseException) -> str:
+    """The first sentences of the last line of a Ray error (its advice on OOM etc. is left out)."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[-1][:500] if lines else type(exc).__name__
+    if not lines:
+        return type(exc).__name__
+    sentences = lines[-1].split(". ")
+    return ". ".join(sentences[:2])[:300]

@@ -16,8 +16,8 @@ import os
 import sys
 import threading
 import uuid
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -142,7 +142,9 @@ def _start_session(master: str) -> Any:
     except Exception as exc:
         if not _is_engine_error(exc):
             raise
-        raise EngineError(f"could not start Spark (master {master}): {_last_line(exc)}; is Java 17+ installed?") from None
+        raise EngineError(
+            f"could not start Spark (master {master}): {_last_line(exc)}; is Java 17+ installed?"
+        ) from None
     session.sparkContext.setLogLevel("ERROR")
     return session
 
@@ -182,9 +184,19 @@ def _is_engine_error(exc: BaseException) -> bool:
 
 
 def _last_line(exc: BaseException) -> str:
-    """The line of a JVM or Python worker trace that says what went wrong."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    for line in reversed(lines):
-        if not line.startswith(("at ", "...", "File ", "JVM stacktrace", "Traceback")):
-            return line[:500]
-    return type(exc).__name__
+    """The line of a Spark failure that says what went wrong, without the JVM stack trace.
+
+    A Python exception in a task ends its Python traceback with ``Type: message``; a failed
+    job's JVM message carries the task's ``most recent failure: …``; else the first line.
+    """
+    text = str(exc).split("JVM stacktrace:")[0]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    for line in lines:
+        _, found, failure = line.partition("most recent failure: ")
+        if found:
+            return failure.rstrip(": ")[:300]
+    if any(line.startswith("Traceback") for line in lines):
+        return lines[-1][:300]
+    return lines[0][:300]
