@@ -20,7 +20,7 @@ def test_backend_is_a_validated_spec_field() -> None:
     assert (spec.backend, spec.spark_master, spec.ray_address) == ("spark", "local[2]", None)
     with pytest.raises(ConfigError) as info:
         JobSpec.build(model="m.onnx", input="in/", output="out/", backend="flink")
-    assert str(info.value) == "invalid job: backend: Input should be 'local', 'spark' or 'ray''"
+    assert str(info.value) == "invalid job: backend: Input should be 'local', 'spark' or 'ray'"
 
 
 def test_the_local_engine_refuses_a_spec_for_another_backend() -> None:
