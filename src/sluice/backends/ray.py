@@ -68,7 +68,6 @@ class RayEngine:
                 where = self.address or "a local instance"
                 raise EngineError(f"could not start Ray ({where}): {exc}") from None
             self._owned = True
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
         resources = ray.cluster_resources()
         self._gpus = int(resources.get("GPU", 0))
         self._pool = max(1, self.actors or self._gpus or int(resources.get("CPU", 1)))
@@ -88,9 +87,7 @@ class RayEngine:
     def run(self, job: ShardJob) -> Iterator[ShardOutcome]:
         """Stream each shard's outcome back as soon as its actor finishes it."""
         ray = _import_ray()
-        context = ray.data.DataContext.get_current()
-        context.enable_progress_bars = False
-        context.print_on_execution_start = False
+        _quiet_ray_data(ray)
         gpus = self._gpus if job.spec.device != "cpu" else 0
         count = len(job.shards)
         shards = ray.data.range(count, override_num_blocks=count)
@@ -132,10 +129,21 @@ class ShardActor:
         return {"outcome": np.array(outcomes, dtype=object)}
 
 
+def _quiet_ray_data(ray: Any) -> None:
+    """Sluice shows its own progress and summary: no Ray Data progress bars or INFO lines."""
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    ray.util.debug.log_once("ray_data_progress_manager_disabled")  # its "bars disabled" notice
+    # "Dataset … execution finished in … seconds" after every run
+    logging.getLogger("ray.data._internal.execution.streaming_executor").setLevel(logging.WARNING)
+
+
 def _import_ray() -> Any:
     try:
         import ray
         import ray.data
+        import ray.util.debug
     except ImportError:
         raise MissingDependency("ray", "ray", "--backend ray") from None
     return ray
