@@ -23,7 +23,7 @@ SLOW_MODULE = """
 import time
 
 def predict(x):
-    time.sleep(0.2)
+    time.sleep(0.1)
     return x.sum(axis=1)
 """
 BACKEND_FLAGS = {"spark": ["--spark-master", "local[2]"], "ray": []}
