@@ -22,7 +22,7 @@ from batch_throughput import DATA_DIR, FEATURES, demo_data, demo_model, mlp_mode
 
 import sluice
 from sluice.backends.ray import RayEngine
-from sluice.backends.spark import SparkEngine, _start_session, stop_session
+from sluice.backends.spark import SparkEngine, start_session, stop_session
 
 CORES = 2
 UDF_BATCH_ROWS = 4096
@@ -142,7 +142,7 @@ def bench(rows: int) -> tuple[list[Row], dict[str, float]]:
         table.append(Row(name, "local (sluice)", rows / seconds, setup))
     starts: dict[str, float] = {}
     start = time.perf_counter()
-    spark = _start_session(f"local[{CORES}]")
+    spark = start_session(f"local[{CORES}]")
     starts["spark"] = time.perf_counter() - start
     try:
         for name, model in models.items():

@@ -29,9 +29,9 @@ ENGINES = ("spark", "ray")
 def spark_session() -> Iterator[Any]:
     """One Spark ``local[2]`` session for every test; backend=spark picks up the active session."""
     pytest.importorskip("pyspark")
-    from sluice.backends.spark import _start_session, stop_session
+    from sluice.backends.spark import start_session, stop_session
 
-    session = _start_session("local[2]")
+    session = start_session("local[2]")
     yield session
     stop_session(session)
 

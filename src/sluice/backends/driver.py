@@ -8,7 +8,6 @@ never leaves half a part behind and a re-run (on any backend) skips complete par
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -166,8 +165,3 @@ def _summarize(
         error_files=sorted(o.error_file for o in outcomes if o.error_file),
         backend=backend,
     )
-
-
-def default_cpus() -> int:
-    """Cores of this machine, for a local engine instance."""
-    return max(1, os.cpu_count() or 1)

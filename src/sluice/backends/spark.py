@@ -26,7 +26,7 @@ from sluice.backends.processes import ChildProcesses
 from sluice.backends.shardtask import ShardJob, ShardOutcome, run_shard
 from sluice.errors import EngineError, MissingDependency
 
-__all__ = ["SparkEngine"]
+__all__ = ["SparkEngine", "start_session", "stop_session"]
 
 DEFAULT_MASTER = "local[*]"
 _OUTCOME_SCHEMA = "outcome string"
@@ -58,7 +58,7 @@ class SparkEngine:
             self.session = SparkSession.getActiveSession()
         if self.session is None:
             self._children.mark()
-            self.session = _start_session(self.master or DEFAULT_MASTER)
+            self.session = start_session(self.master or DEFAULT_MASTER)
             self._owned = True
         return self
 
@@ -119,7 +119,9 @@ def _spark_partition(job: ShardJob, batches: Iterator[pa.RecordBatch]) -> Iterat
             yield pa.RecordBatch.from_pydict({"outcome": [outcome.to_json()]})
 
 
-def _start_session(master: str) -> Any:
+def start_session(master: str) -> Any:
+    """A Spark session on ``master`` as Sluice runs it: loopback for local masters, no UI, quiet
+    logs, workers on this interpreter. Stop it with :func:`stop_session`."""
     from pyspark.sql import SparkSession
 
     # Loopback only, and the workers run this interpreter (with Sluice on its path).
