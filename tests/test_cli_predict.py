@@ -47,6 +47,8 @@ RUN_KEYS = {
     "error_files",
     "batch_size_source",
     "tuning_seconds",
+    "backend",  # local, spark or ray: the same keys on every backend
+    "engine_start_seconds",
 }
 
 

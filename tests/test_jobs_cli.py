@@ -201,6 +201,11 @@ def test_two_workers_on_one_database_never_share_a_shard(tmp_path: Path, models)
         ({"bogus": 1}, "{spec}: bogus: Extra inputs are not permitted"),
         ({"max_attempts": 0}, "{spec}: max_attempts: Input should be greater than or equal to 1"),
         ({"retry_backoff_s": -1}, "{spec}: retry_backoff_s: Input should be greater than or equal to 0"),
+        (
+            {"backend": "spark"},
+            "{spec}: backend: 'spark' is for `sluice predict`: the job service runs shards on its own workers "
+            "(`sluice jobs worker`); submit with backend: local, or run the spec with sluice predict",
+        ),
         ({"input": "/nowhere/at/all"}, "input /nowhere/at/all does not exist"),
         ({"model": "/nowhere/model.onnx"}, "model file /nowhere/model.onnx does not exist"),
         (

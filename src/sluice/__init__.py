@@ -14,9 +14,9 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "JobSpec": "sluice.batch",
     "RunSummary": "sluice.batch",
-    "predict": "sluice.batch",
+    "predict": "sluice.backends",
     "predict_batches": "sluice.batch",
-    "run_job": "sluice.batch",
+    "run_job": "sluice.backends",
     "Model": "sluice.models",
     "ModelConfig": "sluice.models",
     "ModelRepository": "sluice.models",
@@ -32,11 +32,11 @@ __all__ = sorted([*_EXPORTS, "__version__"])
 
 if TYPE_CHECKING:  # names for type checkers; at run time __getattr__ imports them lazily
     from sluice import jobs as jobs
+    from sluice.backends import predict as predict
+    from sluice.backends import run_job as run_job
     from sluice.batch import JobSpec as JobSpec
     from sluice.batch import RunSummary as RunSummary
-    from sluice.batch import predict as predict
     from sluice.batch import predict_batches as predict_batches
-    from sluice.batch import run_job as run_job
     from sluice.errors import SluiceError as SluiceError
     from sluice.models import LoadOptions as LoadOptions
     from sluice.models import Model as Model

@@ -11,6 +11,7 @@ __all__ = [
     "BindError",
     "ConfigError",
     "DataError",
+    "EngineError",
     "ErrorFractionExceeded",
     "HttpError",
     "Interrupted",
@@ -91,6 +92,14 @@ class PredictError(ModelError):
 
 class DataError(SluiceError):
     """Input data is unusable as a whole (missing file, unreadable format, missing column)."""
+
+
+class EngineError(SluiceError):
+    """The cluster engine (Spark, Ray) failed outside Sluice's code: a worker died, a task
+    failed after the engine's own retries, or the engine could not start."""
+
+    exit_code = 1
+    http_status = 500
 
 
 class OutputConflict(SluiceError):

@@ -12,7 +12,8 @@ import math
 import resource
 import threading
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 __all__ = ["BucketedHistogram", "LatencyHistogram", "StageTimer", "peak_rss_bytes", "reset_peak_rss"]
 
@@ -37,6 +38,24 @@ class LatencyHistogram:
             self.count += 1
             self.total_s += seconds
             self.max_s = max(self.max_s, seconds)
+
+    def snapshot(self) -> dict[str, object]:
+        """The histogram as plain JSON-able data, to send from a worker process to the driver."""
+        with self._lock:
+            return {
+                "buckets": {str(k): v for k, v in self._buckets.items()},
+                "count": self.count,
+                "total_s": self.total_s,
+                "max_s": self.max_s,
+            }
+
+    def merge(self, snapshot: Mapping[str, Any]) -> None:
+        """Add the samples of another histogram's :meth:`snapshot`."""
+        with self._lock:
+            self._buckets.update({int(k): int(v) for k, v in snapshot["buckets"].items()})
+            self.count += int(snapshot["count"])
+            self.total_s += float(snapshot["total_s"])
+            self.max_s = max(self.max_s, float(snapshot["max_s"]))
 
     def quantile(self, q: float) -> float | None:
         """The ``q`` quantile (0..1) in seconds, or None with no samples."""

@@ -18,13 +18,13 @@ from sluice.batch.progress import NullProgress, ProgressListener
 from sluice.batch.spec import DEFAULT_BATCH_SIZE, JobSpec
 from sluice.batch.summary import ResourceMonitor, RunSummary
 from sluice.data.shards import estimate_rows
-from sluice.errors import ErrorFractionExceeded, PredictError
+from sluice.errors import ConfigError, ErrorFractionExceeded, PredictError
 from sluice.models.base import Model
 from sluice.models.loader import load_source, resolve_model
 from sluice.models.signature import FeatureSpec
 from sluice.tune.cost import cost_per_million
 
-__all__ = ["default_workers", "predict", "predict_batches", "run_job"]
+__all__ = ["default_workers", "finish_run", "predict", "predict_batches", "run_job"]
 
 
 def default_workers(concurrency: str) -> int:
@@ -59,6 +59,11 @@ def run_job(spec: JobSpec, *, progress: ProgressListener | None = None) -> RunSu
     Raises :class:`ErrorFractionExceeded` (carrying the summary) when more records failed
     than ``spec.max_error_fraction`` allows.
     """
+    if spec.backend != "local":
+        raise ConfigError(
+            f"sluice.batch.run_job runs jobs on this machine; run backend '{spec.backend}' with "
+            "sluice.run_job (sluice.backends.run_job)"
+        )
     progress = progress or NullProgress()
     spec, model = _with_defaults(spec)
     plan = plan_job(spec, model)
@@ -119,6 +124,14 @@ def run_job(spec: JobSpec, *, progress: ProgressListener | None = None) -> RunSu
         shards_skipped=len(done),
         error_files=sorted(stats.error_files),
     )
+    return finish_run(spec, layout, summary)
+
+
+def finish_run(spec: JobSpec, layout: OutputLayout, summary: RunSummary) -> RunSummary:
+    """Write ``summary.json``; then raise :class:`ErrorFractionExceeded` or mark the output ``_SUCCESS``.
+
+    Every backend ends its run here, so the summary and the success rule are the same on each.
+    """
     layout.write_json(SUMMARY, summary.to_dict())
     if summary.error_fraction > spec.max_error_fraction:
         raise ErrorFractionExceeded(

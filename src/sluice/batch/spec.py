@@ -53,6 +53,15 @@ class JobSpec(BaseModel):
         default_factory=dict,
         description="fsspec options for s3:// and other URIs (endpoint_url, key, secret, anon, client_kwargs, …).",
     )
+    backend: Literal["local", "spark", "ray"] = Field(
+        default="local", description="Engine that runs the job: local threads, Apache Spark or Ray Data."
+    )
+    spark_master: str | None = Field(
+        default=None, description="Spark master URL for --backend spark (default: an active session, else local[*])."
+    )
+    ray_address: str | None = Field(
+        default=None, description="Ray cluster address for --backend ray (default: a local instance Sluice starts)."
+    )
 
     @field_validator("batch_size")
     @classmethod

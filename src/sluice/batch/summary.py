@@ -127,6 +127,8 @@ class RunSummary:
     shards: int = 0
     shards_skipped: int = 0
     error_files: list[str] = field(default_factory=list)
+    backend: str = "local"
+    engine_start_seconds: float = 0.0  # starting Spark or Ray, not part of ``seconds``
 
     @property
     def error_fraction(self) -> float:

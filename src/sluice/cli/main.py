@@ -160,6 +160,30 @@ def predict(
             show_default=False,
         ),
     ] = None,
+    backend: Annotated[
+        str | None,
+        typer.Option(
+            help="Where the job runs: local (this machine), spark (pyspark, mapInArrow) or ray (Ray Data actors) "
+            "(default: local).",
+            show_default=False,
+        ),
+    ] = None,
+    spark_master: Annotated[
+        str | None,
+        typer.Option(
+            help="Spark master for --backend spark, e.g. local[2] or spark://host:7077 (default: the active "
+            "session under spark-submit, else local[*]).",
+            show_default=False,
+        ),
+    ] = None,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            help="Ray cluster for --backend ray, e.g. ray://head:10001 or auto (default: a local instance "
+            "started and stopped by Sluice).",
+            show_default=False,
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no summary table.")] = False,
     summary_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
 ) -> None:
@@ -169,7 +193,10 @@ def predict(
     errors-NNNNN.jsonl for records the model could not take, summary.json and _SUCCESS.
     Re-running the same command resumes: complete parts are skipped; --overwrite starts over.
 
-    Exit codes: 0 success, 2 usage error or unusable input, 3 error fraction exceeded, 130 interrupted.
+    With --backend spark or ray the same job runs on that engine with the same output (see docs/cluster.md).
+
+    Exit codes: 0 success, 1 model or engine failure, 2 usage error or unusable input, 3 error fraction
+    exceeded, 130 interrupted.
     """
     fields: dict[str, Any] = {
         "model": model,
@@ -193,6 +220,9 @@ def predict(
         "trust_pickle": trust_pickle or None,
         "trusted_types": trust_type or None,
         "storage_options": run_cli(lambda: parse_key_values(storage_option or [], "--storage-option")) or None,
+        "backend": backend,
+        "spark_master": spark_master,
+        "ray_address": ray_address,
     }
     summary = run_cli(lambda: _predict(spec, fields, quiet))
     if summary_json:
@@ -204,7 +234,8 @@ def predict(
 
 
 def _predict(spec_path: Path | None, fields: dict[str, Any], quiet: bool) -> RunSummary:
-    from sluice.batch import JobSpec, run_job
+    from sluice.backends import run_job
+    from sluice.batch import JobSpec
     from sluice.cli.progress import make_progress
 
     given = given_fields(fields, ("model", "input", "output"), from_file=spec_path is not None, file_flag="--spec")

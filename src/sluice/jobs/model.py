@@ -7,7 +7,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 
 from sluice.batch.spec import JobSpec
 from sluice.errors import ConfigError
@@ -60,6 +60,16 @@ class JobRequest(JobSpec):
         default=2.0, ge=0.0, le=3600.0, description="Wait before the first retry; doubles with each attempt."
     )
     max_retry_backoff_s: float = Field(default=300.0, ge=0.0, description="The longest wait between attempts.")
+
+    @field_validator("backend")
+    @classmethod
+    def _local_only(cls, backend: str) -> str:
+        if backend != "local":
+            raise ValueError(
+                f"'{backend}' is for `sluice predict`: the job service runs shards on its own workers "
+                "(`sluice jobs worker`); submit with backend: local, or run the spec with sluice predict"
+            )
+        return backend
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides: object) -> JobRequest:
