@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+import pytest
 from typer.testing import CliRunner, Result
 
 from sluice.cli.main import app
@@ -114,3 +117,16 @@ def write_module(directory: Path, name: str, source: str) -> Path:
     path = directory / f"{name}.py"
     path.write_text(source)
     return path
+
+
+def wait_for_part(out: Path, proc: subprocess.Popen[bytes], deadline_s: float) -> None:
+    """Wait until ``proc`` (a running ``sluice predict``) has written its first part into ``out``."""
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        if out.is_dir() and any(out.glob("part-*.parquet")):
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"sluice exited with {proc.returncode} before a part appeared: {proc.communicate()}")
+        time.sleep(0.02)
+    proc.kill()
+    pytest.fail("no part file appeared")

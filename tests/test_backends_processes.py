@@ -7,14 +7,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
 import psutil
 import pytest
 
-from support import SRC_ROOT, make_table, write_module, write_table
+from support import SRC_ROOT, make_table, wait_for_part, write_module, write_table
 
 pytestmark = pytest.mark.slow
 
@@ -73,18 +72,6 @@ def test_no_process_outlives_a_run(backend: str, tmp_path: Path, models: object)
     assert _leftovers(marker) == []
 
 
-def _wait_for_part(out: Path, proc: subprocess.Popen[bytes], deadline_s: float = 240.0) -> None:
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        if out.is_dir() and any(out.glob("part-*.parquet")):
-            return
-        if proc.poll() is not None:
-            pytest.fail(f"sluice exited with {proc.returncode} before a part appeared: {proc.communicate()}")
-        time.sleep(0.05)
-    proc.kill()
-    pytest.fail("no part file appeared")
-
-
 @pytest.mark.parametrize("backend", ["spark", "ray"])
 def test_ctrl_c_stops_the_engine_and_its_workers(backend: str, tmp_path: Path) -> None:
     write_module(tmp_path, "slow_backend_model", SLOW_MODULE)
@@ -93,7 +80,7 @@ def test_ctrl_c_stops_the_engine_and_its_workers(backend: str, tmp_path: Path) -
     args = ["predict", "-m", "slow_backend_model:predict", "-i", str(_inputs(tmp_path, 6, 200)), "-o", str(out)]
     # the first two shards are quick, the others take a while: Ctrl-C lands mid-job
     proc = _start([*args, "--batch-size", "10", "--backend", backend, *BACKEND_FLAGS[backend]], tmp_path, marker)
-    _wait_for_part(out, proc)
+    wait_for_part(out, proc, 240.0)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr.decode()

@@ -7,13 +7,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
-from support import SRC_ROOT, hidden_files, make_table, write_module, write_table
+from support import SRC_ROOT, hidden_files, make_table, wait_for_part, write_module, write_table
 
 FILES = 6
 ROWS = 30
@@ -34,18 +33,6 @@ def _sluice(args: list[str], cwd: Path, modules: Path) -> subprocess.Popen[bytes
     )
 
 
-def _wait_for_part(out: Path, proc: subprocess.Popen[bytes], deadline_s: float = 60.0) -> None:
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        if out.is_dir() and any(out.glob("part-*.parquet")):
-            return
-        if proc.poll() is not None:
-            pytest.fail(f"sluice exited with {proc.returncode} before a part appeared: {proc.communicate()}")
-        time.sleep(0.01)
-    proc.kill()
-    pytest.fail("no part file appeared")
-
-
 @pytest.mark.slow
 def test_ctrl_c_keeps_whole_parts_and_rerun_completes(tmp_path: Path) -> None:
     modules = tmp_path / "mods"
@@ -62,7 +49,7 @@ def test_ctrl_c_keeps_whole_parts_and_rerun_completes(tmp_path: Path) -> None:
     ]  # fmt: skip
 
     proc = _sluice(args, tmp_path, modules)
-    _wait_for_part(out, proc)
+    wait_for_part(out, proc, 60.0)
     proc.send_signal(signal.SIGINT)
     try:
         _, stderr = proc.communicate(timeout=10)

@@ -147,6 +147,21 @@ def test_requested_output_selection_and_label(client: httpclient.InferenceServer
     assert result.get_response()["model_version"] == "1"
 
 
+async def _burst(server: ServerThread, model: str, count: int) -> list[np.ndarray]:
+    """``count`` one-row requests at once through tritonclient's asyncio client, in order."""
+    triton = aioclient.InferenceServerClient(url=server.url)
+    try:
+
+        async def one(i: int) -> np.ndarray:
+            infer_input = aioclient.InferInput("X", [1, 4], "FP32")
+            infer_input.set_data_from_numpy(_x(1, seed=i))
+            return (await triton.infer(model, [infer_input], headers=dict(AUTH))).as_numpy("variable")
+
+        return await asyncio.gather(*(one(i) for i in range(count)))
+    finally:
+        await triton.close()
+
+
 def test_concurrent_requests_are_batched(server: ServerThread, models) -> None:
     def batch_sizes() -> tuple[int, int]:
         text = _raw(server, "GET", "/metrics")[2].decode()
@@ -155,22 +170,8 @@ def test_concurrent_requests_are_batched(server: ServerThread, models) -> None:
         assert le1 and count, text
         return int(le1.group(1)), int(count.group(1))
 
-    async def burst() -> list[np.ndarray]:
-        triton = aioclient.InferenceServerClient(url=server.url)
-        try:
-
-            async def one(i: int) -> np.ndarray:
-                infer_input = aioclient.InferInput("X", [1, 4], "FP32")
-                infer_input.set_data_from_numpy(_x(1, seed=i))
-                result = await triton.infer("reg", [infer_input], headers=dict(AUTH))
-                return result.as_numpy("variable")
-
-            return await asyncio.gather(*(one(i) for i in range(96)))
-        finally:
-            await triton.close()
-
     singles_before, batches_before = batch_sizes()
-    results = asyncio.run(burst())
+    results = asyncio.run(_burst(server, "reg", 96))
     expected = _expected(models.regressor_onnx, np.concatenate([_x(1, seed=i) for i in range(96)]))["variable"]
     np.testing.assert_allclose(np.concatenate(results), expected, rtol=1e-5)
     singles, batches = batch_sizes()
@@ -184,20 +185,7 @@ def test_concurrent_requests_are_batched(server: ServerThread, models) -> None:
 def test_fixed_policy_closes_a_batch_when_full(server: ServerThread, models) -> None:
     """max_queue_delay_us of 2 s: eight one-row requests make one full batch long before it."""
 
-    async def burst() -> list[np.ndarray]:
-        triton = aioclient.InferenceServerClient(url=server.url)
-        try:
-
-            async def one(i: int) -> np.ndarray:
-                infer_input = aioclient.InferInput("X", [1, 4], "FP32")
-                infer_input.set_data_from_numpy(_x(1, seed=i))
-                return (await triton.infer("fixed", [infer_input], headers=dict(AUTH))).as_numpy("variable")
-
-            return await asyncio.gather(*(one(i) for i in range(8)))
-        finally:
-            await triton.close()
-
-    results = asyncio.run(burst())
+    results = asyncio.run(_burst(server, "fixed", 8))
     expected = _expected(models.regressor_onnx, np.concatenate([_x(1, seed=i) for i in range(8)]))["variable"]
     np.testing.assert_allclose(np.concatenate(results), expected, rtol=1e-5)
     text = _raw(server, "GET", "/metrics")[2].decode()
