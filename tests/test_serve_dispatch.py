@@ -221,3 +221,28 @@ def test_a_dispatcher_that_must_not_block_the_loop_never_runs_there() -> None:
 
     asyncio.run(main())
     assert model.on_loop == 0 and all(name.startswith("sluice-predict") for name in model.threads)
+
+
+def test_the_worker_runs_queued_batches_back_to_back_while_the_loop_is_busy() -> None:
+    """A loop busy reading requests must not leave the model idle between batches."""
+    calls: list[float] = []
+
+    def predict(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        calls.append(time.monotonic())
+        time.sleep(0.005)
+        return {"y": inputs["x"] * 2.0}
+
+    async def main() -> tuple[list[dict[str, np.ndarray]], float]:
+        dispatcher = Dispatcher(predict, FixedPolicy(max_batch_size=1, max_queue_delay_us=0), allow_inline=False)
+        waiting = [asyncio.ensure_future(dispatcher.submit({"x": np.full((1, 2), float(i))}, rows=1)) for i in range(4)]
+        while not calls:  # the first batch has started in the worker
+            await asyncio.sleep(0.001)
+        time.sleep(0.2)  # the loop is busy: it cannot start a batch, nor hand results back
+        unblocked_s = time.monotonic()
+        results = await asyncio.gather(*waiting)
+        await dispatcher.close()
+        return results, unblocked_s
+
+    results, unblocked_s = asyncio.run(main())
+    assert [r["y"].tolist() for r in results] == [[[2.0 * i, 2.0 * i]] for i in range(4)]
+    assert len(calls) == 4 and all(started < unblocked_s for started in calls)

@@ -2,18 +2,20 @@
 
 One :class:`asyncio.Future` per request; one dispatcher task that sleeps on an
 :class:`asyncio.Event` until a request arrives or the batcher's next deadline passes (no
-polling), closes a batch, runs ``predict`` on the concatenated inputs in a worker thread (or on the
-loop itself, when ``allow_inline``, if the policy expects it to take under ~100 µs, less than
-the hand-over),
-checks that every output has as many rows as the inputs, and scatters row slices back to
-each waiter. If ``predict`` raises or returns the wrong number of rows, every waiter of that
-batch gets the same :class:`~sluice.errors.PredictError`; nobody hangs.
+polling) and closes a batch. A batch that computes in microseconds runs on the loop itself
+(``allow_inline``: handing it over costs more); any other runs in the worker thread, which then
+takes the next batch the policy would close at once and runs it too, handing each batch's
+results back to the loop as it goes: a loop busy reading requests never leaves the model idle
+between batches. Every output is checked to have as many rows as the inputs, and row slices go
+back to each waiter. If ``predict`` raises or returns the wrong number of rows, every waiter of
+that batch gets the same :class:`~sluice.errors.PredictError`; nobody hangs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -43,6 +45,17 @@ class _Timed:
     outputs: Mapping[str, np.ndarray]
     wall_s: float
     cpu_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    """A computed batch: its outputs, or the one error every waiter gets."""
+
+    started_s: float
+    done_s: float
+    timed: _Timed | None = None
+    outputs: Arrays = field(default_factory=dict)
+    error: SluiceError | None = None
 
 
 @dataclass
@@ -80,13 +93,16 @@ class Dispatcher:
         self._task: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._closing = False
+        self._lock = threading.Lock()  # the batcher, while a worker chains batches beside the loop
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._row_shapes: dict[str, tuple[int, ...]] | None = None
 
     def start(self) -> None:
         """Start the dispatcher task on the running loop (:meth:`submit` does it if needed)."""
         if self._task is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sluice-predict")
-            self._task = asyncio.get_running_loop().create_task(self._run())
+            self._loop = asyncio.get_running_loop()
+            self._task = self._loop.create_task(self._run())
 
     def refuse_early(self, timeout_s: float | None = None) -> None:
         """Raise :class:`Overloaded` now if even a one-row request would be shed, so the
@@ -94,7 +110,8 @@ class Dispatcher:
         if self._closing:
             raise Overloaded("the server is shutting down", retry_after_s=1.0)
         try:
-            self.batcher.check_admission(1, self._clock(), timeout_s)
+            with self._lock:
+                self.batcher.check_admission(1, self._clock(), timeout_s)
         except Overloaded:
             self.metrics.shed += 1
             raise
@@ -111,7 +128,8 @@ class Dispatcher:
         self.start()
         future: asyncio.Future[Arrays] = asyncio.get_running_loop().create_future()
         try:
-            request = self.batcher.add(_Job(arrays, future), rows, self._clock(), timeout_s)
+            with self._lock:
+                request = self.batcher.add(_Job(arrays, future), rows, self._clock(), timeout_s)
         except Overloaded:
             self.metrics.shed += 1
             raise
@@ -153,8 +171,8 @@ class Dispatcher:
         try:
             while True:
                 now = self._clock()
-                for request in self.batcher.pop_expired(now):
-                    _fail(request, RequestTimeout("the request's timeout passed while it was queued"))
+                expired = self.batcher.pop_expired(now)
+                _fail_all(expired, RequestTimeout("the request's timeout passed while it was queued"))
                 batch = self.batcher.next_batch(now, drain=self._closing)
                 if batch is not None:
                     await self._execute(batch)
@@ -163,8 +181,7 @@ class Dispatcher:
                 else:
                     await self._sleep_until(self.batcher.next_deadline(now), now)
         finally:  # a bug here must not leave waiters hanging
-            for request in self.batcher.remove_all():
-                _fail(request, Overloaded("the dispatcher stopped", retry_after_s=1.0))
+            _fail_all(self.batcher.remove_all(), Overloaded("the dispatcher stopped", retry_after_s=1.0))
 
     async def _sleep_until(self, deadline_s: float | None, now: float) -> None:
         self._wakeup.clear()
@@ -173,38 +190,68 @@ class Dispatcher:
             await asyncio.wait_for(self._wakeup.wait(), timeout_s)
 
     async def _execute(self, batch: Batch[_Job]) -> None:
-        jobs = [request.payload for request in batch.requests]
+        if self._allow_inline and self.batcher.policy.run_inline(batch.rows):
+            outcome = self._compute(batch)
+            self._finish(batch, outcome, inline=True)
+            self._deliver(batch, outcome)
+        else:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._chain, batch)
+
+    def _chain(self, batch: Batch[_Job] | None) -> None:
+        # In the worker thread: run the batch, then at once the next one the policy would close
+        # now. Waiting for the event loop to start each batch would leave the model idle for as
+        # long as the loop is busy reading requests, which under load is most of the time.
+        loop = self._loop
+        while batch is not None:
+            outcome = self._compute(batch)
+            with self._lock:
+                self._finish(batch, outcome, inline=False)
+                now = self._clock()
+                expired = self.batcher.pop_expired(now)
+                following = self.batcher.next_batch(now, drain=self._closing)
+            assert loop is not None
+            loop.call_soon_threadsafe(self._deliver, batch, outcome)
+            if expired:
+                timeout = RequestTimeout("the request's timeout passed while it was queued")
+                loop.call_soon_threadsafe(_fail_all, expired, timeout)
+            batch = following
+
+    def _compute(self, batch: Batch[_Job]) -> _Outcome:
         started_s = self._clock()
         for request in batch.requests:
             self.metrics.queue.record(started_s - request.arrival_s)
         self.metrics.batch_rows.record(batch.rows)
-        names = list(jobs[0].inputs)
-        inputs = {name: np.concatenate([job.inputs[name] for job in jobs]) for name in names}
+        jobs = [request.payload for request in batch.requests]
         try:
-            inline = self._allow_inline and self.batcher.policy.run_inline(batch.rows)
-            if inline:
-                timed = self._timed_predict(inputs)
-            else:
-                timed = await asyncio.get_running_loop().run_in_executor(self._executor, self._timed_predict, inputs)
-            checked = _check_outputs(timed.outputs, batch)
+            inputs = {name: np.concatenate([job.inputs[name] for job in jobs]) for name in jobs[0].inputs}
+            timed = self._timed_predict(inputs)
+            outputs = _check_outputs(timed.outputs, batch)
         except Exception as exc:  # noqa: BLE001 — user model code; every waiter gets one typed error
             error = exc if isinstance(exc, PredictError) else _predict_failed(exc, batch)
+            return _Outcome(started_s, self._clock(), error=error)
+        return _Outcome(started_s, self._clock(), timed, outputs)
+
+    def _finish(self, batch: Batch[_Job], outcome: _Outcome, *, inline: bool) -> None:
+        timed = outcome.timed
+        if timed is None:
             self.metrics.failed_batches += 1
             self.batcher.batch_done(batch, None)
-            for request in batch.requests:
-                _fail(request, error)
             return
-        done_s = self._clock()
         self.metrics.compute.record(timed.wall_s)
-        overhead_s = done_s - started_s - timed.wall_s
+        overhead_s = outcome.done_s - outcome.started_s - timed.wall_s
         self.batcher.batch_done(batch, timed.wall_s, overhead_s, timed.cpu_s, inline=inline)
+
+    def _deliver(self, batch: Batch[_Job], outcome: _Outcome) -> None:
+        if outcome.error is not None:
+            _fail_all(list(batch.requests), outcome.error)
+            return
         offset = 0
         for request in batch.requests:
-            part = {name: array[offset : offset + request.rows] for name, array in checked.items()}
+            part = {name: array[offset : offset + request.rows] for name, array in outcome.outputs.items()}
             offset += request.rows
             if not request.payload.future.done():
                 request.payload.future.set_result(part)
-            self.metrics.total.record(done_s - request.arrival_s)
+            self.metrics.total.record(outcome.done_s - request.arrival_s)
 
     def _timed_predict(self, inputs: Arrays) -> _Timed:
         # timed where it runs: the wait for the thread and for the loop to resume is overhead,
@@ -239,6 +286,7 @@ def _check_outputs(outputs: object, batch: Batch[_Job]) -> Arrays:
     return checked
 
 
-def _fail(request: PendingRequest[_Job], error: SluiceError) -> None:
-    if not request.payload.future.done():
-        request.payload.future.set_exception(error)
+def _fail_all(requests: list[PendingRequest[_Job]], error: SluiceError) -> None:
+    for request in requests:
+        if not request.payload.future.done():
+            request.payload.future.set_exception(error)
