@@ -94,15 +94,13 @@ class Dispatcher:
         self._executor: ThreadPoolExecutor | None = None
         self._closing = False
         self._lock = threading.Lock()  # the batcher, while a worker chains batches beside the loop
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._row_shapes: dict[str, tuple[int, ...]] | None = None
 
     def start(self) -> None:
         """Start the dispatcher task on the running loop (:meth:`submit` does it if needed)."""
         if self._task is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sluice-predict")
-            self._loop = asyncio.get_running_loop()
-            self._task = self._loop.create_task(self._run())
+            self._task = asyncio.get_running_loop().create_task(self._run())
 
     def refuse_early(self, timeout_s: float | None = None) -> None:
         """Raise :class:`Overloaded` now if even a one-row request would be shed, so the
@@ -195,13 +193,13 @@ class Dispatcher:
             self._finish(batch, outcome, inline=True)
             self._deliver(batch, outcome)
         else:
-            await asyncio.get_running_loop().run_in_executor(self._executor, self._chain, batch)
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._executor, self._chain, batch, loop)
 
-    def _chain(self, batch: Batch[_Job] | None) -> None:
+    def _chain(self, batch: Batch[_Job] | None, loop: asyncio.AbstractEventLoop) -> None:
         # In the worker thread: run the batch, then at once the next one the policy would close
         # now. Waiting for the event loop to start each batch would leave the model idle for as
         # long as the loop is busy reading requests, which under load is most of the time.
-        loop = self._loop
         while batch is not None:
             outcome = self._compute(batch)
             with self._lock:
@@ -209,7 +207,6 @@ class Dispatcher:
                 now = self._clock()
                 expired = self.batcher.pop_expired(now)
                 following = self.batcher.next_batch(now, drain=self._closing)
-            assert loop is not None
             loop.call_soon_threadsafe(self._deliver, batch, outcome)
             if expired:
                 timeout = RequestTimeout("the request's timeout passed while it was queued")
