@@ -48,8 +48,9 @@ class Request:
     def from_scope(cls, scope: Scope, receive: Receive) -> Request:
         """The request of an ASGI ``http`` scope."""
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        query_string = scope.get("query_string", b"").decode("latin-1")
-        query = {k: v[-1] for k, v in parse_qs(query_string).items()}
+        query_string = scope.get("query_string", b"")
+        # most requests have no query: skip the parser on the inference hot path
+        query = {k: v[-1] for k, v in parse_qs(query_string.decode("latin-1")).items()} if query_string else {}
         path = scope["path"]
         return cls(scope["method"], path, [p for p in path.split("/") if p], headers, query, receive)
 
