@@ -228,3 +228,27 @@ def test_jobs_is_a_lazy_public_package() -> None:
     assert sluice.jobs.__all__ == sorted(sluice.jobs.__all__)
     for name in sluice.jobs.__all__:
         assert getattr(sluice.jobs, name) is not None
+
+
+def test_the_store_interface_does_not_import_its_implementation() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import sluice.jobs.protocol, sluice.jobs.records; "
+        "print(sorted(m for m in sys.modules if m.startswith('sluice.jobs.')))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "['sluice.jobs.model', 'sluice.jobs.protocol', 'sluice.jobs.records']"
+
+
+def test_old_import_paths_of_the_store_still_work(tmp_path: Path) -> None:
+    import sluice.jobs
+    from sluice.jobs import protocol, records, store
+
+    assert (store.JobStore, store.NewJob, store.NewShard) == (protocol.JobStore, records.NewJob, records.NewShard)
+    assert (store.JobRecord, store.WorkerInfo) == (records.JobRecord, records.WorkerInfo)
+    assert sluice.jobs.JobStore is protocol.JobStore and sluice.jobs.open_store is store.open_store
+    opened = store.open_store(tmp_path / "home")
+    assert isinstance(opened, SqliteJobStore) and opened.path == tmp_path / "home" / "jobs.db"
+    opened.close()

@@ -130,8 +130,9 @@ class ProtocolError(SluiceError):
 
 
 class HttpError(SluiceError):
-    """An HTTP-level refusal (401, 404 for an unknown route, 405, 413), with its status and
-    any headers the answer needs (e.g. ``WWW-Authenticate``)."""
+    """An HTTP-level refusal (400 for a client gone mid-body, 401, 404 for an unknown route, 405,
+    413), with its status and any headers the answer needs (e.g. ``WWW-Authenticate``). The one
+    such type: every app's edge (:mod:`sluice.http`) raises and answers it."""
 
     def __init__(self, message: str, http_status: int, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)

@@ -22,7 +22,7 @@ _EXPORTS = {
     "JobRequest": "sluice.jobs.model",
     "JobState": "sluice.jobs.model",
     "JobStatus": "sluice.jobs.model",
-    "JobStore": "sluice.jobs.store",
+    "JobStore": "sluice.jobs.protocol",
     "default_home": "sluice.jobs.store",
     "open_store": "sluice.jobs.store",
     "SqliteJobStore": "sluice.jobs.sqlite",
@@ -41,8 +41,8 @@ if TYPE_CHECKING:
     from sluice.jobs.model import JobRequest as JobRequest
     from sluice.jobs.model import JobState as JobState
     from sluice.jobs.model import JobStatus as JobStatus
+    from sluice.jobs.protocol import JobStore as JobStore
     from sluice.jobs.sqlite import SqliteJobStore as SqliteJobStore
-    from sluice.jobs.store import JobStore as JobStore
     from sluice.jobs.store import default_home as default_home
     from sluice.jobs.store import open_store as open_store
     from sluice.jobs.worker import Worker as Worker

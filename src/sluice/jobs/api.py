@@ -16,7 +16,9 @@ from typing import Any
 
 from sluice.errors import ConfigError, JobNotFound
 from sluice.jobs.model import JobEvent, JobRequest, JobState, JobStatus, ShardStatus
-from sluice.jobs.store import JobStore, NewJob, NewShard, open_store
+from sluice.jobs.protocol import JobStore
+from sluice.jobs.records import NewJob, NewShard
+from sluice.jobs.store import open_store
 
 __all__ = ["Job", "cancel", "get", "list_jobs", "plan_request", "resume", "submit"]
 

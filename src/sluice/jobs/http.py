@@ -5,40 +5,38 @@
 status; ``POST /v1/jobs/{id}:cancel`` and ``POST /v1/jobs/{id}:resume`` → its status;
 ``GET /v1/jobs/{id}/events[?after=N]`` → ``{"events": [...]}``. Errors are
 ``{"error": message}`` with the error's HTTP status (400 bad spec, 404 unknown job, 409 a
-state that does not allow the request). The host app checks the bearer token first.
+state that does not allow the request, 413 a body over the limit), answered by the HTTP edge
+(:mod:`sluice.http`). The host app checks the bearer token first.
 Store calls run in a thread, so a slow submit (it loads the model) never blocks the loop.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import logging
-from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import asdict
 from typing import Any
-from urllib.parse import parse_qs
 
-from sluice.errors import ConfigError, SluiceError
+from sluice.errors import ConfigError, HttpError
+from sluice.http import (
+    Receive,
+    Request,
+    Response,
+    Scope,
+    Send,
+    answer,
+    no_route,
+    read_body,
+    require_method,
+    send_response,
+)
+from sluice.http.request import parse_json
 from sluice.jobs.api import list_jobs, plan_request
 from sluice.jobs.model import JobRequest
-from sluice.jobs.store import JobStore
+from sluice.jobs.protocol import JobStore
 
 __all__ = ["PREFIX", "JobsApi"]
 
-log = logging.getLogger(__name__)
-
 PREFIX = "/v1/jobs"
-
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-
-
-class _HttpError(SluiceError):
-    def __init__(self, message: str, http_status: int) -> None:
-        super().__init__(message)
-        self.http_status = http_status
 
 
 class JobsApi:
@@ -51,56 +49,37 @@ class JobsApi:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
-        try:
-            status, document = await self._route(scope, receive)
-        except SluiceError as exc:
-            status, document = exc.http_status, {"error": str(exc)}
-        except Exception as exc:
-            log.exception("internal error on %s %s", scope["method"], scope["path"])
-            status, document = 500, {"error": f"internal error: {type(exc).__name__}: {exc}"}
-        body = json.dumps(document, separators=(",", ":")).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await send_response(send, await answer(Request.from_scope(scope, receive), self._route))
 
-    async def _route(self, scope: Scope, receive: Receive) -> tuple[int, Any]:
-        method, path = scope["method"], scope["path"]
-        rest = path[len(PREFIX) :].strip("/")
-        query = {k: v[-1] for k, v in parse_qs(scope.get("query_string", b"").decode()).items()}
+    async def _route(self, request: Request) -> Response:
+        rest = request.path[len(PREFIX) :].strip("/")
         if not rest:
-            if method == "POST":
-                return 201, await self._submit(receive)
-            _allow(method, "GET", path)
-            return 200, {"jobs": await self._list(query)}
+            if request.method == "POST":
+                return Response.json(await self._submit(request), 201)
+            require_method(request, "GET")
+            return Response.json({"jobs": await self._list(request.query)})
         job_id, _, action = rest.partition(":")
         if "/" in job_id:
             job_id, _, sub = job_id.partition("/")
             if sub != "events" or action:
-                raise _HttpError(f"no route for {method} {path}", 404)
-            _allow(method, "GET", path)
-            after = _int(query.get("after", "0"), "after")
-            events = await asyncio.to_thread(self.store.events, job_id, after)
-            return 200, {"events": [{"id": n, **asdict(e)} for n, e in events]}
+                raise no_route(request)
+            require_method(request, "GET")
+            return Response.json({"events": await self._events(job_id, request.query)})
         if not action:
-            _allow(method, "GET", path)
-            return 200, (await asyncio.to_thread(self.store.status, job_id)).to_dict()
-        _allow(method, "POST", path)
+            require_method(request, "GET")
+            return Response.json((await asyncio.to_thread(self.store.status, job_id)).to_dict())
+        require_method(request, "POST")
         if action == "cancel":
-            return 200, (await asyncio.to_thread(self.store.cancel, job_id)).to_dict()
+            return Response.json((await asyncio.to_thread(self.store.cancel, job_id)).to_dict())
         if action == "resume":
-            return 200, (await asyncio.to_thread(self.store.resume, job_id)).to_dict()
-        raise _HttpError(f"unknown action {action!r} on a job; use :cancel or :resume", 404)
+            return Response.json((await asyncio.to_thread(self.store.resume, job_id)).to_dict())
+        raise HttpError(f"unknown action {action!r} on a job; use :cancel or :resume", 404)
 
-    async def _submit(self, receive: Receive) -> dict[str, Any]:
-        body = await self._body(receive)
-        try:
-            document = json.loads(body or b"null")
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"the request body is not valid JSON: {exc}") from None
-        request = JobRequest.parse(document, "job spec")
+    async def _submit(self, request: Request) -> dict[str, Any]:
+        job_request = JobRequest.parse(parse_json(await read_body(request, self.max_body_bytes)), "job spec")
 
         def create() -> dict[str, Any]:
-            job = plan_request(request)
+            job = plan_request(job_request)
             self.store.create_job(job)
             return self.store.status(job.id).to_dict()
 
@@ -111,25 +90,10 @@ class JobsApi:
         statuses = await asyncio.to_thread(list_jobs, query.get("state"), limit=limit, store=self.store)
         return [s.to_dict() for s in statuses]
 
-    async def _body(self, receive: Receive) -> bytes:
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise _HttpError("the client disconnected before sending the whole body", 400)
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body_bytes:
-                raise _HttpError(f"request body exceeds the limit of {self.max_body_bytes} bytes", 413)
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
-
-
-def _allow(method: str, allowed: str, path: str) -> None:
-    if method != allowed:
-        raise _HttpError(f"method {method} not allowed on {path}; use {allowed}", 405)
+    async def _events(self, job_id: str, query: dict[str, str]) -> list[dict[str, Any]]:
+        after = _int(query.get("after", "0"), "after")
+        events = await asyncio.to_thread(self.store.events, job_id, after)
+        return [{"id": n, **asdict(e)} for n, e in events]
 
 
 def _int(value: str, name: str) -> int:

@@ -12,7 +12,7 @@ import sqlite3
 from collections.abc import Sequence, Set
 
 from sluice.jobs.model import Claim, ClaimKind, JobRequest, JobState, ShardState
-from sluice.jobs.store import WorkerInfo
+from sluice.jobs.records import WorkerInfo
 
 __all__ = ["add_event", "dead_local_workers", "reclaim", "take_work"]
 

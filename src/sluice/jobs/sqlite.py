@@ -22,7 +22,6 @@ from sluice.jobs.migrations import migrate
 from sluice.jobs.model import (
     TERMINAL_STATES,
     Claim,
-    ClaimKind,
     JobEvent,
     JobRequest,
     JobState,
@@ -30,8 +29,18 @@ from sluice.jobs.model import (
     ShardState,
     ShardStatus,
 )
+from sluice.jobs.records import JobRecord, NewJob, WorkerInfo
 from sluice.jobs.snapshot import job_snapshot
-from sluice.jobs.store import JobRecord, NewJob, WorkerInfo
+from sluice.jobs.transitions import (
+    fail_attempt,
+    fail_job,
+    finish_job,
+    finish_shard,
+    release_claim,
+    request_cancel,
+    requeue_job,
+    start_job,
+)
 
 __all__ = ["SqliteJobStore"]
 
@@ -110,7 +119,14 @@ class SqliteJobStore:
                 "INSERT INTO shards (job_id, idx, source, rows_estimate, state) VALUES (?, ?, ?, ?, ?)",
                 [(job.id, s.index, s.source, s.rows_estimate, ShardState.PENDING.value) for s in job.shards],
             )
-            _event(db, job.id, now, f"submitted: {len(job.shards)} shards of {request.input} with {job.model}")
+            add_event(
+                db,
+                job.id,
+                now,
+                f"submitted: {len(job.shards)} shards of {request.input} with {job.model}",
+                None,
+                "INFO",
+            )
 
     def job(self, job_id: str) -> JobRecord:
         row = self._job_row(job_id)
@@ -234,105 +250,31 @@ class SqliteJobStore:
                     )
         return set(progress) - keep
 
-    # -- finishing work -------------------------------------------------------------------------
+    # -- finishing work (the row changes live in sluice.jobs.transitions) -------------------------
 
     def job_started(self, claim: Claim, batch_size: int, note: str) -> bool:
         with self._tx() as db:
-            now = self.clock()
-            done = db.execute(
-                "UPDATE jobs SET state = ?, prepared = 1, batch_size = ?, started_at = COALESCE(started_at, ?), "
-                "lease_owner = NULL, lease_expires_at = NULL WHERE id = ? AND lease_owner = ? AND state = ?",
-                (JobState.RUNNING.value, batch_size, now, claim.job_id, claim.worker_id, JobState.QUEUED.value),
-            ).rowcount
-            if done:
-                _event(db, claim.job_id, now, f"started by {claim.worker_id}: {note}")
-            return bool(done)
+            return start_job(db, claim, self.clock(), batch_size, note)
 
     def shard_done(self, claim: Claim, rows: int, rows_failed: int, error_file: str | None) -> bool:
         with self._tx() as db:
-            now = self.clock()
-            done = db.execute(
-                "UPDATE shards SET state = ?, rows = ?, rows_failed = ?, error_file = ?, lease_owner = NULL, "
-                "lease_expires_at = NULL, last_error = NULL WHERE job_id = ? AND idx = ? AND attempt_id = ? "
-                "AND state = ?",
-                (
-                    ShardState.DONE.value,
-                    rows,
-                    rows_failed,
-                    error_file,
-                    claim.job_id,
-                    claim.shard,
-                    claim.attempt_id,
-                    ShardState.RUNNING.value,
-                ),
-            ).rowcount
-            _end_attempt(db, claim, now, "DONE" if done else "LOST", None)
-            if done:
-                failed = f", {rows_failed:,} to the error file" if rows_failed else ""
-                message = f"shard {claim.shard} done by {claim.worker_id}: {rows:,} rows{failed}"
-                _event(db, claim.job_id, now, message, claim.shard)
-            return bool(done)
+            return finish_shard(db, claim, self.clock(), rows, rows_failed, error_file)
 
     def attempt_failed(self, claim: Claim, error: str) -> None:
         with self._tx() as db:
-            now = self.clock()
-            _end_attempt(db, claim, now, "FAILED", error)
-            row = db.execute(
-                "SELECT s.attempts, s.source, j.request FROM shards s JOIN jobs j ON j.id = s.job_id "
-                "WHERE s.job_id = ? AND s.idx = ? AND s.attempt_id = ? AND s.state = ?",
-                (claim.job_id, claim.shard, claim.attempt_id, ShardState.RUNNING.value),
-            ).fetchone()
-            if row is None:
-                return  # the lease was lost meanwhile: whoever holds it now decides
-            request = JobRequest.model_validate_json(row["request"])
-            if row["attempts"] < request.max_attempts:
-                delay = request.retry_delay_s(row["attempts"])
-                _set_shard(db, claim, ShardState.PENDING, error, not_before=now + delay)
-                _event(
-                    db,
-                    claim.job_id,
-                    now,
-                    f"shard {claim.shard} attempt {row['attempts']} of {request.max_attempts} failed, "
-                    f"retrying in {delay:g} s: {error}",
-                    claim.shard,
-                    "WARNING",
-                )
-                return
-            _set_shard(db, claim, ShardState.FAILED, error)
-            message = f"shard {claim.shard} ({row['source']}) failed after {row['attempts']} attempts: {error}"
-            _end_job(db, claim.job_id, now, JobState.FAILED, message, only_from=(JobState.RUNNING,))
+            fail_attempt(db, claim, self.clock(), error)
 
     def release(self, claim: Claim, reason: str) -> None:
         with self._tx() as db:
-            now = self.clock()
-            if claim.kind is ClaimKind.SHARD:
-                _end_attempt(db, claim, now, "CANCELLED", reason)
-                db.execute(
-                    "UPDATE shards SET state = ?, lease_owner = NULL, lease_expires_at = NULL, "
-                    "attempts = MAX(0, attempts - 1) WHERE job_id = ? AND idx = ? AND attempt_id = ? AND state = ?",
-                    (ShardState.PENDING.value, claim.job_id, claim.shard, claim.attempt_id, ShardState.RUNNING.value),
-                )
-            else:
-                db.execute(
-                    "UPDATE jobs SET lease_owner = NULL, lease_expires_at = NULL WHERE id = ? AND lease_owner = ?",
-                    (claim.job_id, claim.worker_id),
-                )
-            reclaim(db, now, set())
+            release_claim(db, claim, self.clock(), reason)
 
     def job_finished(self, claim: Claim, state: JobState, message: str | None) -> bool:
         with self._tx() as db:
-            owner = db.execute("SELECT lease_owner FROM jobs WHERE id = ?", (claim.job_id,)).fetchone()
-            if owner is None or owner["lease_owner"] != claim.worker_id:
-                return False
-            return _end_job(db, claim.job_id, self.clock(), state, message, only_from=(JobState.RUNNING,))
+            return finish_job(db, claim, self.clock(), state, message)
 
     def fail_job(self, claim: Claim, message: str) -> None:
         with self._tx() as db:
-            now = self.clock()
-            if claim.kind is ClaimKind.SHARD:
-                _end_attempt(db, claim, now, "FAILED", message)
-                _set_shard(db, claim, ShardState.PENDING, message)
-            _end_job(db, claim.job_id, now, JobState.FAILED, message, only_from=(JobState.QUEUED, JobState.RUNNING))
+            fail_job(db, claim, self.clock(), message)
 
     # -- user requests --------------------------------------------------------------------------
 
@@ -341,14 +283,7 @@ class SqliteJobStore:
         if state in TERMINAL_STATES:
             raise JobStateError(f"job {job_id} already ended {state.value}; there is nothing to cancel")
         with self._tx() as db:
-            now = self.clock()
-            db.execute(
-                "UPDATE jobs SET state = ?, lease_owner = NULL, lease_expires_at = NULL "
-                "WHERE id = ? AND state IN (?, ?)",
-                (JobState.CANCELLING.value, job_id, JobState.QUEUED.value, JobState.RUNNING.value),
-            )
-            _event(db, job_id, now, "cancel requested")
-            reclaim(db, now, set())
+            request_cancel(db, job_id, self.clock())
         return self.status(job_id)
 
     def resume(self, job_id: str) -> JobStatus:
@@ -359,62 +294,5 @@ class SqliteJobStore:
                 "(a job whose worker died is taken over by any running `sluice jobs worker`)"
             )
         with self._tx() as db:
-            now = self.clock()
-            db.execute(
-                "UPDATE shards SET state = ?, attempts = 0, not_before = 0 WHERE job_id = ? AND state != ?",
-                (ShardState.PENDING.value, job_id, ShardState.DONE.value),
-            )
-            prepared = db.execute("SELECT prepared FROM jobs WHERE id = ?", (job_id,)).fetchone()["prepared"]
-            db.execute(
-                "UPDATE jobs SET state = ?, message = NULL, finished_at = NULL WHERE id = ?",
-                ((JobState.RUNNING if prepared else JobState.QUEUED).value, job_id),
-            )
-            done = db.execute(
-                "SELECT COUNT(*) FROM shards WHERE job_id = ? AND state = ?", (job_id, ShardState.DONE.value)
-            ).fetchone()[0]
-            _event(db, job_id, now, f"resumed: {done} finished shards kept")
+            requeue_job(db, job_id, self.clock())
         return self.status(job_id)
-
-
-def _event(
-    db: sqlite3.Connection, job_id: str, at: float, message: str, shard: int | None = None, level: str = "INFO"
-) -> None:
-    add_event(db, job_id, at, message, shard, level)
-
-
-def _end_attempt(db: sqlite3.Connection, claim: Claim, now: float, outcome: str, error: str | None) -> None:
-    db.execute(
-        "UPDATE attempts SET ended_at = ?, outcome = ?, error = ? WHERE id = ? AND outcome = 'RUNNING'",
-        (now, outcome, error, claim.attempt_id),
-    )
-
-
-def _set_shard(
-    db: sqlite3.Connection, claim: Claim, state: ShardState, error: str | None, not_before: float = 0.0
-) -> None:
-    db.execute(
-        "UPDATE shards SET state = ?, last_error = ?, not_before = ?, lease_owner = NULL, lease_expires_at = NULL, "
-        "rows = 0 WHERE job_id = ? AND idx = ? AND attempt_id = ?",
-        (state.value, error, not_before, claim.job_id, claim.shard, claim.attempt_id),
-    )
-
-
-def _end_job(
-    db: sqlite3.Connection,
-    job_id: str,
-    now: float,
-    state: JobState,
-    message: str | None,
-    *,
-    only_from: Sequence[JobState],
-) -> bool:
-    marks = ",".join("?" * len(only_from))
-    changed = db.execute(
-        f"UPDATE jobs SET state = ?, message = ?, finished_at = ?, lease_owner = NULL, lease_expires_at = NULL "  # noqa: S608
-        f"WHERE id = ? AND state IN ({marks})",
-        (state.value, message, now, job_id, *(s.value for s in only_from)),
-    ).rowcount
-    if changed:
-        level = "ERROR" if state is JobState.FAILED else "INFO"
-        _event(db, job_id, now, state.value + (f": {message}" if message else ""), level=level)
-    return bool(changed)

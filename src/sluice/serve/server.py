@@ -25,7 +25,8 @@ from sluice.errors import ConfigError, MissingDependency
 if TYPE_CHECKING:
     import uvicorn
 
-    from sluice.serve.app import ASGIApp, ServeApp
+    from sluice.http import ASGIApp
+    from sluice.serve.app import ServeApp
 
 __all__ = ["ServeSettings", "ServerThread", "build_app", "run"]
 

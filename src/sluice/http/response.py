@@ -1,0 +1,83 @@
+"""The answer side of the HTTP edge: responses, sending them, and errors translated to answers.
+
+Every :class:`~sluice.errors.SluiceError` becomes ``{"error": message}`` with the error's
+``http_status`` and, for an :class:`~sluice.errors.HttpError`, its headers; anything else is a
+500 that names the exception, and is logged with its traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+
+from sluice.errors import HttpError, SluiceError
+from sluice.http.request import Request, Send
+
+__all__ = [
+    "JSON_HEADERS",
+    "ErrorHeaders",
+    "Handler",
+    "Response",
+    "answer",
+    "error_body",
+    "error_response",
+    "send_response",
+]
+
+log = logging.getLogger(__name__)
+
+JSON_HEADERS: Mapping[str, str] = {"Content-Type": "application/json"}
+
+ErrorHeaders = Callable[[SluiceError], Mapping[str, str]]
+"""Extra headers an app adds to the answer for an error (e.g. ``Retry-After`` when shedding)."""
+
+
+@dataclass
+class Response:
+    """What a handler answers."""
+
+    status: int = 200
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def json(cls, document: object, status: int = 200) -> Response:
+        """``document`` as compact JSON."""
+        return cls(status, json.dumps(document, separators=(",", ":")).encode("utf-8"), dict(JSON_HEADERS))
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def error_body(message: str) -> bytes:
+    """An error response body: ``{"error": message}``."""
+    return json.dumps({"error": message}).encode("utf-8")
+
+
+def error_response(exc: SluiceError, extra_headers: Mapping[str, str] | None = None) -> Response:
+    """The answer for ``exc``: its status, ``{"error": message}``, and the headers it needs."""
+    headers = {**JSON_HEADERS, **(extra_headers or {})}
+    if isinstance(exc, HttpError):
+        headers.update(exc.headers)
+    return Response(exc.http_status, error_body(str(exc)), headers)
+
+
+async def answer(request: Request, handler: Handler, error_headers: ErrorHeaders | None = None) -> Response:
+    """``handler``'s answer to ``request``, with every error translated to its response."""
+    try:
+        return await handler(request)
+    except SluiceError as exc:
+        return error_response(exc, error_headers(exc) if error_headers is not None else None)
+    except Exception as exc:
+        log.exception("internal error on %s %s", request.method, request.path)
+        return Response(500, error_body(f"internal error: {type(exc).__name__}: {exc}"), dict(JSON_HEADERS))
+
+
+async def send_response(send: Send, response: Response) -> None:
+    """Send ``response`` with its ``Content-Length``."""
+    headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.items()]
+    headers.append((b"content-length", str(len(response.body)).encode()))
+    await send({"type": "http.response.start", "status": response.status, "headers": headers})
+    await send({"type": "http.response.body", "body": response.body})
