@@ -6,10 +6,13 @@ The contracts live in pyproject.toml (``[tool.importlinter]``); ``make lint`` ru
 from __future__ import annotations
 
 import os
+import pkgutil
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
+from typing import Any
 
 import grimp
 import pytest
@@ -102,3 +105,30 @@ def test_importing_loads_no_optional_engine(module: str) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def _contract(contract_id: str) -> dict[str, Any]:
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    (contract,) = [c for c in config["contracts"] if c["id"] == contract_id]
+    return dict(contract)
+
+
+def _top_level_modules() -> set[str]:
+    return {f"sluice.{m.name}" for m in pkgutil.iter_modules([str(ROOT / "src" / "sluice")])}
+
+
+@pytest.mark.parametrize(
+    ("contract_id", "exempt"),
+    [
+        ("cli-on-top", {"sluice.cli", "sluice.__main__"}),
+        ("optional-engines", {"sluice.cli", "sluice.__main__", "sluice.backends", "sluice.train"}),
+    ],
+)
+def test_forbidden_contracts_cover_every_module_below(contract_id: str, exempt: set[str]) -> None:
+    """A new module is checked from the day it lands: these contracts list their sources by name."""
+    assert set(_contract(contract_id)["source_modules"]) == _top_level_modules() - exempt
+
+
+def test_imports_under_type_checking_are_not_excluded() -> None:
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    assert config.get("exclude_type_checking_imports", False) is False
