@@ -8,8 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from sluice._lazy import lazy_exports
-
-__version__ = "0.1.0"
+from sluice._version import __version__ as __version__
 
 _EXPORTS = {
     "JobSpec": "sluice.batch",

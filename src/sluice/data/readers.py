@@ -20,9 +20,9 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 
+from sluice.arrowcast import RowFailures, cast_column, describe_type
 from sluice.data.shards import Shard, open_parquet
 from sluice.errors import DataError
-from sluice.models.casting import RowFailures, cast_column, describe_type
 
 __all__ = ["RecordFailure", "SourceBatch", "open_stream", "read_shard", "rebatch"]
 

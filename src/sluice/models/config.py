@@ -1,14 +1,16 @@
-"""Model configuration: what ``<repository>/<name>/model.yaml`` and load options hold."""
+"""Model configuration: what ``<repository>/<name>/model.yaml`` and load options hold.
+
+``read_yaml_model`` and ``format_validation_error`` live in :mod:`sluice.configfile`; they are
+re-exported here for existing imports.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from sluice.errors import ConfigError
+from sluice.configfile import format_validation_error, read_yaml_model
 from sluice.models.policy_config import LatestVersions, RoutingConfig, VersionPolicy
 
 __all__ = [
@@ -18,6 +20,7 @@ __all__ = [
     "ModelConfig",
     "ModelFormat",
     "TensorConfig",
+    "format_validation_error",
     "read_yaml_model",
 ]
 
@@ -147,30 +150,3 @@ class LoadOptions(BaseModel):
     trusted_types: tuple[str, ...] = Field(
         default=(), description="Types a skops file may contain beyond skops' default trusted set."
     )
-
-
-ConfigT = TypeVar("ConfigT", bound=BaseModel)
-
-
-def read_yaml_model(path: Path, model: type[ConfigT]) -> ConfigT:
-    """Read a YAML file into a pydantic model, with errors that name the file and the field."""
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a mapping of settings, found {type(data).__name__}")
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(f"{path}: {format_validation_error(exc)}") from exc
-
-
-def format_validation_error(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        parts.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")
-    return "; ".join(parts)

@@ -16,7 +16,7 @@ __all__ = ["model_config", "model_metadata", "server_metadata", "version_policy"
 def server_metadata(extensions: Sequence[str], *, name: str = "sluice", version: str | None = None) -> dict[str, Any]:
     """The document of ``GET /v2``: server name, version and protocol extensions."""
     if version is None:
-        from sluice import __version__ as version
+        from sluice._version import __version__ as version
     return {"name": name, "version": version, "extensions": list(extensions)}
 
 

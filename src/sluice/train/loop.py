@@ -27,9 +27,9 @@ import torch.distributed as dist
 from sluice.errors import ConfigError, DataError
 from sluice.train.config import TrainConfig
 from sluice.train.data import TrainingData, epoch_order, load_training_data, rank_rows, validation_rows
-from sluice.train.launch import EpochMetrics, RunOptions, StepMetrics, TrainHistory, TrainResult, TrainStart
 from sluice.train.model import build_mlp, metric_name, output_width, step_loss, validation_sums
 from sluice.train.strategies import Synchronizer, wrap_model
+from sluice.train.values import EpochMetrics, RunOptions, StepMetrics, TrainHistory, TrainResult, TrainStart
 
 __all__ = ["checkpoint_path", "run_rank"]
 
