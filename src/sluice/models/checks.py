@@ -161,9 +161,7 @@ def check_outputs(
     the row count message (e.g. which requests the batch came from).
     """
     if not isinstance(outputs, Mapping):
-        raise PredictError(
-            f"{source} returned {type(outputs).__name__}, expected a mapping of output name to array"
-        )
+        raise PredictError(f"{source} returned {type(outputs).__name__}, expected a mapping of output name to array")
     for spec in signature.outputs if signature is not None else ():
         if spec.name not in outputs:
             raise PredictError(f"{source} returned no output '{spec.name}' (it returned {sorted(outputs)})")

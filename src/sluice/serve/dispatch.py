@@ -147,9 +147,7 @@ class Dispatcher:
         future: asyncio.Future[Arrays] = asyncio.get_running_loop().create_future()
         try:
             with self._lock:
-                request = self.batcher.add(
-                    _Job(arrays, future), rows, self._clock(), timeout_s, key=_shape_key(arrays)
-                )
+                request = self.batcher.add(_Job(arrays, future), rows, self._clock(), timeout_s, key=_shape_key(arrays))
         except Overloaded:
             self.metrics.shed += 1
             raise
