@@ -1,6 +1,6 @@
 """The asyncio driver with a tiny real model: real loop, real worker thread, injected clock.
 
-Time is a :class:`ManualClock` that the event loop reads too (:class:`ClockedLoop`), so the
+Time is a ``ManualClock`` that the event loop reads too (``ClockedLoop``), so the
 dispatcher's timers fire when a test moves the clock, and a model "computes" by moving it.
 Nothing here sleeps or compares wall-clock durations.
 """
@@ -9,83 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine, Mapping
-from typing import Any, TypeVar
+from collections.abc import Mapping
 
 import numpy as np
 import pytest
 
+from serve_support import GUARD_S, Gate, ManualClock, run
 from sluice.errors import DataError, Overloaded, PredictError, ProtocolError, RequestTimeout
 from sluice.models.signature import Signature, TensorSpec
 from sluice.serve.dispatch import Dispatcher, PredictFn
 from sluice.serve.policy import AdaptivePolicy, FixedPolicy
-
-T = TypeVar("T")
-
-GUARD_S = 60.0  # real seconds after which a stuck test fails instead of hanging the suite
-
-
-class ManualClock:
-    """Seconds that pass only when :meth:`advance` says so (from any thread)."""
-
-    def __init__(self) -> None:
-        self.now_s = 0.0
-
-    def __call__(self) -> float:
-        return self.now_s
-
-    def advance(self, seconds: float) -> None:
-        self.now_s += seconds
-
-
-class ClockedLoop(asyncio.SelectorEventLoop):
-    """An event loop whose timers run on ``clock`` instead of the monotonic clock."""
-
-    def __init__(self, clock: ManualClock) -> None:
-        super().__init__()
-        self._manual_clock = clock
-
-    def time(self) -> float:
-        return self._manual_clock()
-
-
-def run(main: Coroutine[Any, Any, T], clock: ManualClock) -> T:
-    """Run ``main`` on a :class:`ClockedLoop`; cancelled after ``GUARD_S`` real seconds."""
-    with asyncio.Runner(loop_factory=lambda: ClockedLoop(clock)) as runner:
-        loop = runner.get_loop()
-        task = loop.create_task(main)
-        guard = threading.Timer(GUARD_S, lambda: loop.call_soon_threadsafe(task.cancel))
-        guard.start()
-        try:
-            return runner.run(_wait(task))
-        finally:
-            guard.cancel()
-
-
-async def _wait(task: asyncio.Task[T]) -> T:
-    return await task
-
-
-class Gate:
-    """Holds predict calls in the worker thread while closed, telling the loop one is held."""
-
-    def __init__(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._open = threading.Event()
-        self._open.set()
-        self.held = asyncio.Event()
-
-    def close(self) -> None:
-        self._open.clear()
-        self.held.clear()
-
-    def open(self) -> None:
-        self._open.set()
-
-    def pass_through(self) -> None:
-        if not self._open.is_set():
-            self._loop.call_soon_threadsafe(self.held.set)
-            assert self._open.wait(GUARD_S), "the gate was never opened"
 
 
 class Doubler:

@@ -58,7 +58,9 @@ def datatype_name(dtype: np.dtype[Any]) -> str | None:
     """The datatype name of a numpy dtype (strings and objects are ``BYTES``); None if it has none."""
     if dtype.kind in "OUS":
         return "BYTES"
-    return _BY_DTYPE.get(dtype.newbyteorder("=")) if dtype.kind in "biuf" else None
+    if dtype.kind not in "biuf":
+        return None
+    return _BY_DTYPE.get(dtype) or _BY_DTYPE.get(dtype.newbyteorder("="))
 
 
 def dims(shape: Iterable[int]) -> str:
