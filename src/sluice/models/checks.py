@@ -51,7 +51,7 @@ DATATYPES: dict[str, np.dtype[np.generic]] = {
 
 _BY_DTYPE = {dtype: name for name, dtype in DATATYPES.items()}
 
-ErrorType = type[SluiceError]
+_ErrorType = type[SluiceError]
 
 
 def datatype_name(dtype: np.dtype[Any]) -> str | None:
@@ -75,7 +75,7 @@ def check_input(
     shape: tuple[int, ...],
     *,
     model_name: str = "model",
-    error: ErrorType = BindError,
+    error: _ErrorType = BindError,
 ) -> TensorSpec:
     """The spec of input ``name``, once a tensor of ``datatype`` and ``shape`` is known to fit it.
 
@@ -99,7 +99,7 @@ def check_input(
 
 
 def check_complete(
-    signature: Signature, names: Collection[str], *, model_name: str = "model", error: ErrorType = BindError
+    signature: Signature, names: Collection[str], *, model_name: str = "model", error: _ErrorType = BindError
 ) -> None:
     """Raise unless every input of ``signature`` is among ``names``."""
     missing = [s.name for s in signature.inputs if s.name not in names]
@@ -113,7 +113,7 @@ def check_complete(
 
 
 def common_rows(
-    shapes: Mapping[str, tuple[int, ...]], *, model_name: str = "model", error: ErrorType = BindError
+    shapes: Mapping[str, tuple[int, ...]], *, model_name: str = "model", error: _ErrorType = BindError
 ) -> int:
     """The batch size (first dimension) the tensors of ``shapes`` share; 0 for none or scalars."""
     first_name, batch = None, 0
@@ -134,7 +134,7 @@ def check_inputs(
     inputs: Mapping[str, np.ndarray],
     *,
     model_name: str = "model",
-    error: ErrorType = BindError,
+    error: _ErrorType = BindError,
 ) -> int:
     """Check a request's tensors against ``signature`` and return its rows.
 
