@@ -208,9 +208,12 @@ class Batcher(Generic[P]):
 
     def _own_group_s(self, now: float, extra_rows: int, key: Hashable) -> float:
         latency, limit = self.policy.latency, self.policy.batch_limit()
-        ahead_s = sum(_drain_s(latency.mean_s, g.rows, limit) for k, g in self._groups.items() if k != key)
-        own = self._groups.get(key)
-        rows = (own.rows if own is not None else 0) + extra_rows
+        ahead_s, rows = 0.0, extra_rows
+        for other, group in self._groups.items():
+            if other == key:
+                rows += group.rows
+            else:
+                ahead_s += _drain_s(latency.mean_s, group.rows, limit)
         if rows == 0:
             return ahead_s
         full, rest = divmod(rows, limit)
