@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from serve_support import taught_adaptive, teach
 from sluice.errors import Overloaded, RequestTimeout, SluiceError
 from sluice.serve.batcher import Batch, Batcher, retry_after_header
 from sluice.serve.policy import AdaptivePolicy, BatchPolicy, FixedPolicy, LatencyModel
@@ -80,19 +81,9 @@ def test_queue_full_sheds_with_503_and_retry_after() -> None:
     assert len(batcher) == 1  # the shed request left no trace
 
 
-def _teach(batcher: Batcher[str], sizes_and_seconds: list[tuple[int, float]], now: float = 0.0) -> float:
-    for rows, seconds in sizes_and_seconds:
-        batcher.add("warm", rows, now)
-        batch = batcher.next_batch(now, drain=True)
-        assert batch is not None
-        now += seconds
-        batcher.batch_done(batch, seconds)
-    return now
-
-
 def test_request_that_cannot_meet_its_deadline_is_shed_at_once() -> None:
     batcher: Batcher[str] = Batcher(FixedPolicy(8, 1000))
-    now = _teach(batcher, [(1, 0.010), (8, 0.024)] * 3)  # latency ≈ 8 ms + 2 ms/row
+    now = teach(batcher, [(1, 0.010), (8, 0.024)] * 3)  # latency ≈ 8 ms + 2 ms/row
     with pytest.raises(Overloaded, match="cannot meet the deadline"):
         batcher.add("tight", rows=1, now=now, timeout_s=0.005)
     assert batcher.add("loose", rows=1, now=now, timeout_s=1.0).deadline_s == pytest.approx(now + 1.0)
@@ -271,17 +262,10 @@ def test_adaptive_with_multi_row_requests() -> None:
     assert result.p99_ms <= 50 and result.shed_fraction < 0.01
 
 
-def _taught_adaptive(target_ms: float = 100.0) -> AdaptivePolicy:
-    policy = AdaptivePolicy(target_p99_ms=target_ms, max_batch_size=64)
-    for rows, seconds in [(1, 0.0052), (8, 0.0066), (32, 0.0114), (64, 0.0178)] * 4:
-        policy.observe_batch(rows, seconds)  # 5 ms + 0.2 ms/row
-    return policy
-
-
 def test_adaptive_stops_waiting_when_closed_loop_clients_are_all_queued() -> None:
     """Eight clients that each wait for their answer: after two mean gaps without an arrival,
     nobody else is coming, so the batch closes instead of waiting for the latency target."""
-    policy = _taught_adaptive()
+    policy = taught_adaptive()
     for i in range(8):
         policy.observe_arrival(i * 0.001, 1)  # arrivals 1 ms apart
     waiting = policy.dispatch_at(0.0075, oldest_arrival_s=0.0, queued_rows=8)
@@ -290,7 +274,7 @@ def test_adaptive_stops_waiting_when_closed_loop_clients_are_all_queued() -> Non
 
 
 def test_an_idle_server_admits_whatever_its_latency_target_says() -> None:
-    policy = _taught_adaptive(target_ms=1.0)  # every batch takes longer than the target
+    policy = taught_adaptive(target_ms=1.0)  # every batch takes longer than the target
     batcher: Batcher[str] = Batcher(policy)
     request = batcher.add("first", rows=1, now=0.0)  # idle: shedding would help nobody
     assert request.payload == "first"
@@ -301,7 +285,7 @@ def test_an_idle_server_admits_whatever_its_latency_target_says() -> None:
 def test_adaptive_does_not_wait_when_under_one_row_arrives_per_fixed_cost() -> None:
     """5 ms fixed cost, a request every 10 ms: a batch could gain half a row by waiting one fixed
     cost, so the request runs at once instead of spending the latency budget."""
-    policy = _taught_adaptive()
+    policy = taught_adaptive()
     for i in range(5):
         policy.observe_arrival(i * 0.010, 1)
     assert policy.dispatch_at(0.0401, oldest_arrival_s=0.040, queued_rows=1) == 0.0401

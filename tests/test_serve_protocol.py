@@ -482,4 +482,4 @@ def test_public_names() -> None:
         for name, value in vars(tensors).items()
         if not name.startswith("_") and getattr(value, "__module__", None) == tensors.__name__
     }
-    assert tensor_names | {"DATATYPES"} == set(tensors.__all__)
+    assert tensor_names | {"DATATYPES", "dims"} == set(tensors.__all__)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sluice.errors import PredictError
+from sluice.models.checks import check_outputs
 from sluice.models.config import Concurrency, LoadOptions, ModelConfig, ModelFormat
 from sluice.models.signature import Signature
 
@@ -66,24 +66,8 @@ class Model(abc.ABC):
         return f"<{type(self).__name__} {self.source.display_name} {self.signature.describe()}>"
 
     def predict_checked(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """:meth:`predict`, with the output names and row counts checked against the input."""
+        """:meth:`predict`, with the output names and row counts checked against the input
+        (:func:`~sluice.models.checks.check_outputs`)."""
         num_rows = next(iter(inputs.values())).shape[0] if inputs else 0
         outputs = self.predict(inputs)
-        if not isinstance(outputs, Mapping):
-            raise PredictError(
-                f"model {self.source.display_name} returned {type(outputs).__name__}, "
-                "expected a mapping of output name to array"
-            )
-        for spec in self.signature.outputs:
-            value = outputs.get(spec.name)
-            if value is None:
-                raise PredictError(
-                    f"model {self.source.display_name} returned no output '{spec.name}' (it returned {sorted(outputs)})"
-                )
-            rows = np.shape(value)[0] if np.ndim(value) else None
-            if rows != num_rows:
-                raise PredictError(
-                    f"model {self.source.display_name} returned {rows} rows of '{spec.name}' "
-                    f"for a batch of {num_rows} rows"
-                )
-        return dict(outputs)
+        return check_outputs(outputs, num_rows, signature=self.signature, source=f"model {self.source.display_name}")

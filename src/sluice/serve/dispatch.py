@@ -6,9 +6,16 @@ polling) and closes a batch. A batch that computes in microseconds runs on the l
 (``allow_inline``: handing it over costs more); any other runs in the worker thread, which then
 takes the next batch the policy would close at once and runs it too, handing each batch's
 results back to the loop as it goes: a loop busy reading requests never leaves the model idle
-between batches. Every output is checked to have as many rows as the inputs, and row slices go
-back to each waiter. If ``predict`` raises or returns the wrong number of rows, every waiter of
-that batch gets the same :class:`~sluice.errors.PredictError`; nobody hangs.
+between batches.
+
+Each request is checked on its own against the model's signature, when the dispatcher has one
+(:func:`~sluice.models.checks.check_inputs`), and queued under its shape key: the shape of each
+tensor past the batch dimension, and its dtype. Only requests of one key are concatenated into
+a batch; a request of another shape waits in its own group and runs in its own batch. Every
+output is checked to have as many rows as the inputs
+(:func:`~sluice.models.checks.check_outputs`), and row slices go back to each waiter. If
+``predict`` raises or returns the wrong number of rows, every waiter of that batch gets the same
+:class:`~sluice.errors.PredictError`; nobody hangs.
 """
 
 from __future__ import annotations
@@ -17,14 +24,16 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from sluice.errors import DataError, Overloaded, PredictError, RequestTimeout, SluiceError
+from sluice.errors import DataError, Overloaded, PredictError, ProtocolError, RequestTimeout, SluiceError
 from sluice.metrics import LatencyHistogram
+from sluice.models.checks import check_inputs, check_outputs
+from sluice.models.signature import Signature
 from sluice.serve.batcher import Batch, Batcher, PendingRequest
 from sluice.serve.policy import BatchPolicy
 
@@ -73,7 +82,13 @@ class DispatchMetrics:
 
 
 class Dispatcher:
-    """Batches :meth:`submit` calls for ``predict`` under ``policy``; see the module docstring."""
+    """Batches :meth:`submit` calls for ``predict`` under ``policy``; see the module docstring.
+
+    ``signature`` (the model's) checks each request's inputs and each batch's outputs;
+    ``model_name`` names the model in those messages. ``clock`` must be the event loop's
+    clock (``time.monotonic``, as asyncio's default loops use): the dispatcher's waits are
+    the loop's timers, set at times read from it.
+    """
 
     def __init__(
         self,
@@ -83,8 +98,12 @@ class Dispatcher:
         max_queue_rows: int | None = None,
         clock: Callable[[], float] = time.monotonic,
         allow_inline: bool = True,
+        signature: Signature | None = None,
+        model_name: str = "model",
     ) -> None:
         self._predict = predict
+        self._signature = signature
+        self._model_name = model_name
         self._allow_inline = allow_inline
         self._clock = clock
         self.batcher: Batcher[_Job] = Batcher(policy, max_queue_rows=max_queue_rows)
@@ -94,7 +113,6 @@ class Dispatcher:
         self._executor: ThreadPoolExecutor | None = None
         self._closing = False
         self._lock = threading.Lock()  # the batcher, while a worker chains batches beside the loop
-        self._row_shapes: dict[str, tuple[int, ...]] | None = None
 
     def start(self) -> None:
         """Start the dispatcher task on the running loop (:meth:`submit` does it if needed)."""
@@ -117,8 +135,10 @@ class Dispatcher:
     async def submit(self, inputs: Mapping[str, np.ndarray], rows: int, timeout_s: float | None = None) -> Arrays:
         """Queue ``rows`` rows and return this request's slice of the outputs.
 
-        Raises :class:`Overloaded` (503) at once when shed, :class:`RequestTimeout` (504)
-        when ``timeout_s`` passes first, :class:`~sluice.errors.PredictError` when the batch fails.
+        Raises :class:`~sluice.errors.ProtocolError` (400) when the inputs do not fit the
+        signature, :class:`~sluice.errors.DataError` when they do not have ``rows`` rows,
+        :class:`Overloaded` (503) at once when shed, :class:`RequestTimeout` (504) when
+        ``timeout_s`` passes first, :class:`~sluice.errors.PredictError` when the batch fails.
         """
         if self._closing:
             raise Overloaded("the server is shutting down", retry_after_s=1.0)
@@ -127,7 +147,7 @@ class Dispatcher:
         future: asyncio.Future[Arrays] = asyncio.get_running_loop().create_future()
         try:
             with self._lock:
-                request = self.batcher.add(_Job(arrays, future), rows, self._clock(), timeout_s)
+                request = self.batcher.add(_Job(arrays, future), rows, self._clock(), timeout_s, key=_shape_key(arrays))
         except Overloaded:
             self.metrics.shed += 1
             raise
@@ -144,16 +164,12 @@ class Dispatcher:
             future.cancel()
 
     def _check_inputs(self, inputs: Mapping[str, np.ndarray], rows: int) -> Arrays:
-        # requests of one batch are concatenated, so they must agree on names and row shapes
         arrays = {name: np.asarray(value) for name, value in inputs.items()}
+        if self._signature is not None:
+            check_inputs(self._signature, arrays, model_name=self._model_name, error=ProtocolError)
         for name, array in arrays.items():
             if array.ndim == 0 or array.shape[0] != rows:
                 raise DataError(f"input '{name}' has shape {array.shape}; expected {rows} rows")
-        shapes = {name: array.shape[1:] for name, array in arrays.items()}
-        if self._row_shapes is None:
-            self._row_shapes = shapes
-        if shapes != self._row_shapes:
-            raise DataError(f"inputs must have row shapes {self._row_shapes}, got {shapes}")
         return arrays
 
     async def close(self) -> None:
@@ -222,7 +238,13 @@ class Dispatcher:
         try:
             inputs = {name: np.concatenate([job.inputs[name] for job in jobs]) for name in jobs[0].inputs}
             timed = self._timed_predict(inputs)
-            outputs = _check_outputs(timed.outputs, batch)
+            outputs = check_outputs(
+                timed.outputs,
+                batch.rows,
+                signature=self._signature,
+                source=f"model '{self._model_name}'",
+                context=f" from {len(batch.requests)} requests; every request in the batch fails",
+            )
         except Exception as exc:  # noqa: BLE001 — user model code; every waiter gets one typed error
             error = exc if isinstance(exc, PredictError) else _predict_failed(exc, batch)
             return _Outcome(started_s, self._clock(), error=error)
@@ -267,20 +289,9 @@ def _predict_failed(exc: Exception, batch: Batch[_Job]) -> PredictError:
     return error
 
 
-def _check_outputs(outputs: object, batch: Batch[_Job]) -> Arrays:
-    if not isinstance(outputs, Mapping):
-        raise PredictError(f"predict must return a dict of arrays, got {type(outputs).__name__}")
-    checked: Arrays = {}
-    for name, value in outputs.items():
-        array = np.asarray(value)
-        found = array.shape[0] if array.ndim else 0
-        if found != batch.rows:
-            raise PredictError(
-                f"predict returned {found} rows for output '{name}' but the batch had {batch.rows} "
-                f"input rows from {len(batch.requests)} requests; every request in the batch fails"
-            )
-        checked[str(name)] = array
-    return checked
+def _shape_key(arrays: Arrays) -> Hashable:
+    """What requests must share to be concatenated: names, and each tensor's row shape and dtype."""
+    return tuple(sorted((name, array.shape[1:], array.dtype.str) for name, array in arrays.items()))
 
 
 def _fail_all(requests: list[PendingRequest[_Job]], error: SluiceError) -> None:

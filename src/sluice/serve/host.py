@@ -298,12 +298,14 @@ class ModelHost:
             # only runtimes that compute and return may run on the event loop: Python code can
             # block (a lock, a file, the network) and would freeze every request with it
             allow_inline=source.format in _INLINE_FORMATS,
+            signature=model.signature,
+            model_name=name,
         )
         dispatcher.metrics = _new_metrics()
         served = ServedVersion(name, version, model, dispatcher, max_batch_size)
         try:
-            # straight to the model: the dispatcher fixes its row shapes on its first request,
-            # and a warm-up guess at dynamic widths must not be that request
+            # straight to the model: a warm-up guess at dynamic widths is no client's request,
+            # and must not count in the dispatcher's figures or teach its latency model
             await asyncio.to_thread(model.predict_checked, warm_up_inputs(model.signature))
         except BaseException:
             await _close(served)

@@ -227,8 +227,14 @@ class BatchPolicy:
         """Latency every admitted request must be expected to meet, or None."""
         return None
 
-    def dispatch_at(self, now: float, oldest_arrival_s: float, queued_rows: int) -> float:
-        """When a not-yet-full batch should close (``<= now``: close it now)."""
+    def dispatch_at(
+        self, now: float, oldest_arrival_s: float, queued_rows: int, arrivals: ArrivalRate | None = None
+    ) -> float:
+        """When a not-yet-full batch should close (``<= now``: close it now).
+
+        ``arrivals`` is the arrival rate of the requests that may join this batch (those of its
+        shape, when a batcher keeps requests of several shapes apart); None: :attr:`arrivals`.
+        """
         raise NotImplementedError
 
 
@@ -242,7 +248,9 @@ class FixedPolicy(BatchPolicy):
             raise ValueError(f"max_queue_delay_us must be >= 0, got {max_queue_delay_us}")
         self.max_queue_delay_us = max_queue_delay_us
 
-    def dispatch_at(self, now: float, oldest_arrival_s: float, queued_rows: int) -> float:
+    def dispatch_at(
+        self, now: float, oldest_arrival_s: float, queued_rows: int, arrivals: ArrivalRate | None = None
+    ) -> float:
         return oldest_arrival_s + self.max_queue_delay_us / 1e6
 
 
@@ -306,29 +314,31 @@ class AdaptivePolicy(BatchPolicy):
             return self.max_batch_size if room_s >= 0 else 1
         return max(1, min(self.max_batch_size, math.floor(room_s / model.c_s_per_row)))
 
-    def dispatch_at(self, now: float, oldest_arrival_s: float, queued_rows: int) -> float:
+    def dispatch_at(
+        self, now: float, oldest_arrival_s: float, queued_rows: int, arrivals: ArrivalRate | None = None
+    ) -> float:
         model = self.latency
-        gap_s = self.arrivals.mean_gap_s(now)
+        arrivals = self.arrivals if arrivals is None else arrivals
+        gap_s = arrivals.mean_gap_s(now)
         if not model.fitted or gap_s is None:
             return now
         if model.a_s <= self.overhead_fraction * model.mean_s(queued_rows):
             return now
-        if self.arrivals.rows_per_s(now) * model.a_s < 1.0:
+        if arrivals.rows_per_s(now) * model.a_s < 1.0:
             return now  # under one row arrives per fixed cost: batching has nothing to save
-        t_latest = self._latest_dispatch_s(now, oldest_arrival_s, queued_rows, gap_s)
+        t_latest = self._latest_dispatch_s(now, oldest_arrival_s, queued_rows, arrivals.rows_per_request / gap_s)
         if t_latest <= now or (t_latest - now) < gap_s:
             return now
         # Closed-loop clients only send again once answered: when arrivals pause for two mean
         # gaps, everyone who will come is here, and waiting longer only adds latency.
-        silence = self.arrivals.silence_ends_s()
+        silence = arrivals.silence_ends_s()
         return t_latest if silence is None else max(now, min(t_latest, silence))
 
-    def _latest_dispatch_s(self, now: float, oldest_arrival_s: float, queued_rows: int, gap_s: float) -> float:
+    def _latest_dispatch_s(self, now: float, oldest_arrival_s: float, queued_rows: int, rate: float) -> float:
         k = self.latency.upper_factor()
         a, c = self.latency.a_s * k, self.latency.c_s_per_row * k
         end_s = oldest_arrival_s + self._plan_s - self.overhead_s
         cap = self.batch_limit()
-        rate = self.arrivals.rows_per_request / gap_s
         t_full_cap = end_s - (a + c * cap)
         if queued_rows + rate * (t_full_cap - now) >= cap:
             return t_full_cap

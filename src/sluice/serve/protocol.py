@@ -17,11 +17,10 @@ from typing import Any
 import numpy as np
 
 from sluice.errors import ProtocolError
-from sluice.models.signature import Signature, TensorSpec
+from sluice.models.checks import check_complete, check_input, common_rows
+from sluice.models.signature import Signature
 from sluice.serve.binary import serialize_bytes, tensor_bytes
 from sluice.serve.tensors import (
-    datatype_of,
-    dims,
     from_binary,
     from_json,
     json_data,
@@ -87,13 +86,14 @@ def decode_request(
     inputs: dict[str, np.ndarray] = {}
     offset = 0
     for raw in raw_inputs:
-        name, datatype, shape, parameters = _input_header(raw)
-        spec = _input_spec(signature, name, datatype, shape, model_name)
+        name, datatype, sent_shape, parameters = _input_header(raw)
+        shape = _model_shape(signature, name, sent_shape)
+        check_input(signature, name, datatype, shape, model_name=model_name, error=ProtocolError)
         size = parameters.get("binary_data_size")
         if size is None:
             if "data" not in raw:
                 raise ProtocolError(f"input '{name}' has neither 'data' nor a binary_data_size parameter")
-            inputs[name] = from_json(name, datatype, raw["data"], shape)
+            inputs[name] = from_json(name, datatype, raw["data"], sent_shape)
         else:
             if not _is_count(size):
                 raise ProtocolError(f"input '{name}': binary_data_size must be a non-negative integer, got {size!r}")
@@ -102,12 +102,13 @@ def decode_request(
                     f"input '{name}' takes {size} bytes of binary data "
                     f"but only {len(blobs) - offset} remain in the body"
                 )
-            inputs[name] = from_binary(name, datatype, blobs[offset : offset + size], shape, model_name)
+            inputs[name] = from_binary(name, datatype, blobs[offset : offset + size], sent_shape, model_name)
             offset += size
-        inputs[name] = _fit_shape(spec, inputs[name])
+        if shape != sent_shape:
+            inputs[name] = inputs[name].reshape(shape)
     if offset != len(blobs):
         raise ProtocolError(f"unexpected additional input data for model '{model_name}'")
-    _check_complete(signature, inputs, model_name)
+    check_complete(signature, inputs.keys(), model_name=model_name, error=ProtocolError)
     _check_batch(inputs, model_name, max_batch_size)
     parameters = _parameters(document)
     return InferRequest(
@@ -169,57 +170,17 @@ def _input_header(raw: Mapping[str, Any]) -> tuple[str, str, tuple[int, ...], Ma
     return name, datatype, tuple(shape), parameters
 
 
-def _input_spec(signature: Signature, name: str, datatype: str, shape: tuple[int, ...], model_name: str) -> TensorSpec:
-    spec = next((s for s in signature.inputs if s.name == name), None)
-    if spec is None:
-        raise ProtocolError(f"unexpected inference input '{name}' for model '{model_name}'")
-    expected = datatype_of(spec.dtype)
-    if datatype != expected:
-        raise ProtocolError(
-            f"inference input '{name}' data-type is '{datatype}', but model '{model_name}' expects '{expected}'"
-        )
-    if not _shape_fits(spec.shape, shape):
-        raise ProtocolError(
-            f"unexpected shape for input '{name}' for model '{model_name}'. "
-            f"Expected {dims(spec.shape)}, got {dims(shape)}"
-        )
-    return spec
-
-
-def _shape_fits(model: tuple[int, ...], request: tuple[int, ...]) -> bool:
+def _model_shape(signature: Signature, name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
     # A 1-D batched tensor is configured as dims [1] reshaped to [] (as Triton does), so
-    # clients that follow the configuration send [batch, 1]: accept that too.
-    if len(model) == 1 and len(request) == 2 and request[1] == 1:
-        request = request[:1]
-    return len(model) == len(request) and all(m < 0 or m == r for m, r in zip(model, request, strict=True))
-
-
-def _fit_shape(spec: TensorSpec, values: np.ndarray) -> np.ndarray:
-    return values.reshape(values.shape[:1]) if len(spec.shape) == 1 and values.ndim == 2 else values
-
-
-def _check_complete(signature: Signature, inputs: Mapping[str, np.ndarray], model_name: str) -> None:
-    missing = [s.name for s in signature.inputs if s.name not in inputs]
-    if missing:
-        got = ",".join(f"'{n}'" for n in inputs)
-        lacking = ",".join(f"'{n}'" for n in missing)
-        raise ProtocolError(
-            f"expected {len(signature.inputs)} inputs but got {len(inputs)} inputs for model '{model_name}'. "
-            f"Got input(s) [{got}], but missing required input(s) [{lacking}]. Please provide all required input(s)."
-        )
+    # clients that follow the configuration send [batch, 1]: that is the model's [batch].
+    spec = next((s for s in signature.inputs if s.name == name), None)
+    if spec is not None and len(spec.shape) == 1 and len(shape) == 2 and shape[1] == 1:
+        return shape[:1]
+    return shape
 
 
 def _check_batch(inputs: Mapping[str, np.ndarray], model_name: str, max_batch_size: int | None) -> None:
-    first_name, batch = None, 0
-    for name, values in inputs.items():
-        rows = values.shape[0] if values.ndim else 0
-        if first_name is None:
-            first_name, batch = name, rows
-        elif rows != batch:
-            raise ProtocolError(
-                f"input '{name}' batch size does not match other inputs for '{model_name}': "
-                f"it has {rows}, '{first_name}' has {batch}"
-            )
+    batch = common_rows({n: v.shape for n, v in inputs.items()}, model_name=model_name, error=ProtocolError)
     if max_batch_size is not None and max_batch_size > 0 and batch > max_batch_size:
         raise ProtocolError(f"inference request batch-size must be <= {max_batch_size} for '{model_name}'")
 
@@ -315,6 +276,3 @@ def encode_response(
 def error_body(message: str) -> bytes:
     """An error response body: ``{"error": message}``."""
     return json.dumps({"error": message}).encode("utf-8")
-
-
-# -- metadata ----------------------------------------------------------------------------------

@@ -7,12 +7,12 @@ at a time, with Triton's error wording.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 from typing import Any, cast
 
 import numpy as np
 
 from sluice.errors import ConfigError, PredictError, ProtocolError
+from sluice.models.checks import DATATYPES, datatype_name, dims
 from sluice.serve.binary import MalformedBytes, deserialize_bytes, tensor_from_bytes
 
 __all__ = [
@@ -27,33 +27,13 @@ __all__ = [
     "output_datatype",
 ]
 
-DATATYPES: dict[str, np.dtype[np.generic]] = {
-    "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype(np.uint8),
-    "UINT16": np.dtype(np.uint16),
-    "UINT32": np.dtype(np.uint32),
-    "UINT64": np.dtype(np.uint64),
-    "INT8": np.dtype(np.int8),
-    "INT16": np.dtype(np.int16),
-    "INT32": np.dtype(np.int32),
-    "INT64": np.dtype(np.int64),
-    "FP16": np.dtype(np.float16),
-    "FP32": np.dtype(np.float32),
-    "FP64": np.dtype(np.float64),
-    "BYTES": np.dtype(object),
-}
-"""Every Open Inference Protocol datatype Sluice carries, with the numpy dtype it decodes to."""
-
-_BY_DTYPE = {dtype: name for name, dtype in DATATYPES.items()}
 # JSON value kinds (numpy's, after np.asarray) each datatype accepts; ints widen to floats.
 _JSON_KINDS = {"b": "b", "u": "iu", "i": "iu", "f": "iuf"}
 
 
 def datatype_of(dtype: np.dtype[Any]) -> str:
     """The protocol datatype of a numpy dtype (strings and objects are ``BYTES``)."""
-    if dtype.kind in "OUS":
-        return "BYTES"
-    name = _BY_DTYPE.get(dtype.newbyteorder("=")) if dtype.kind in "biuf" else None
+    name = datatype_name(dtype)
     if name is None:
         raise ConfigError(f"dtype {dtype} has no Open Inference Protocol datatype; use one of {_names()}")
     return name
@@ -75,10 +55,6 @@ def config_datatype(datatype: str) -> str:
 
 def _names() -> str:
     return ", ".join(DATATYPES)
-
-
-def dims(shape: Iterable[int]) -> str:
-    return "[" + ",".join(str(d) for d in shape) + "]"
 
 
 def from_json(name: str, datatype: str, data: object, shape: tuple[int, ...]) -> np.ndarray:
