@@ -36,10 +36,22 @@ __all__ = [
 
 
 class SluiceError(Exception):
-    """Base class: a problem the user can act on, with a message that says how."""
+    """Base class: a problem the user can act on, with a message that says how.
+
+    A message that tells the user to set a parameter names it as the Python API and job specs
+    spell it, in backquotes (`` `features` ``, `` `overwrite=True` ``), and lists it in
+    ``params``; an edge with its own spelling (the CLI's flags) rewrites exactly those names.
+    """
 
     exit_code: int = 2
     http_status: int = 400
+    params: tuple[str, ...] = ()
+    """The parameters (fields) the message names, e.g. ``("features", "key_column")``."""
+
+    def __init__(self, *args: object, params: tuple[str, ...] = ()) -> None:
+        super().__init__(*args)
+        if params:
+            self.params = params
 
 
 class ConfigError(SluiceError):
@@ -52,10 +64,11 @@ class MissingDependency(SluiceError):
     exit_code = 2
     http_status = 500
 
-    def __init__(self, package: str, extra: str, purpose: str) -> None:
+    def __init__(self, package: str, extra: str, purpose: str, params: tuple[str, ...] = ()) -> None:
         super().__init__(
             f"{purpose} needs the Python package '{package}', which is not installed. "
-            f"Install it with: pip install 'sluice[{extra}]'"
+            f"Install it with: pip install 'sluice[{extra}]'",
+            params=params,
         )
         self.package = package
         self.extra = extra
@@ -111,8 +124,8 @@ class ErrorFractionExceeded(SluiceError):
 
     exit_code = 3
 
-    def __init__(self, message: str, summary: object = None) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, summary: object = None, params: tuple[str, ...] = ()) -> None:
+        super().__init__(message, params=params)
         self.summary = summary
 
 
