@@ -10,6 +10,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from sluice.cli.train_plan_command import plan
 from sluice.errors import ConfigError
 from sluice.train.plan import (
     default_layer_width,
@@ -18,7 +19,6 @@ from sluice.train.plan import (
     parse_params,
     plan_communication,
 )
-from sluice.cli.train_plan_command import plan
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "training-plan.md"
 PARAMS_HELP = "expected a positive number such as 350M, 1.3B, 7e9 or 125k (suffixes K, M, B, T)"
