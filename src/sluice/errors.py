@@ -53,6 +53,18 @@ class SluiceError(Exception):
         if params:
             self.params = params
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # errors cross process boundaries (worker processes, Ray, Spark); rebuilding from ``args``
+        # alone would call subclass constructors with the wrong arguments and drop ``params``
+        return (_restore, (type(self), self.args, self.__dict__))
+
+
+def _restore(cls: type[SluiceError], args: tuple[object, ...], state: dict[str, object]) -> SluiceError:
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
+
 
 class ConfigError(SluiceError):
     """A job spec, option or configuration file is invalid."""
