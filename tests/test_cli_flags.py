@@ -109,11 +109,9 @@ def _describe(exc: ast.expr, where: str) -> Raise:
     for call in (n for n in ast.walk(exc) if isinstance(n, ast.Call)):
         for keyword in call.keywords:
             if keyword.arg == "params":
-                value = keyword.value
-                literal = isinstance(value, ast.Tuple) and all(
-                    isinstance(e, ast.Constant) and isinstance(e.value, str) for e in value.elts
-                )
-                params = tuple(e.value for e in value.elts) if literal else None  # type: ignore[attr-defined]
+                elements = keyword.value.elts if isinstance(keyword.value, ast.Tuple) else []
+                names = [e.value for e in elements if isinstance(e, ast.Constant) and isinstance(e.value, str)]
+                params = tuple(names) if names and len(names) == len(elements) else None
     return Raise(where, text, params)
 
 
