@@ -64,9 +64,13 @@ def test_flag_text(text: str, params: tuple[str, ...], expected: str) -> None:
 
 
 def test_flag_text_without_params_spells_every_known_parameter() -> None:
+    # free text from the library, as `sluice tune` prints a choice's reason and `sluice jobs` a job's errors
+    reason = "its p99 53.20 ms > `max_latency_ms` 50; peak memory 1,610 MiB > `memory_limit` 1,024 MiB"
     assert (
-        flag_text("more than `max_error_fraction` 0.0; `retries` left")
-        == "more than --max-error-fraction 0.0; `retries` left"
+        flag_text(reason) == "its p99 53.20 ms > --max-latency-ms 50; peak memory 1,610 MiB > --memory-limit 1,024 MiB"
+    )
+    assert flag_text("more than `max_error_fraction` 0.0; `retries` left") == (
+        "more than --max-error-fraction 0.0; `retries` left"
     )
 
 
