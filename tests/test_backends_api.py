@@ -45,9 +45,9 @@ def test_importing_sluice_and_its_backends_loads_no_engine() -> None:
 @pytest.mark.parametrize(
     ("engine", "module", "hint"),
     [
-        (SparkEngine(), "pyspark.sql", "--backend spark needs the Python package 'pyspark', which is not installed. "
+        (SparkEngine(), "pyspark.sql", "`backend='spark'` needs the Python package 'pyspark', which is not installed. "
          "Install it with: pip install 'sluice[spark]'"),
-        (RayEngine(), "ray", "--backend ray needs the Python package 'ray', which is not installed. "
+        (RayEngine(), "ray", "`backend='ray'` needs the Python package 'ray', which is not installed. "
          "Install it with: pip install 'sluice[ray]'"),
     ],
 )  # fmt: skip
@@ -58,6 +58,7 @@ def test_a_missing_engine_says_which_extra_to_install(
     with pytest.raises(MissingDependency) as info:
         engine.__enter__()
     assert str(info.value) == hint
+    assert info.value.params == ("backend",)
 
 
 def test_predict_help_lists_the_backend_flags(tmp_path: Path) -> None:

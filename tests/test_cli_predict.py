@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,9 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
+from typer.testing import CliRunner
 
+from sluice.cli.main import app
 from support import (
     FEATURES,
     hidden_files,
@@ -537,3 +540,47 @@ def test_text_passthrough_with_separators_and_quotes(tmp_path: Path, models, out
         part = read_output(out / f"part-00000.{out_fmt}")
     assert part.column("name").to_pylist() == names
     assert part.column("id").to_pylist() == list(range(len(names)))
+
+
+PREDICT_FLAGS = [
+    "--model", "--input", "--output", "--spec", "--repository", "--input-format", "--output-format", "--features",
+    "--key-column", "--include", "--exclude", "--batch-size", "--workers", "--readers", "--intra-op-threads",
+    "--device", "--max-error-fraction", "--price-per-hour", "--overwrite", "--trust-pickle", "--trust-type",
+    "--storage-option", "--backend", "--spark-master", "--ray-address", "--quiet", "--json", "--help",
+]  # fmt: skip
+
+
+def test_predict_help_lists_every_flag_in_order() -> None:
+    result = CliRunner().invoke(app, ["predict", "--help"], terminal_width=200)
+    assert result.exit_code == 0
+    shown = re.findall(r"^│ (--[a-z-]+)", result.stdout, re.M)
+    assert shown == PREDICT_FLAGS
+    for short in ("-m", "-i", "-o", "-r", "-q"):
+        assert f" {short} " in result.stdout
+    text = " ".join(result.stdout.split())
+    assert "Exit codes: 0 success, 1 model or engine failure, 2 usage error or unusable input, 3 error fraction" in text
+
+
+def test_every_job_spec_field_but_the_tuning_knobs_has_a_flag() -> None:
+    from sluice.batch import JobSpec
+    from sluice.cli.predict_command import spec_fields
+
+    flags = {
+        "model": "m", "input_": "in/", "output": "out/", "repository": "repo", "input_format": "csv",
+        "output_format": "jsonl", "features": "f0, f1", "key_column": "id", "include": "name", "exclude": None,
+        "batch_size": "64", "workers": 2, "readers": 1, "intra_op_threads": 1, "device": "cpu",
+        "max_error_fraction": 0.5, "price_per_hour": 1.0, "overwrite": True, "trust_pickle": False,
+        "trust_type": ["a.B"], "storage_option": ["endpoint_url=http://127.0.0.1:9000", "anon=true"],
+        "backend": "local", "spark_master": None, "ray_address": None,
+    }  # fmt: skip
+    fields = spec_fields(flags)
+    assert set(JobSpec.model_fields) - set(fields) == {"tune_min_rows", "shard_rows"}  # spec-file only
+    assert set(fields) <= set(JobSpec.model_fields)
+    assert fields == {
+        "model": "m", "input": "in/", "output": "out/", "repository": "repo", "input_format": "csv",
+        "output_format": "jsonl", "features": ["f0", "f1"], "key_column": "id", "include": ["name"],
+        "exclude": None, "batch_size": "64", "workers": 2, "readers": 1, "intra_op_threads": 1, "device": "cpu",
+        "max_error_fraction": 0.5, "price_per_hour": 1.0, "overwrite": True, "trust_pickle": None,
+        "trusted_types": ["a.B"], "storage_options": {"endpoint_url": "http://127.0.0.1:9000", "anon": True},
+        "backend": "local", "spark_master": None, "ray_address": None,
+    }  # fmt: skip

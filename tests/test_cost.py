@@ -126,8 +126,9 @@ def test_unknown_instance_names_close_matches() -> None:
         table.get("c7i.xlage")
     assert str(info.value) == (
         "unknown instance 'c7i.xlage' in the built-in price table (sluice/tune/prices.yaml); "
-        "did you mean c7i.xlarge, c7i.4xlarge, c7i.large? (add your own with --prices FILE)"
+        "did you mean c7i.xlarge, c7i.4xlarge, c7i.large? (add your own with `prices=FILE`)"
     )
+    assert info.value.params == ("prices",)
 
 
 def test_unknown_instance_without_close_match_lists_all() -> None:
@@ -283,7 +284,7 @@ def test_gpu_measurement_plans_gpu_instances_only() -> None:
 @pytest.mark.parametrize(
     ("measured", "rows", "deadline", "message"),
     [
-        (Throughput(0, 2), 10, 60, "measured rows per second must be > 0, found 0 (--rows-per-second)"),
+        (Throughput(0, 2), 10, 60, "measured rows per second must be > 0, found 0 (rows_per_second)"),
         (Throughput(10, 0), 10, 60, "cores must be at least 1, found 0"),
         (Throughput(10, 2), 0, 60, "rows must be at least 1, found 0"),
         (Throughput(10, 2), 10, 0, "the deadline must be longer than 0 s, found 0"),

@@ -47,7 +47,7 @@ def test_pickle_in_a_repository_needs_an_explicit_opt_in(tmp_path: Path, models)
         load_model("clf", tmp_path)
     assert str(refused.value) == (
         f"model 'clf' version 1: {tmp_path / 'clf' / '1' / 'model.pkl'} is a pickle/joblib file, and loading one "
-        "runs whatever code it contains. Save it with skops instead, pass --trust-pickle, or opt this "
+        "runs whatever code it contains. Save it with skops instead, pass `trust_pickle=True`, or opt this "
         f"repository in with 'trust_pickle: true' in {tmp_path / 'sluice-repository.yaml'}"
     )
     assert load_model("clf", tmp_path, options=LoadOptions(trust_pickle=True)).source.format == "pickle"

@@ -56,8 +56,9 @@ def test_plan_default_width_mismatch_names_counts() -> None:
         CLASSIFIER.plan(schema)
     assert str(info.value) == (
         "model input 'X' takes 4 features per row but the data has 5 numeric columns (id, f0, f1, f2, f3); "
-        "choose them with --features, or pass identifiers through with --key-column/--include"
+        "choose them with `features`, or pass identifiers through with `key_column`/`include`"
     )
+    assert info.value.params == ("features", "key_column", "include")
 
 
 def test_plan_default_features_skip_passthrough_and_text() -> None:
@@ -70,8 +71,9 @@ def test_plan_default_without_numeric_columns() -> None:
         CLASSIFIER.plan(_batch(name=["a"]).schema)
     assert str(info.value) == (
         "model input 'X' needs numeric feature columns but the data has none (columns: ['name']); "
-        "name them with --features"
+        "name them with `features`"
     )
+    assert info.value.params == ("features",)
 
 
 def test_plan_abbreviates_long_column_lists() -> None:

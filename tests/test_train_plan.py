@@ -10,6 +10,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from sluice.cli.train_plan_command import plan
 from sluice.errors import ConfigError
 from sluice.train.plan import (
     default_layer_width,
@@ -18,7 +19,6 @@ from sluice.train.plan import (
     parse_params,
     plan_communication,
 )
-from sluice.train.plan_command import plan
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "training-plan.md"
 PARAMS_HELP = "expected a positive number such as 350M, 1.3B, 7e9 or 125k (suffixes K, M, B, T)"
@@ -163,12 +163,12 @@ def test_parse_latency_rejects(text: str) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"workers": 1}, "--workers must be at least 2 (one worker communicates nothing), found 1"),
-        ({"dtype_bytes": 3}, "--dtype-bytes must be 1, 2, 4 or 8, found 3"),
-        ({"powersgd_rank": 0}, "--powersgd-rank must be at least 1, found 0"),
-        ({"localsgd_period": 0}, "--localsgd-period must be at least 1, found 0"),
-        ({"latency_us": -1.0}, "--latency-us must be 0 or more, found -1"),
-        ({"layer_width": 2, "powersgd_rank": 4}, "--layer-width must be at least the PowerSGD rank 4, found 2"),
+        ({"workers": 1}, "`workers` must be at least 2 (one worker communicates nothing), found 1"),
+        ({"dtype_bytes": 3}, "`dtype_bytes` must be 1, 2, 4 or 8, found 3"),
+        ({"powersgd_rank": 0}, "`powersgd_rank` must be at least 1, found 0"),
+        ({"localsgd_period": 0}, "`localsgd_period` must be at least 1, found 0"),
+        ({"latency_us": -1.0}, "`latency_us` must be 0 or more, found -1"),
+        ({"layer_width": 2, "powersgd_rank": 4}, "`layer_width` must be at least the PowerSGD rank 4, found 2"),
     ],
 )
 def test_plan_rejects(kwargs: dict[str, float], message: str) -> None:
@@ -177,6 +177,25 @@ def test_plan_rejects(kwargs: dict[str, float], message: str) -> None:
     with pytest.raises(ConfigError) as exc:
         plan_communication(1_000_000, workers, 1e9, **args)  # type: ignore[arg-type]
     assert str(exc.value) == message
+    assert exc.value.params == (message.split("`")[1],)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--workers", "1"], "error: --workers must be at least 2 (one worker communicates nothing), found 1"),
+        (["--workers", "8", "--dtype-bytes", "3"], "error: --dtype-bytes must be 1, 2, 4 or 8, found 3"),
+        (["--workers", "8", "--latency-us", "-1"], "error: invalid latency '-1': " + LATENCY_HELP),
+        (
+            ["--workers", "8", "--layer-width", "2", "--powersgd-rank", "4"],
+            "error: --layer-width must be at least the PowerSGD rank 4, found 2",
+        ),
+    ],
+)
+def test_command_names_flags_where_the_api_names_parameters(args: list[str], message: str) -> None:
+    result = CliRunner().invoke(_app(), ["plan", "--params", "1M", "--bandwidth", "10GB/s", *args])
+    assert result.exit_code == 2
+    assert " ".join(result.output.split()) == message
 
 
 # -- the command ------------------------------------------------------------------------------

@@ -181,7 +181,7 @@ def test_memory_limit_binds() -> None:
     assert batches(visited) == [64, 256, 1024, 4096, 16384, 2048, 8192]
     assert choice.reason == (
         f"bound by memory: {Setup(16384).describe()} would be 2% faster "
-        "but its peak memory 1,610 MiB > --memory-limit 1,024 MiB"
+        "but its peak memory 1,610 MiB > `memory_limit` 1,024 MiB"
     )
 
 
@@ -194,7 +194,7 @@ def test_latency_budget_binds() -> None:
     assert choice.measurement is not None and choice.measurement.setup == Setup(512)
     assert batches(visited) == [64, 256, 1024, 128, 512]
     assert choice.reason == (
-        f"bound by latency: {Setup(1024).describe()} would be 20% faster but its p99 53.20 ms > --max-latency-ms 50"
+        f"bound by latency: {Setup(1024).describe()} would be 20% faster but its p99 53.20 ms > `max_latency_ms` 50"
     )
     assert truth.reason.startswith("bound by latency: ")
 

@@ -36,10 +36,34 @@ __all__ = [
 
 
 class SluiceError(Exception):
-    """Base class: a problem the user can act on, with a message that says how."""
+    """Base class: a problem the user can act on, with a message that says how.
+
+    A message that tells the user to set a parameter names it as the Python API and job specs
+    spell it, in backquotes (`` `features` ``, `` `overwrite=True` ``), and lists it in
+    ``params``; an edge with its own spelling (the CLI's flags) rewrites exactly those names.
+    """
 
     exit_code: int = 2
     http_status: int = 400
+    params: tuple[str, ...] = ()
+    """The parameters (fields) the message names, e.g. ``("features", "key_column")``."""
+
+    def __init__(self, *args: object, params: tuple[str, ...] = ()) -> None:
+        super().__init__(*args)
+        if params:
+            self.params = params
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # errors cross process boundaries (worker processes, Ray, Spark); rebuilding from ``args``
+        # alone would call subclass constructors with the wrong arguments and drop ``params``
+        return (_restore, (type(self), self.args, self.__dict__))
+
+
+def _restore(cls: type[SluiceError], args: tuple[object, ...], state: dict[str, object]) -> SluiceError:
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
 
 
 class ConfigError(SluiceError):
@@ -52,10 +76,11 @@ class MissingDependency(SluiceError):
     exit_code = 2
     http_status = 500
 
-    def __init__(self, package: str, extra: str, purpose: str) -> None:
+    def __init__(self, package: str, extra: str, purpose: str, params: tuple[str, ...] = ()) -> None:
         super().__init__(
             f"{purpose} needs the Python package '{package}', which is not installed. "
-            f"Install it with: pip install 'sluice[{extra}]'"
+            f"Install it with: pip install 'sluice[{extra}]'",
+            params=params,
         )
         self.package = package
         self.extra = extra
@@ -111,8 +136,8 @@ class ErrorFractionExceeded(SluiceError):
 
     exit_code = 3
 
-    def __init__(self, message: str, summary: object = None) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, summary: object = None, params: tuple[str, ...] = ()) -> None:
+        super().__init__(message, params=params)
         self.summary = summary
 
 

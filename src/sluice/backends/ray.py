@@ -145,7 +145,7 @@ def _import_ray() -> Any:
         import ray.data
         import ray.util.debug
     except ImportError:
-        raise MissingDependency("ray", "ray", "--backend ray") from None
+        raise MissingDependency("ray", "ray", "`backend='ray'`", params=("backend",)) from None
     return ray
 
 

@@ -53,7 +53,7 @@ class SparkEngine:
         try:
             from pyspark.sql import SparkSession
         except ImportError:
-            raise MissingDependency("pyspark", "spark", "--backend spark") from None
+            raise MissingDependency("pyspark", "spark", "`backend='spark'`", params=("backend",)) from None
         if self.session is None and self.master is None:
             self.session = SparkSession.getActiveSession()
         if self.session is None:

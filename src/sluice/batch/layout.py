@@ -56,12 +56,14 @@ class OutputLayout:
             if previous.get("fingerprint") != fingerprint:
                 raise OutputConflict(
                     f"{self.root.url} holds the output of a different job (other model, input or "
-                    "options); pass --overwrite to replace it, or choose another output directory"
+                    "options); pass `overwrite=True` to replace it, or choose another output directory",
+                    params=("overwrite",),
                 )
         elif any(_OWNED.match(n) and n.startswith("part-") for n in existing):
             raise OutputConflict(
                 f"{self.root.url} already holds part files that Sluice did not record; "
-                "pass --overwrite to replace them, or choose another output directory"
+                "pass `overwrite=True` to replace them, or choose another output directory",
+                params=("overwrite",),
             )
         else:
             self.write_json(MANIFEST, {"fingerprint": fingerprint})

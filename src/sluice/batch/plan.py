@@ -64,12 +64,16 @@ def plan_job(spec: JobSpec, model: Model | None = None) -> JobPlan:
 
 def plan_columns(spec: JobSpec, model: Model, schema: pa.Schema, *, text_input: bool) -> ColumnPlan:
     names = schema.names
-    for option, listed in (("--include", spec.include), ("--exclude", spec.exclude)):
+    for option, listed in (("include", spec.include), ("exclude", spec.exclude)):
         unknown = [c for c in listed or [] if c not in names]
         if unknown:
-            raise DataError(f"{option} names column(s) {unknown} that the input does not have; columns: {names}")
+            raise DataError(
+                f"`{option}` names column(s) {unknown} that the input does not have; columns: {names}", params=(option,)
+            )
     if spec.key_column is not None and spec.key_column not in names:
-        raise DataError(f"--key-column '{spec.key_column}' is not a column of the input; columns: {names}")
+        raise DataError(
+            f"`key_column` '{spec.key_column}' is not a column of the input; columns: {names}", params=("key_column",)
+        )
     excluded = spec.exclude
     passthrough = [c for c in names if c not in excluded] if excluded is not None else list(spec.include or [])
     if spec.key_column is not None:
@@ -79,7 +83,8 @@ def plan_columns(spec: JobSpec, model: Model, schema: pa.Schema, *, text_input: 
     if clash:
         raise ConfigError(
             f"column(s) {clash} would be both passed through and written as model outputs; "
-            "leave them out with --exclude or --include"
+            "leave them out with `exclude` or `include`",
+            params=("exclude", "include"),
         )
     features = spec.features or model.source.config.features or model.default_features
     bind = model.signature.plan(schema, features, not_features=passthrough, allow_nan=model.source.config.allow_nan)

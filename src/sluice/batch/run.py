@@ -136,9 +136,10 @@ def finish_run(spec: JobSpec, layout: OutputLayout, summary: RunSummary) -> RunS
     if summary.error_fraction > spec.max_error_fraction:
         raise ErrorFractionExceeded(
             f"{summary.rows_failed} of {summary.rows + summary.rows_failed} records failed "
-            f"({summary.error_fraction:.2%}), more than --max-error-fraction {spec.max_error_fraction}; "
+            f"({summary.error_fraction:.2%}), more than `max_error_fraction` {spec.max_error_fraction}; "
             f"see the errors-*.jsonl files in {layout.root.url}",
             summary,
+            params=("max_error_fraction",),
         )
     layout.mark_success()
     return summary

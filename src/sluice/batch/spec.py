@@ -57,10 +57,11 @@ class JobSpec(BaseModel):
         default="local", description="Engine that runs the job: local threads, Apache Spark or Ray Data."
     )
     spark_master: str | None = Field(
-        default=None, description="Spark master URL for --backend spark (default: an active session, else local[*])."
+        default=None,
+        description="Spark master URL when backend is 'spark' (default: an active session, else local[*]).",
     )
     ray_address: str | None = Field(
-        default=None, description="Ray cluster address for --backend ray (default: a local instance Sluice starts)."
+        default=None, description="Ray cluster address when backend is 'ray' (default: a local instance Sluice starts)."
     )
 
     @field_validator("batch_size")

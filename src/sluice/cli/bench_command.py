@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from sluice.cli.runtime import console, run_cli
+
 if TYPE_CHECKING:
     from rich.table import Table
 
@@ -81,7 +83,6 @@ def serve(
     start. Only a 200 counts as throughput; other statuses are tallied per level.
     """
     from sluice.bench.oip import infer_request, model_metadata
-    from sluice.cli.main import console, run_cli
 
     if concurrency is not None and rate is not None:
         run_cli(lambda: _fail("--concurrency and --rate choose different kinds of load: pass one of them"))

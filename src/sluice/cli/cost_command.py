@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from sluice.cli.runtime import run_cli
+
 if TYPE_CHECKING:
     from sluice.tune.cost import CostPlan, Instance, InstancePlan, Throughput
 
@@ -105,8 +107,6 @@ def cost(
 
     Exit codes: 0 success, 2 unusable input.
     """
-    from sluice.cli.main import run_cli
-
     plan = run_cli(
         lambda: _plan(
             rows, deadline, instance or [], _Measured(profile, summary, rows_per_second, cores, gpus),
@@ -155,7 +155,7 @@ class _Measured:
             )
         if self.summary is not None:
             return Throughput.from_summary(_read_json(self.summary), str(self.summary), cores, self.gpus)
-        return Throughput(self.rows_per_second or 0.0, cores, self.gpus)
+        return Throughput(self.rows_per_second or 0.0, cores, self.gpus, source="--rows-per-second")
 
 
 def _plan(

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from sluice.cli.options import parse_key_values
+from sluice.cli.runtime import console, run_cli
 
 if TYPE_CHECKING:
     from sluice.jobs.api import Job
@@ -53,7 +54,6 @@ def _store(home: Path | None) -> JobStore:
 
 
 def _out() -> Any:
-    from sluice.cli.main import console
 
     return console(stderr=False)
 
@@ -91,7 +91,6 @@ def submit(
     With --wait the exit code tells how it ended: 0 SUCCEEDED or PARTIALLY_SUCCEEDED, 1 FAILED,
     3 FAILED because more records failed than max_error_fraction allows, 4 CANCELLED.
     """
-    from sluice.cli.main import run_cli
     from sluice.jobs.api import submit as submit_job
 
     options = run_cli(lambda: parse_key_values(storage_option or [], "--storage-option"))
@@ -107,7 +106,6 @@ def submit(
 
 
 def _wait_and_exit(job: Job, slots: int, as_json: bool, quiet: bool) -> None:
-    from sluice.cli.main import run_cli
 
     watcher = None if quiet else _Watcher(job)
     if watcher is not None:
@@ -171,7 +169,6 @@ def list_(
 ) -> None:
     """List jobs, newest first: id, name, state, shards, rows, throughput."""
     from sluice.cli.jobs_render import jobs_table
-    from sluice.cli.main import run_cli
     from sluice.jobs.api import list_jobs
 
     statuses = run_cli(lambda: list_jobs(state, limit=limit, store=_store(home)))
@@ -184,7 +181,6 @@ def list_(
 @jobs_app.command("status")
 def status(job_id: JobIdArgument, home: HomeOption = None, as_json: JsonOption = False) -> None:
     """State, progress in rows and shards, throughput, errors and output location of a job."""
-    from sluice.cli.main import run_cli
     from sluice.jobs.api import get
 
     _show(run_cli(lambda: get(job_id, store=_store(home)).status()), as_json)
@@ -202,7 +198,6 @@ def _show(status: JobStatus, as_json: bool) -> None:
 @jobs_app.command("cancel")
 def cancel(job_id: JobIdArgument, home: HomeOption = None) -> None:
     """Cancel a job: at once if nothing runs, else CANCELLING until its workers stop (next heartbeat)."""
-    from sluice.cli.main import run_cli
     from sluice.jobs.api import cancel as cancel_job
 
     result = run_cli(lambda: cancel_job(job_id, store=_store(home)))
@@ -223,7 +218,6 @@ def resume(
     A job whose worker died needs no resume: its leases lapse and any worker takes over (at once
     for a worker on the same machine). With --wait, exit codes as for `submit --wait`.
     """
-    from sluice.cli.main import run_cli
     from sluice.jobs.api import get
 
     job = run_cli(lambda: get(job_id, store=_store(home)))
@@ -244,7 +238,6 @@ def logs(
 ) -> None:
     """Print a job's events: submitted, started, shards done, attempts failed and retried, final state."""
     from sluice.cli.jobs_render import event_line
-    from sluice.cli.main import run_cli
     from sluice.jobs.api import get
 
     job = run_cli(lambda: get(job_id, store=_store(home)))
@@ -286,7 +279,6 @@ def worker(
     import logging
     import signal
 
-    from sluice.cli.main import run_cli
     from sluice.jobs.worker import Worker
 
     handler = logging.StreamHandler()

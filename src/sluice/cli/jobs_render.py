@@ -6,6 +6,7 @@ import time
 
 from rich.table import Table
 
+from sluice.cli.runtime import flag_text
 from sluice.jobs.model import JobEvent, JobStatus
 
 __all__ = ["event_line", "jobs_table", "status_table"]
@@ -50,8 +51,8 @@ def status_table(s: JobStatus) -> Table:
         ("elapsed", f"{elapsed:.1f} s" if elapsed is not None else "-"),
     ]
     if s.message:
-        lines.append(("message", s.message))
-    lines += [("error", e) for e in s.errors]
+        lines.append(("message", flag_text(s.message)))
+    lines += [("error", flag_text(e)) for e in s.errors]
     lines += [("error file", f) for f in s.error_files]
     for key, value in lines:
         table.add_row(key, value)
@@ -80,4 +81,4 @@ def jobs_table(statuses: list[JobStatus]) -> Table:
 
 def event_line(event: JobEvent) -> str:
     """``2026-11-29 03:02:31  INFO     shard 3 done by …``"""
-    return f"{_when(event.at)}  {event.level:<8} {event.message}"
+    return f"{_when(event.at)}  {event.level:<8} {flag_text(event.message)}"

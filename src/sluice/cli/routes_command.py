@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from sluice.cli.runtime import run_cli
+
 if TYPE_CHECKING:
     from sluice.serve.abreport import ExperimentReport
     from sluice.serve.control import ControlClient
@@ -78,8 +80,6 @@ def show(
     model: ModelArgument, url: UrlOption = DEFAULT_URL, auth_token: TokenOption = None, json_: JsonOption = False
 ) -> None:
     """Print the model's routing as the server has it loaded."""
-    from sluice.cli.main import run_cli
-
     _print_routes(run_cli(lambda: _client(url, auth_token).routes(model)), json_)
 
 
@@ -102,7 +102,6 @@ def set_routes(
 ) -> None:
     """Change the routing of a running server; it is written to model.yaml atomically and applied
     without dropping a request (new variants load and warm up before they take traffic)."""
-    from sluice.cli.main import run_cli
 
     def change() -> dict[str, Any]:
         from sluice.errors import ConfigError
@@ -131,8 +130,6 @@ def promote(
     json_: JsonOption = False,
 ) -> None:
     """Label the variant's version 'stable' and send it all traffic."""
-    from sluice.cli.main import run_cli
-
     _print_routes(run_cli(lambda: _client(url, auth_token).promote(model, variant)), json_)
 
 
@@ -141,8 +138,6 @@ def rollback(
     model: ModelArgument, url: UrlOption = DEFAULT_URL, auth_token: TokenOption = None, json_: JsonOption = False
 ) -> None:
     """Send all traffic back to the primary (the first variant under weights)."""
-    from sluice.cli.main import run_cli
-
     _print_routes(run_cli(lambda: _client(url, auth_token).rollback(model)), json_)
 
 
@@ -153,7 +148,6 @@ def report(
     """Per variant: traffic, mean outcome with a 95% interval, the difference from the primary with
     its significance test (two-proportion z-test for 0/1 outcomes, Welch's t-test otherwise), the
     outcomes still needed for the configured effect and power, and a recommendation."""
-    from sluice.cli.main import run_cli
     from sluice.serve.abreport import experiment_report
 
     result = run_cli(lambda: experiment_report(_client(url, auth_token).experiment(model)))

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 import typer
 
 from sluice.cli.options import RepositoryOption
+from sluice.cli.runtime import run_cli
 
 __all__ = ["serve"]
 
@@ -105,7 +106,6 @@ def serve(
     it passes). Stop with Ctrl-C or SIGTERM: readiness turns false at once, in-flight requests
     finish (up to --drain-timeout), then it exits 0.
     """
-    from sluice.cli.main import run_cli
     from sluice.models import default_repository
     from sluice.serve.server import ServeSettings, run
 

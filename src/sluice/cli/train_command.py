@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from sluice.cli.options import RepositoryOption, given_fields, split_csv
-from sluice.train.plan_command import plan
+from sluice.cli.runtime import console, run_cli
+from sluice.cli.train_plan_command import plan
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -108,7 +109,6 @@ def train(
     """
     if ctx.invoked_subcommand is not None:
         return
-    from sluice.cli.main import console, run_cli
 
     fields: dict[str, Any] = {
         "data": data, "target": target, "model_name": model_name, "repository": repository,

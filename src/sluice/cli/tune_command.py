@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from sluice.cli.options import RepositoryOption
+from sluice.cli.runtime import console, flag_text, run_cli
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -60,14 +61,12 @@ def tune(
     around the best, then the other thread set-ups), and picks the fastest whose p99 and memory
     fit. Prints every measurement and the reason for the choice; --json and --plot keep them.
     """
-    from sluice.cli.main import console, run_cli
-
     profile = run_cli(
         lambda: _tune(model, input_, repository, features, key_column, max_latency_ms, memory_limit,
                       price_per_hour, instance, sample_rows, max_batch_size, sweep, trust_pickle)
     )  # fmt: skip
     console(stderr=False).print(profile_table(profile))
-    console(stderr=False).print(f"[bold]choice:[/] {profile.reason}", highlight=False)
+    console(stderr=False).print(f"[bold]choice:[/] {flag_text(profile.reason)}", highlight=False)
     if json_path is not None:
         json_path.write_text(json.dumps(profile.to_dict(), indent=2) + "\n")
     if plot is not None:

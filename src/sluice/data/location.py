@@ -88,7 +88,8 @@ def detect_format(path: str) -> tuple[DataFormat, str | None]:
     if fmt is None:
         raise DataError(
             f"cannot tell the format of {path} from its extension; expected .parquet, .csv or "
-            ".jsonl (optionally compressed), or pass --input-format"
+            ".jsonl (optionally compressed), or pass `input_format`",
+            params=("input_format",),
         )
     return fmt, compression
 

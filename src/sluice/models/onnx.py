@@ -92,7 +92,8 @@ def _providers(device: str, available: list[str]) -> list[str]:
     if device == "cuda" and "CUDAExecutionProvider" not in available:
         raise ModelLoadError(
             "device 'cuda' was requested but ONNX Runtime has no CUDA provider here; "
-            "install onnxruntime-gpu on a machine with an NVIDIA GPU, or use --device cpu"
+            "install onnxruntime-gpu on a machine with an NVIDIA GPU, or use `device='cpu'`",
+            params=("device",),
         )
     if device != "cpu" and "CUDAExecutionProvider" in available:
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]

@@ -131,8 +131,9 @@ class ModelRepository:
         if source.format == "pickle" and not options.trust_pickle:
             raise UnsafeModelError(
                 f"model '{name}' version {version}: {source.location} is a pickle/joblib file, and loading one "
-                "runs whatever code it contains. Save it with skops instead, pass --trust-pickle, or opt this "
-                f"repository in with 'trust_pickle: true' in {self.settings_path}"
+                "runs whatever code it contains. Save it with skops instead, pass `trust_pickle=True`, or opt this "
+                f"repository in with 'trust_pickle: true' in {self.settings_path}",
+                params=("trust_pickle",),
             )
         return source
 

@@ -230,14 +230,16 @@ def _default_binding(spec: TensorSpec, schema: pa.Schema, excluded: set[str]) ->
     if not names:
         raise BindError(
             f"model input '{spec.name}' needs numeric feature columns but the data has none "
-            f"(columns: {schema.names}); name them with --features"
+            f"(columns: {schema.names}); name them with `features`",
+            params=("features",),
         )
     width = spec.width
     if width is not None and width != len(names):
         raise BindError(
             f"model input '{spec.name}' takes {width} features per row but the data has "
-            f"{len(names)} numeric columns ({_abbrev(names)}); choose them with --features, "
-            f"or pass identifiers through with --key-column/--include"
+            f"{len(names)} numeric columns ({_abbrev(names)}); choose them with `features`, "
+            f"or pass identifiers through with `key_column`/`include`",
+            params=("features", "key_column", "include"),
         )
     return InputBinding(spec, tuple(names), stacked=True)
 

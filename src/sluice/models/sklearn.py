@@ -98,7 +98,8 @@ def _load_skops(path: Path, source: ModelSource) -> Any:
         raise UnsafeModelError(
             f"{path} contains types that skops does not trust by default: {', '.join(untrusted)}. "
             "Review them; if you trust this file, list them under 'trusted_types' in model.yaml "
-            "or pass --trust-type for each."
+            "or pass `trusted_types` for each.",
+            params=("trusted_types",),
         )
     return sio.load(path, trusted=trusted or None)
 
@@ -107,15 +108,16 @@ def _load_pickle(path: Path, source: ModelSource) -> Any:
     if not source.options.trust_pickle:
         raise UnsafeModelError(
             f"{path} is a pickle/joblib file, and loading one runs whatever code it contains. "
-            "Save the model with skops (skops.io.dump) instead, or pass --trust-pickle if you "
-            "created this file yourself or fully trust its source."
+            "Save the model with skops (skops.io.dump) instead, or pass `trust_pickle=True` if you "
+            "created this file yourself or fully trust its source.",
+            params=("trust_pickle",),
         )
     try:
         try:
             import joblib
         except ImportError:
             with path.open("rb") as fh:
-                return pickle.load(fh)  # noqa: S301 - the user passed --trust-pickle
+                return pickle.load(fh)  # noqa: S301 - the user passed trust_pickle=True
         return joblib.load(path)
     except Exception as exc:
         raise ModelLoadError(f"cannot unpickle {path}: {exc}") from exc

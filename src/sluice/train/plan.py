@@ -1,7 +1,7 @@
 """How long gradient communication takes per step, and what each training strategy buys.
 
 Pure arithmetic on a ring all-reduce model; the formulas and a worked example are in
-``docs/training-plan.md``. :func:`plan_communication` computes, :func:`plan_table` renders.
+``docs/training-plan.md``. :func:`plan_communication` returns a :class:`CommPlan`; the CLI renders it.
 """
 
 from __future__ import annotations
@@ -10,12 +10,9 @@ import math
 import re
 from dataclasses import asdict, dataclass
 from decimal import Decimal, InvalidOperation
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sluice.errors import ConfigError
-
-if TYPE_CHECKING:
-    from rich.table import Table
 
 __all__ = [
     "CommPlan",
@@ -25,7 +22,6 @@ __all__ = [
     "parse_latency_us",
     "parse_params",
     "plan_communication",
-    "plan_table",
 ]
 
 # Decimal literals with PEP 515 underscores; what Decimal still rejects ("", "e5") is caught by _decimal.
@@ -168,7 +164,9 @@ def plan_communication(
     _check(params, workers, bandwidth_bytes_per_s, latency_us, dtype_bytes, powersgd_rank, localsgd_period)
     width = layer_width if layer_width is not None else default_layer_width(params)
     if width < 1 or powersgd_rank > width:
-        raise ConfigError(f"--layer-width must be at least the PowerSGD rank {powersgd_rank}, found {width}")
+        raise ConfigError(
+            f"`layer_width` must be at least the PowerSGD rank {powersgd_rank}, found {width}", params=("layer_width",)
+        )
     latency_s = latency_us / 1e6
     ring_factor = 2 * (workers - 1) / workers
     hop_latency_s = 2 * (workers - 1) * latency_s
@@ -229,53 +227,14 @@ def _check(
     period: int,
 ) -> None:
     limits = [
-        ("--params", params, params >= 1, "a positive count"),
-        ("--workers", workers, workers >= 2, "at least 2 (one worker communicates nothing)"),
-        ("--bandwidth", bandwidth, bandwidth > 0 and math.isfinite(bandwidth), "a positive rate"),
-        ("--latency-us", latency_us, latency_us >= 0 and math.isfinite(latency_us), "0 or more"),
-        ("--dtype-bytes", dtype_bytes, dtype_bytes in (1, 2, 4, 8), "1, 2, 4 or 8"),
-        ("--powersgd-rank", rank, rank >= 1, "at least 1"),
-        ("--localsgd-period", period, period >= 1, "at least 1"),
+        ("params", params, params >= 1, "a positive count"),
+        ("workers", workers, workers >= 2, "at least 2 (one worker communicates nothing)"),
+        ("bandwidth_bytes_per_s", bandwidth, bandwidth > 0 and math.isfinite(bandwidth), "a positive rate"),
+        ("latency_us", latency_us, latency_us >= 0 and math.isfinite(latency_us), "0 or more"),
+        ("dtype_bytes", dtype_bytes, dtype_bytes in (1, 2, 4, 8), "1, 2, 4 or 8"),
+        ("powersgd_rank", rank, rank >= 1, "at least 1"),
+        ("localsgd_period", period, period >= 1, "at least 1"),
     ]
-    for flag, value, ok, expected in limits:
+    for param, value, ok, expected in limits:
         if not ok:
-            raise ConfigError(f"{flag} must be {expected}, found {value:g}")
-
-
-# -- rendering -----------------------------------------------------------------------------
-
-
-def format_seconds(seconds: float) -> str:
-    """``0.221 s``, ``2.41 ms``, ``630 µs``: three significant digits in a readable unit."""
-    if seconds >= 1:
-        return f"{seconds:.3g} s"
-    if seconds >= 1e-3:
-        return f"{seconds * 1e3:.3g} ms"
-    return f"{seconds * 1e6:.3g} µs"
-
-
-def format_bytes(count: float) -> str:
-    """``1.4 GB``, ``7.29 MB``: decimal units, three significant digits."""
-    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if count >= scale:
-            return f"{count / scale:.3g} {unit}"
-    return f"{count:.3g} B"
-
-
-def plan_table(plan: CommPlan) -> Table:
-    """One row per strategy: bytes per step, bandwidth and latency time, total, speed-up over DDP."""
-    from rich.table import Table
-
-    table = Table(title_justify="left")
-    for header in ("strategy", "bytes/step", "bandwidth", "latency", "comm/step", "vs ddp"):
-        table.add_column(header, justify="left" if header == "strategy" else "right")
-    for cost in plan.strategies:
-        table.add_row(
-            cost.strategy,
-            format_bytes(cost.bytes_per_step),
-            format_seconds(cost.bandwidth_seconds),
-            format_seconds(cost.latency_seconds),
-            format_seconds(cost.seconds_per_step),
-            f"{cost.speedup:.3g}×",
-        )
-    return table
+            raise ConfigError(f"`{param}` must be {expected}, found {value:g}", params=(param,))

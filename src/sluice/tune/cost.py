@@ -112,7 +112,9 @@ class PriceTable:
             if close
             else f"known instances: {', '.join(i.name for i in self.instances)}"
         )
-        raise ConfigError(f"unknown instance {name!r} in {self.source}; {hint} (add your own with --prices FILE)")
+        raise ConfigError(
+            f"unknown instance {name!r} in {self.source}; {hint} (add your own with `prices=FILE`)", params=("prices",)
+        )
 
     def select(self, names: Sequence[str]) -> list[Instance]:
         """The named instances in the order given, each once."""
@@ -222,7 +224,7 @@ class Throughput:
     rows_per_second: float
     cores: int
     gpus: int = 0
-    source: str = "--rows-per-second"
+    source: str = "rows_per_second"
 
     @classmethod
     def from_profile(cls, profile: Profile, origin: str, cores: int | None = None, gpus: int = 0) -> Throughput:
@@ -232,7 +234,7 @@ class Throughput:
             raise ConfigError(f"{origin}: the profile has no chosen set-up ({profile.reason}); nothing to plan from")
         measured_cores = cores if cores is not None else profile.hardware.get("cores")
         if not isinstance(measured_cores, int):
-            raise ConfigError(f"{origin}: hardware.cores is missing; pass --cores")
+            raise ConfigError(f"{origin}: hardware.cores is missing; pass `cores`", params=("cores",))
         # A profile times the model alone; a whole job also reads and writes (see docs/cost.md).
         origin = f"{origin}: {chosen.setup.describe()}, the model alone, without reading and writing data"
         return cls(chosen.rows_per_second, measured_cores, gpus, origin)

@@ -166,9 +166,9 @@ def choose(measurements: list[Measurement], constraints: Constraints | None = No
     top = max(faster, key=lambda m: m.rows_per_second)
     gain = top.rows_per_second / chosen.rows_per_second - 1
     if constraints.violation(top) == "latency":
-        why = f"p99 {top.latency_p99_ms:.2f} ms > --max-latency-ms {constraints.max_latency_ms:g}"
+        why = f"p99 {top.latency_p99_ms:.2f} ms > `max_latency_ms` {constraints.max_latency_ms:g}"
     else:
-        why = f"peak memory {_mib(top.peak_memory_bytes)} > --memory-limit {_mib(constraints.memory_limit_bytes)}"
+        why = f"peak memory {_mib(top.peak_memory_bytes)} > `memory_limit` {_mib(constraints.memory_limit_bytes)}"
     return Choice(
         chosen,
         f"bound by {'latency' if 'p99' in why else 'memory'}: {top.setup.describe()} would be "

@@ -6,10 +6,14 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from sluice.cli.runtime import run_cli
+
 if TYPE_CHECKING:
+    from rich.table import Table
+
     from sluice.train.plan import CommPlan
 
-__all__ = ["plan"]
+__all__ = ["format_bytes", "format_seconds", "plan", "plan_table"]
 
 
 def plan(
@@ -48,8 +52,6 @@ def plan(
 
     Exit codes: 0 success, 2 unusable input.
     """
-    from sluice.cli.main import run_cli
-
     result = run_cli(
         lambda: _plan(params, workers, bandwidth, latency_us, dtype_bytes, powersgd_rank, localsgd_period, layer_width)
     )
@@ -89,8 +91,6 @@ def _render(result: CommPlan) -> None:
     from rich.console import Console
     from rich.markup import escape
 
-    from sluice.train.plan import format_bytes, format_seconds, plan_table
-
     out = Console()
     bits_per_s = result.bandwidth_bytes_per_s * 8
     out.print(
@@ -122,3 +122,39 @@ def _render(result: CommPlan) -> None:
         highlight=False,
         soft_wrap=True,
     )
+
+
+def format_seconds(seconds: float) -> str:
+    """``0.221 s``, ``2.41 ms``, ``630 µs``: three significant digits in a readable unit."""
+    if seconds >= 1:
+        return f"{seconds:.3g} s"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.3g} ms"
+    return f"{seconds * 1e6:.3g} µs"
+
+
+def format_bytes(count: float) -> str:
+    """``1.4 GB``, ``7.29 MB``: decimal units, three significant digits."""
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if count >= scale:
+            return f"{count / scale:.3g} {unit}"
+    return f"{count:.3g} B"
+
+
+def plan_table(plan: CommPlan) -> Table:
+    """One row per strategy: bytes per step, bandwidth and latency time, total, speed-up over DDP."""
+    from rich.table import Table
+
+    table = Table(title_justify="left")
+    for header in ("strategy", "bytes/step", "bandwidth", "latency", "comm/step", "vs ddp"):
+        table.add_column(header, justify="left" if header == "strategy" else "right")
+    for cost in plan.strategies:
+        table.add_row(
+            cost.strategy,
+            format_bytes(cost.bytes_per_step),
+            format_seconds(cost.bandwidth_seconds),
+            format_seconds(cost.latency_seconds),
+            format_seconds(cost.seconds_per_step),
+            f"{cost.speedup:.3g}×",
+        )
+    return table

@@ -1,0 +1,201 @@
+"""``sluice predict``: flags → job spec → run on the chosen engine → summary.
+
+The command is four named steps: :func:`spec_fields` (the flags as job-spec fields),
+:func:`build_spec`, :func:`run_spec` and :func:`render_result`; ``sluice demo`` reuses the last three.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from sluice.cli.options import RepositoryOption, given_fields, parse_key_values, split_csv
+from sluice.cli.runtime import console, render_summary, run_cli
+
+if TYPE_CHECKING:
+    from sluice.batch import JobSpec
+    from sluice.batch.summary import RunSummary
+
+__all__ = ["build_spec", "predict", "render_result", "run_spec", "spec_fields"]
+
+
+def _option(help_: str, *names: str, metavar: str | None = None) -> Any:
+    return typer.Option(*names, help=help_, show_default=False, metavar=metavar)
+
+
+ModelOption = Annotated[
+    str | None,
+    _option(
+        "Model file (.onnx, .skops, .pkl), 'module:function', or NAME, NAME@VERSION, NAME@LABEL in the repository.",
+        "--model",
+        "-m",
+    ),
+]
+InputOption = Annotated[str | None, _option("Input file, directory, glob or URI (s3://…).", "--input", "-i")]
+OutputOption = Annotated[str | None, _option("Output directory or URI prefix for part-NNNNN files.", "--output", "-o")]
+SpecOption = Annotated[Path | None, _option("Job spec (YAML/JSON); flags override its fields.", "--spec")]
+InputFormatOption = Annotated[str | None, _option("parquet, csv or jsonl (default: from the file extension).")]
+OutputFormatOption = Annotated[str | None, _option("parquet, csv or jsonl (default: parquet).")]
+FeaturesOption = Annotated[
+    str | None,
+    _option("Comma-separated feature columns (default: model.yaml, else every numeric column not passed through)."),
+]
+KeyColumnOption = Annotated[
+    str | None, _option("Column copied to the output and the error files to identify each record.")
+]
+IncludeOption = Annotated[str | None, _option("Comma-separated columns to copy to the output.")]
+ExcludeOption = Annotated[str | None, _option("Copy every column except these (comma-separated) to the output.")]
+BatchSizeOption = Annotated[
+    str | None,
+    _option("Rows per model call, or 'auto': tune it on the first rows, cached per model and machine (default: auto)."),
+]
+WorkersOption = Annotated[
+    int | None,
+    _option("Parallel predict workers (threads, or processes for Python models) (default: one per core)."),
+]
+ReadersOption = Annotated[int | None, _option("Input shards read at once (default: 2).")]
+IntraOpThreadsOption = Annotated[
+    int | None, _option("Threads inside one ONNX Runtime call (default: cores / workers).")
+]
+DeviceOption = Annotated[str | None, _option("auto, cpu or cuda (default: auto).")]
+MaxErrorFractionOption = Annotated[
+    float | None, _option("Fraction of records allowed to fail before the exit code is 3 (default: 0).")
+]
+PricePerHourOption = Annotated[float | None, _option("Machine price in USD/hour, for cost per 1M predictions.")]
+OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Replace existing output instead of resuming it.")]
+TrustPickleOption = Annotated[
+    bool, typer.Option("--trust-pickle", help="Allow pickle/joblib model files (they can run arbitrary code).")
+]
+TrustTypeOption = Annotated[
+    list[str] | None, _option("A type a skops file may contain that you reviewed (repeatable).", "--trust-type")
+]
+StorageOption = Annotated[
+    list[str] | None,
+    _option(
+        "fsspec option for s3:// (or other) URIs, e.g. endpoint_url=http://127.0.0.1:9000; repeatable "
+        "(a.b=v nests; true/false are booleans). Credentials also come from the AWS environment variables.",
+        "--storage-option",
+        metavar="KEY=VALUE",
+    ),
+]
+BackendOption = Annotated[
+    str | None,
+    _option(
+        "Where the job runs: local (this machine), spark (pyspark, mapInArrow) or ray (Ray Data actors) "
+        "(default: local)."
+    ),
+]
+SparkMasterOption = Annotated[
+    str | None,
+    _option(
+        "Spark master for --backend spark, e.g. local[2] or spark://host:7077 (default: the active "
+        "session under spark-submit, else local[*])."
+    ),
+]
+RayAddressOption = Annotated[
+    str | None,
+    _option(
+        "Ray cluster for --backend ray, e.g. ray://head:10001 or auto (default: a local instance "
+        "started and stopped by Sluice)."
+    ),
+]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no summary table.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")]
+
+# flags whose value is the job-spec field of the same name, as given
+_AS_GIVEN = (
+    "model", "output", "repository", "input_format", "output_format", "key_column", "batch_size", "workers",
+    "readers", "intra_op_threads", "device", "max_error_fraction", "price_per_hour", "backend", "spark_master",
+    "ray_address",
+)  # fmt: skip
+
+
+def predict(
+    ctx: typer.Context,
+    model: ModelOption = None,
+    input_: InputOption = None,
+    output: OutputOption = None,
+    spec: SpecOption = None,
+    repository: RepositoryOption = None,
+    input_format: InputFormatOption = None,
+    output_format: OutputFormatOption = None,
+    features: FeaturesOption = None,
+    key_column: KeyColumnOption = None,
+    include: IncludeOption = None,
+    exclude: ExcludeOption = None,
+    batch_size: BatchSizeOption = None,
+    workers: WorkersOption = None,
+    readers: ReadersOption = None,
+    intra_op_threads: IntraOpThreadsOption = None,
+    device: DeviceOption = None,
+    max_error_fraction: MaxErrorFractionOption = None,
+    price_per_hour: PricePerHourOption = None,
+    overwrite: OverwriteOption = False,
+    trust_pickle: TrustPickleOption = False,
+    trust_type: TrustTypeOption = None,
+    storage_option: StorageOption = None,
+    backend: BackendOption = None,
+    spark_master: SparkMasterOption = None,
+    ray_address: RayAddressOption = None,
+    quiet: QuietOption = False,
+    summary_json: JsonOption = False,
+) -> None:
+    """Run a model over a data set and write predictions plus per-record error files.
+
+    Writes OUTPUT/part-NNNNN.parquet (or .csv, .jsonl; one per input shard, rows in input order),
+    errors-NNNNN.jsonl for records the model could not take, summary.json and _SUCCESS.
+    Re-running the same command resumes: complete parts are skipped; --overwrite starts over.
+
+    With --backend spark or ray the same job runs on that engine with the same output (see docs/cluster.md).
+
+    Exit codes: 0 success, 1 model or engine failure, 2 usage error or unusable input, 3 error fraction
+    exceeded, 130 interrupted.
+    """
+    fields = run_cli(lambda: spec_fields(ctx.params))
+    summary = run_cli(lambda: run_spec(build_spec(spec, fields), quiet))
+    render_result(summary, as_json=summary_json, quiet=quiet)
+
+
+def spec_fields(flags: Mapping[str, Any]) -> dict[str, Any]:
+    """The job-spec fields the command's flags set; None for each flag not given."""
+    fields = {name: flags[name] for name in _AS_GIVEN}
+    fields.update(
+        input=flags["input_"],
+        features=split_csv(flags["features"]),
+        include=split_csv(flags["include"]),
+        exclude=split_csv(flags["exclude"]),
+        overwrite=flags["overwrite"] or None,
+        trust_pickle=flags["trust_pickle"] or None,
+        trusted_types=flags["trust_type"] or None,
+        storage_options=parse_key_values(flags["storage_option"] or [], "--storage-option") or None,
+    )
+    return fields
+
+
+def build_spec(spec_path: Path | None, fields: Mapping[str, Any]) -> JobSpec:
+    """The job: the spec file with the given flags over it, or the flags alone (then model, input, output needed)."""
+    from sluice.batch import JobSpec
+
+    given = given_fields(fields, ("model", "input", "output"), from_file=spec_path is not None, file_flag="--spec")
+    return JobSpec.from_file(spec_path, **given) if spec_path is not None else JobSpec.build(**given)
+
+
+def run_spec(job: JobSpec, quiet: bool) -> RunSummary:
+    """Run the job on its backend, with a progress bar (or log lines) on stderr unless ``quiet``."""
+    from sluice.backends import run_job
+    from sluice.cli.progress import make_progress
+
+    return run_job(job, progress=make_progress(console(), quiet))
+
+
+def render_result(summary: RunSummary, *, as_json: bool, quiet: bool) -> None:
+    """The summary as JSON on stdout, or as a table on stderr unless ``quiet``."""
+    if as_json:
+        import json
+
+        print(json.dumps(summary.to_dict(), indent=2))
+    elif not quiet:
+        render_summary(summary)
