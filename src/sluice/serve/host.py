@@ -292,7 +292,8 @@ class ModelHost:
         else:
             policy = AdaptivePolicy(batching.target_p99_ms or self.target_p99_ms, max(1, max_batch_size))
         dispatcher = Dispatcher(
-            model.predict_checked,
+            # the dispatcher checks each batch's outputs against the signature itself
+            model.predict,
             policy,
             max_queue_rows=batching.max_queue_rows,
             # only runtimes that compute and return may run on the event loop: Python code can
