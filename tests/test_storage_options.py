@@ -31,4 +31,3 @@ def test_local_run_reads_and_writes_s3_through_storage_options(tmp_path: Path, m
     rows, written = read_back(s3, "s3://local-bucket/out", shards=3)
     assert rows == expected_rows(models.onnx, table)
     assert (written["rows"], written["backend"]) == (1500, "local")
-
