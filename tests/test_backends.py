@@ -14,6 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 
 import sluice
+from s3_support import S3Server, expected_rows, moto_s3, read_back, upload_inputs
+from sluice.backends import ray as ray_backend
+from sluice.backends.environment import ScopedEnviron
 from sluice.errors import EngineError, PredictError
 from support import make_table, read_jsonl, read_output, write_module, write_table
 
@@ -23,6 +26,12 @@ pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationW
 ROWS = 100_000
 FILES = 4
 ENGINES = ("spark", "ray")
+# What the engines set for the local sessions Sluice starts, as the environment had it before any.
+ENGINE_VARIABLES = ("SPARK_LOCAL_IP", "PYSPARK_PYTHON", "RAY_AUTH_MODE", "RAY_USAGE_STATS_ENABLED")
+ENVIRONMENT_BEFORE = {name: os.environ.get(name) for name in ENGINE_VARIABLES}
+
+
+spark_environment: dict[str, str | None] = {}  # the engine variables once the session has started
 
 
 @pytest.fixture(scope="session")
@@ -32,6 +41,7 @@ def spark_session() -> Iterator[Any]:
     from sluice.backends.spark import start_session, stop_session
 
     session = start_session("local[2]")
+    spark_environment.update({name: os.environ.get(name) for name in ENGINE_VARIABLES})
     yield session
     stop_session(session)
 
@@ -42,11 +52,10 @@ def ray_instance() -> Iterator[None]:
     pytest.importorskip("ray")
     import ray
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
-    yield
-    ray.shutdown()
+    with ScopedEnviron(ray_backend.local_environment(None)):
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+        yield
+        ray.shutdown()
 
 
 @pytest.fixture
@@ -210,3 +219,40 @@ def test_a_worker_that_dies_is_one_clean_engine_error(
     assert message.startswith(f"the {name} job failed after {name}'s retries: ")
     assert "\n" not in message
     assert not list((tmp_path / "out").glob("part-*"))
+
+
+# -- S3 through storage options only ------------------------------------------------------
+
+
+@pytest.fixture
+def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Server]:
+    with moto_s3(monkeypatch) as server:
+        yield server
+
+
+@pytest.mark.parametrize("engine", ENGINES, indirect=True)
+def test_s3_input_and_output_reach_the_workers_through_storage_options(
+    engine: str, tmp_path: Path, models: Any, s3: S3Server
+) -> None:
+    bucket = f"{engine}-bucket"
+    table = upload_inputs(s3, tmp_path, bucket, files=3, rows=400)
+    summary = _predict(models.onnx, f"s3://{bucket}/in/", f"s3://{bucket}/out", engine, batch_size=128,
+                       storage_options=s3.options)  # fmt: skip
+    assert (summary.rows, summary.rows_failed, summary.shards, summary.backend) == (1200, 0, 3, engine)
+    rows, written = read_back(s3, f"s3://{bucket}/out", shards=3)
+    assert rows == expected_rows(models.onnx, table)
+    assert (written["rows"], written["backend"], written["output"]) == (1200, engine, f"s3://{bucket}/out")
+
+
+# -- the environment ------------------------------------------------------------------------
+
+
+def test_a_local_spark_session_leaves_the_environment_as_it_was(spark_session: Any) -> None:
+    assert spark_environment == ENVIRONMENT_BEFORE
+
+
+def test_joining_a_running_ray_instance_changes_no_environment_variable(ray_instance: None) -> None:
+    before = dict(os.environ)
+    with sluice.backends.RayEngine() as engine:
+        assert engine.slots() == 2
+    assert dict(os.environ) == before

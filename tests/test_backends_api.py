@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -66,3 +67,50 @@ def test_predict_help_lists_the_backend_flags(tmp_path: Path) -> None:
     assert result.exit_code == 0
     for flag in ("--backend", "--spark-master", "--ray-address"):
         assert flag in result.output
+
+
+# -- side effects only on the sessions Sluice starts ------------------------------------------
+
+
+def test_only_a_local_spark_master_gets_loopback_and_this_interpreter() -> None:
+    from sluice.backends.spark import local_environment
+
+    assert local_environment("local[2]") == {"SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable}
+    assert local_environment("local-cluster[2,1,1024]")["SPARK_LOCAL_IP"] == "127.0.0.1"
+    for master in ("spark://head:7077", "yarn", "k8s://https://api:6443"):
+        assert local_environment(master) == {}
+
+
+def test_only_a_local_ray_instance_gets_its_auth_and_usage_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sluice.backends.ray import local_environment
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    local = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    assert local_environment(None) == local_environment("local") == local
+    assert local_environment("ray://head:10001") == local_environment("10.0.0.5:6379") == {}
+    monkeypatch.setenv("RAY_ADDRESS", "head:6379")  # what ray.init joins when given no address
+    assert local_environment(None) == {}
+
+
+@pytest.mark.parametrize(
+    ("module", "address"), [("sluice.backends.spark", "spark://head:7077"), ("sluice.backends.ray", "ray://head:10001")]
+)
+def test_the_environment_after_joining_a_cluster_is_unchanged(module: str, address: str) -> None:
+    import importlib
+
+    from sluice.backends.environment import ScopedEnviron
+
+    before = dict(os.environ)
+    with ScopedEnviron(importlib.import_module(module).local_environment(address)):
+        assert dict(os.environ) == before
+    assert dict(os.environ) == before
+
+
+def test_scoped_settings_are_removed_after_and_never_override_the_users(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sluice.backends.environment import ScopedEnviron
+
+    monkeypatch.delenv("SPARK_LOCAL_IP", raising=False)
+    monkeypatch.setenv("PYSPARK_PYTHON", "/opt/python")
+    with ScopedEnviron({"SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": "/usr/bin/python3"}):
+        assert (os.environ["SPARK_LOCAL_IP"], os.environ["PYSPARK_PYTHON"]) == ("127.0.0.1", "/opt/python")
+    assert ("SPARK_LOCAL_IP" in os.environ, os.environ["PYSPARK_PYTHON"]) == (False, "/opt/python")

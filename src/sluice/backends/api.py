@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from sluice.backends.driver import Engine, run_on_engine
+from sluice.batch.driver import run_on_engine
+from sluice.batch.engine import Engine
+from sluice.batch.local import LocalEngine
 from sluice.batch.progress import ProgressListener
 from sluice.batch.run import run_job as run_local
 from sluice.batch.spec import JobSpec
@@ -18,6 +20,8 @@ BACKENDS = ("local", "spark", "ray")
 
 def engine_for(spec: JobSpec) -> Engine:
     """The engine ``spec.backend`` names, configured from the spec (not started yet)."""
+    if spec.backend == "local":
+        return LocalEngine()
     if spec.backend == "spark":
         from sluice.backends.spark import SparkEngine
 

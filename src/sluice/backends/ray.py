@@ -20,17 +20,30 @@ from typing import Any
 
 import numpy as np
 
+from sluice.backends.driver import TaskEngine
+from sluice.backends.environment import ScopedEnviron
 from sluice.backends.processes import ChildProcesses
 from sluice.backends.shardtask import ShardJob, ShardOutcome, run_shard, worker_model
 from sluice.errors import EngineError, MissingDependency, SluiceError
 
-__all__ = ["RayEngine"]
+__all__ = ["RayEngine", "local_environment"]
 
 ACTOR_CPUS = 0.5
 ACTOR_RETRIES = 2
 
 
-class RayEngine:
+def local_environment(address: str | None) -> dict[str, str]:
+    """What a Ray instance Sluice starts here gets in its environment; nothing when joining a cluster.
+
+    The instance Sluice starts keeps no token file in ``~/.ray`` and sends nothing anywhere
+    but this machine. ``ray.init`` joins ``$RAY_ADDRESS`` when no address is given.
+    """
+    if (address or os.environ.get("RAY_ADDRESS") or "local") != "local":
+        return {}
+    return {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+class RayEngine(TaskEngine):
     """Runs shard tasks on Ray: a running instance, a cluster at ``address``, or a local one.
 
     Without ``address``, a Ray instance already initialised in this process is used, else a
@@ -48,14 +61,14 @@ class RayEngine:
         self._pool = 1
         self._gpus = 0
         self._children = ChildProcesses()
+        self._environ = ScopedEnviron({})
 
     def __enter__(self) -> RayEngine:
         ray = _import_ray()
-        # No token file in ~/.ray, and nothing sent anywhere but this machine.
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         if not ray.is_initialized():
             self._children.mark()
+            self._environ = ScopedEnviron(local_environment(self.address))
+            self._environ.apply()  # the processes ray.init starts inherit it; restored on exit
             try:
                 ray.init(
                     address=self.address,
@@ -65,6 +78,7 @@ class RayEngine:
                     log_to_driver=False,
                 )
             except (ConnectionError, RuntimeError, ValueError) as exc:
+                self._environ.restore()
                 where = self.address or "a local instance"
                 raise EngineError(f"could not start Ray ({where}): {exc}") from None
             self._owned = True
@@ -80,6 +94,7 @@ class RayEngine:
             # Actor processes notice the raylet is gone a moment later: wait for them.
             self._children.reap(started)
             self._owned = False
+        self._environ.restore()
 
     def slots(self) -> int:
         return self._pool

@@ -12,7 +12,6 @@ tasks) and kept for every later task. A task that raises is retried by Spark its
 from __future__ import annotations
 
 import functools
-import os
 import sys
 import threading
 import uuid
@@ -22,17 +21,19 @@ from typing import Any
 
 import pyarrow as pa
 
+from sluice.backends.driver import TaskEngine
+from sluice.backends.environment import ScopedEnviron
 from sluice.backends.processes import ChildProcesses
 from sluice.backends.shardtask import ShardJob, ShardOutcome, run_shard
 from sluice.errors import EngineError, MissingDependency
 
-__all__ = ["SparkEngine", "start_session", "stop_session"]
+__all__ = ["SparkEngine", "is_local", "local_environment", "start_session", "stop_session"]
 
 DEFAULT_MASTER = "local[*]"
 _OUTCOME_SCHEMA = "outcome string"
 
 
-class SparkEngine:
+class SparkEngine(TaskEngine):
     """Runs shard tasks on Spark: an existing session, or one started (and stopped) here.
 
     ``master`` (e.g. ``local[2]``, ``spark://host:7077``) starts a session of Sluice's own;
@@ -119,14 +120,25 @@ def _spark_partition(job: ShardJob, batches: Iterator[pa.RecordBatch]) -> Iterat
             yield pa.RecordBatch.from_pydict({"outcome": [outcome.to_json()]})
 
 
+def is_local(master: str) -> bool:
+    """Whether ``master`` runs Spark on this machine, started by this process (``local[4]``, ``local-cluster[…]``)."""
+    return master.startswith("local")
+
+
+def local_environment(master: str) -> dict[str, str]:
+    """What a Spark session on ``master`` gets in its environment as it starts: for a local
+    master, loopback only and workers on this interpreter (with Sluice on its path); for a
+    cluster's master, nothing: its executors run their own Python."""
+    if not is_local(master):
+        return {}
+    return {"SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable}
+
+
 def start_session(master: str) -> Any:
     """A Spark session on ``master`` as Sluice runs it: loopback for local masters, no UI, quiet
     logs, workers on this interpreter. Stop it with :func:`stop_session`."""
     from pyspark.sql import SparkSession
 
-    # Loopback only, and the workers run this interpreter (with Sluice on its path).
-    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     quiet_logs = Path(__file__).with_name("log4j2.properties").as_uri()
     builder = (
         SparkSession.builder.master(master)
@@ -137,10 +149,12 @@ def start_session(master: str) -> Any:
         .config("spark.python.worker.reuse", "true")
         .config("spark.sql.execution.pyspark.udf.faulthandler.enabled", "true")
     )
-    if master.startswith("local"):
+    if is_local(master):
         builder = builder.config("spark.driver.host", "127.0.0.1").config("spark.driver.bindAddress", "127.0.0.1")
     try:
-        session = builder.getOrCreate()
+        # The JVM and the context read these as they start, so they need not outlive it.
+        with ScopedEnviron(local_environment(master)):
+            session = builder.getOrCreate()
     except Exception as exc:
         if not _is_engine_error(exc):
             raise

@@ -1,39 +1,31 @@
 """Running one shard of a planned job at a time: the engine as a job service's worker drives it.
 
-:class:`ShardRunner` plans a job once (model loaded, columns bound, output located) and runs
-any of its shards on demand through the same :class:`~sluice.batch.pipeline.Pipeline` that
-``sluice predict`` uses. :meth:`ShardRunner.run_shard` returns only once the shard's part is
-durable: written, flushed and renamed into place (or uploaded whole to an object store).
+:class:`ShardRunner` plans a job once with the run driver's own steps (model defaults,
+planning, output layout, batch size: :mod:`sluice.batch.driver`) and runs any of its shards
+on demand through the same per-shard task as every engine
+(:func:`~sluice.batch.shardtask.run_planned_shard`). :meth:`ShardRunner.run_shard` returns
+only once the shard's part is durable: written, flushed and renamed into place (or uploaded
+whole to an object store).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-from sluice.batch.autotune import BatchSizeChoice, choose_batch_size
+from sluice.batch.autotune import BatchSizeChoice
+from sluice.batch.driver import output_layout, pick_batch_size, with_defaults
 from sluice.batch.layout import OutputLayout
+from sluice.batch.local import LocalEngine
 from sluice.batch.pipeline import Pipeline
 from sluice.batch.plan import JobPlan, plan_job
 from sluice.batch.predictor import Predictor
 from sluice.batch.progress import ProgressListener
-from sluice.batch.run import _with_defaults
+from sluice.batch.shardtask import ShardOutcome, run_planned_shard
 from sluice.batch.spec import JobSpec
-from sluice.data.shards import estimate_rows
 from sluice.errors import ConfigError
 
 __all__ = ["ShardOutcome", "ShardRunner"]
-
-
-@dataclass(frozen=True)
-class ShardOutcome:
-    """A shard whose part is durable."""
-
-    index: int
-    rows: int
-    rows_failed: int
-    error_file: str | None
 
 
 class ShardRunner:
@@ -47,10 +39,10 @@ class ShardRunner:
 
     def open(self) -> ShardRunner:
         """Load the model and plan the job (lists the input, reads its schema)."""
-        spec, model = _with_defaults(self.spec)
+        spec, model, _ = with_defaults(self.spec, LocalEngine())
         try:
             self._plan = plan_job(spec, model)
-            self._layout = OutputLayout(spec.output, spec.output_format, spec.storage_options)
+            self._layout = output_layout(spec)
             self._predictor = Predictor(model, spec.workers or 1)
         except BaseException:
             model.close()
@@ -80,9 +72,7 @@ class ShardRunner:
 
     def choose_batch_size(self) -> BatchSizeChoice:
         """The batch size ``sluice predict`` would use (tuned, cached or given)."""
-        estimates = [estimate_rows(s) for s in self.plan.shards]
-        total = None if None in estimates else sum(n for n in estimates if n is not None)
-        return choose_batch_size(self.spec, self.plan.model, total, list(self.plan.columns.passthrough))
+        return pick_batch_size(self.spec, self.plan, self.plan.shards, self.spec.workers or 1)
 
     def run_shard(
         self,
@@ -101,20 +91,16 @@ class ShardRunner:
             raise ConfigError(f"shard {index} does not exist; the job has {len(self.plan.shards)} shards")
         shard = self.plan.shards[index]
         self.layout.remove_leftovers(index)
-        pipeline = Pipeline(
+        return run_planned_shard(
             self.plan,
             self.layout,
-            [shard],
+            shard,
             batch_size=batch_size,
             workers=self.spec.workers or 1,
-            readers=1,
             progress=progress,
             predictor=self._predictor,
+            started=started,
         )
-        started(pipeline)
-        stats = pipeline.run()
-        error_file = stats.error_files[0] if stats.error_files else None
-        return ShardOutcome(index, stats.rows, stats.rows_failed, error_file)
 
     def close(self) -> None:
         """Stop the predict workers and release the model."""

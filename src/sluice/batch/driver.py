@@ -1,0 +1,190 @@
+"""The run driver: every batch job, on every engine, runs through :func:`run_on_engine`.
+
+A run flows in five steps, each written once here:
+
+1. **plan** — resolve the model and fill in the engine's worker set-up (:func:`with_defaults`),
+   load the model, list the input into shards and bind its columns (:func:`~sluice.batch.plan.plan_job`);
+2. **layout** — open the output directory with the job's storage options, check or write its
+   manifest and find the parts a previous run completed (:func:`output_layout`);
+3. **batch size** — the user's, a cached or freshly tuned one, or the default, for the worker
+   set-up one task of the engine runs (:func:`pick_batch_size`);
+4. **engine** — start the engine and run the pending shards on it: this machine's pipeline
+   (:class:`~sluice.batch.local.LocalEngine`), or Spark tasks and Ray actors
+   (:mod:`sluice.backends`), each shard committing its part atomically;
+5. **summary** — the figures of the run (:func:`summarize`), written beside the parts, then
+   ``_SUCCESS`` unless too many records failed (:func:`finish_run`).
+
+The job service's :class:`~sluice.batch.shardrun.ShardRunner` reuses steps 1-3 and runs one
+shard at a time; its store writes the summary when the last shard is done.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from sluice.batch.autotune import BatchSizeChoice, choose_batch_size
+from sluice.batch.engine import Engine, EngineRun, PlannedRun, WorkerSetup
+from sluice.batch.layout import SUMMARY, OutputLayout
+from sluice.batch.plan import JobPlan, plan_job
+from sluice.batch.progress import NullProgress, ProgressListener
+from sluice.batch.spec import DEFAULT_BATCH_SIZE, JobSpec
+from sluice.batch.summary import ResourceMonitor, ResourceUsage, RunSummary
+from sluice.data.shards import Shard, estimate_rows
+from sluice.errors import ErrorFractionExceeded
+from sluice.models.base import Model
+from sluice.models.loader import load_source, resolve_model
+from sluice.tune.cost import cost_per_million
+
+__all__ = [
+    "estimated_rows",
+    "finish_run",
+    "output_layout",
+    "pick_batch_size",
+    "plan_run",
+    "run_on_engine",
+    "summarize",
+    "with_defaults",
+]
+
+
+def with_defaults(spec: JobSpec, engine: Engine) -> tuple[JobSpec, Model, WorkerSetup]:
+    """``spec`` with the engine's worker set-up filled in, and the model loaded with it."""
+    source = resolve_model(spec.model, spec.repository, options=spec.load_options())
+    setup = engine.worker_setup(spec, source.config.concurrency or _concurrency_of(source.format))
+    spec = spec.model_copy(update={"workers": setup.workers, "intra_op_threads": setup.intra_op_threads})
+    model = load_source(source.with_options(spec.load_options()))
+    if model.concurrency == "serial":
+        setup = replace(setup, workers=1, predict_threads=1)
+        spec = spec.model_copy(update={"workers": 1})
+    return spec, model, setup
+
+
+def _concurrency_of(fmt: str) -> str:
+    return "processes" if fmt == "python" else "threads"
+
+
+def output_layout(spec: JobSpec) -> OutputLayout:
+    """The job's output directory, reached with the job's storage options."""
+    return OutputLayout(spec.output, spec.output_format, spec.storage_options)
+
+
+def estimated_rows(shards: Sequence[Shard]) -> int | None:
+    """The rows in ``shards``, or None when a shard's count is not known before reading it."""
+    estimates = [estimate_rows(s) for s in shards]
+    return None if None in estimates else sum(n for n in estimates if n is not None)
+
+
+def pick_batch_size(spec: JobSpec, plan: JobPlan, shards: Sequence[Shard], predict_threads: int) -> BatchSizeChoice:
+    """The batch size for ``shards``, tuned (when asked) for one task of ``predict_threads`` threads."""
+    if not shards:
+        return BatchSizeChoice(DEFAULT_BATCH_SIZE, "default")
+    tuning = spec.model_copy(update={"workers": predict_threads})
+    return choose_batch_size(tuning, plan.model, estimated_rows(shards), list(plan.columns.passthrough))
+
+
+def plan_run(spec: JobSpec, engine: Engine) -> PlannedRun:
+    """Steps 1-3: plan ``spec`` for ``engine``, prepare its output, choose its batch size."""
+    spec, model, setup = with_defaults(spec, engine)
+    try:
+        plan = plan_job(spec, model)
+        layout = output_layout(spec)
+        done = layout.prepare(plan.fingerprint(), spec.overwrite)
+        pending = tuple(s for s in plan.shards if s.index not in done)
+        batch = pick_batch_size(spec, plan, pending, setup.predict_threads)
+    except BaseException:
+        model.close()
+        raise
+    return PlannedRun(spec, plan, layout, pending, len(done), estimated_rows(pending), batch, setup.predict_threads)
+
+
+@dataclass(frozen=True)
+class _Timed:
+    result: EngineRun
+    seconds: float  # running the shards
+    start_seconds: float  # starting the engine, not part of ``seconds``
+
+
+def _execute(run: PlannedRun, engine: Engine, progress: ProgressListener) -> _Timed:
+    started = time.perf_counter()
+    with engine:
+        start_seconds = time.perf_counter() - started
+        began = time.perf_counter()
+        result = engine.execute(run, progress)
+        seconds = time.perf_counter() - began  # stopping the engine is not the job's time
+    return _Timed(result, seconds, start_seconds)
+
+
+def run_on_engine(spec: JobSpec, engine: Engine, *, progress: ProgressListener | None = None) -> RunSummary:
+    """Run ``spec`` on ``engine``: plan here, run the pending shards there, write the summary.
+
+    Raises :class:`ErrorFractionExceeded` (carrying the summary) when more records failed
+    than ``spec.max_error_fraction`` allows.
+    """
+    progress = progress or NullProgress()
+    run = plan_run(spec, engine)
+    monitor = ResourceMonitor()
+    monitor.start()
+    progress.start(run.total_rows, len(run.plan.shards), run.skipped)
+    try:
+        timed = _execute(run, engine, progress)
+    finally:
+        progress.finish()
+        usage = monitor.stop()
+        run.plan.model.close()
+    summary = summarize(run, engine.name, timed.result, timed.seconds, usage)
+    summary.engine_start_seconds = round(timed.start_seconds, 3)
+    return finish_run(run.spec, run.layout, summary)
+
+
+def summarize(run: PlannedRun, backend: str, result: EngineRun, seconds: float, usage: ResourceUsage) -> RunSummary:
+    """The run's summary: counts, speed, batch size, busy fractions, resources and cost."""
+    rate = (result.rows + result.rows_failed) / seconds if seconds > 0 else 0.0
+    return RunSummary(
+        rows=result.rows,
+        rows_failed=result.rows_failed,
+        seconds=round(seconds, 3),
+        rows_per_second=round(rate, 1),
+        batch_size=run.batch.batch_size,
+        batch_size_source=run.batch.source,
+        tuning_seconds=run.batch.tuning_seconds,
+        workers=result.workers,
+        batch_latency_ms=result.latency.percentiles_ms(),
+        stage_busy_fraction=result.busy_fraction(seconds),
+        peak_rss_bytes=usage.peak_rss_bytes,
+        cpu_utilization=usage.cpu_utilization,
+        gpu_utilization=usage.gpu_utilization,
+        cost_per_million_usd=cost_per_million(run.spec.price_per_hour, rate),
+        model=run.plan.model.source.display_name,
+        input=run.spec.input,
+        output=run.layout.root.url,
+        shards=len(run.plan.shards),
+        shards_skipped=run.skipped,
+        error_files=sorted(result.error_files),
+        backend=backend,
+    )
+
+
+def finish_run(spec: JobSpec, layout: OutputLayout, summary: RunSummary) -> RunSummary:
+    """Write the summary; then raise :class:`ErrorFractionExceeded` or mark the output ``_SUCCESS``.
+
+    Every engine ends its run here, so the summary and the success rule are the same on each.
+    """
+    layout.write_json(SUMMARY, summary.to_dict())
+    if summary.error_fraction > spec.max_error_fraction:
+        raise ErrorFractionExceeded(
+            f"{summary.rows_failed} of {summary.rows + summary.rows_failed} records failed "
+            f"({summary.error_fraction:.2%}), more than `max_error_fraction` {spec.max_error_fraction}; "
+            f"see the {_error_files(layout)} files in {layout.root.url}",
+            summary,
+            params=("max_error_fraction",),
+        )
+    layout.mark_success()
+    return summary
+
+
+def _error_files(layout: OutputLayout) -> str:
+    """The glob of the layout's per-shard error files (``errors-*.jsonl``), from its own naming."""
+    name = layout.errors(0).path.rsplit("/", 1)[-1]
+    return name.replace(f"{0:05d}", "*", 1)

@@ -1,0 +1,33 @@
+"""``storage_options`` carry the endpoint and credentials of S3 input and output on the local engine.
+
+The Spark and Ray runs of the same check are in test_backends.py, which starts those engines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import sluice
+from s3_support import S3Server, expected_rows, moto_s3, read_back, upload_inputs
+
+
+@pytest.fixture
+def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Server]:
+    with moto_s3(monkeypatch) as server:
+        yield server
+
+
+def test_local_run_reads_and_writes_s3_through_storage_options(tmp_path: Path, models: Any, s3: S3Server) -> None:
+    table = upload_inputs(s3, tmp_path, "local-bucket", files=3, rows=500)
+    summary = sluice.predict(str(models.onnx), "s3://local-bucket/in/", "s3://local-bucket/out", key_column="id",
+                             batch_size=128, storage_options=s3.options)  # fmt: skip
+    assert (summary.rows, summary.rows_failed, summary.shards, summary.output) == (
+        1500, 0, 3, "s3://local-bucket/out"
+    )  # fmt: skip
+    rows, written = read_back(s3, "s3://local-bucket/out", shards=3)
+    assert rows == expected_rows(models.onnx, table)
+    assert (written["rows"], written["backend"]) == (1500, "local")
