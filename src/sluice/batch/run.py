@@ -16,12 +16,13 @@ from sluice.batch.plan import plan_job
 from sluice.batch.predictor import Predictor
 from sluice.batch.progress import NullProgress, ProgressListener
 from sluice.batch.spec import DEFAULT_BATCH_SIZE, JobSpec
+from sluice.batch.step import predict_step
 from sluice.batch.summary import ResourceMonitor, RunSummary
 from sluice.data.shards import estimate_rows
-from sluice.errors import ConfigError, ErrorFractionExceeded, PredictError
+from sluice.errors import ConfigError, ErrorFractionExceeded
 from sluice.models.base import Model
 from sluice.models.loader import load_source, resolve_model
-from sluice.models.signature import FeatureSpec
+from sluice.models.signature import BindPlan, FeatureSpec
 from sluice.tune.cost import cost_per_million
 
 __all__ = ["default_workers", "finish_run", "predict", "predict_batches", "run_job"]
@@ -171,14 +172,11 @@ def predict_batches(
         batches = data
     predictor = Predictor(model, 1)
     features = features or model.source.config.features or model.default_features
+    plans: dict[pa.Schema, BindPlan] = {}
     try:
         for batch in batches:
-            inputs = model.signature.bind(batch, features)
-            result = predictor.run(inputs, batch.num_rows, lambda _s: None)
-            if result.failed:
-                row, message = result.failed[0]
-                raise PredictError(f"row {row}: {message}")
-            columns = model.signature.unbind(result.outputs, batch.num_rows)
-            yield pa.RecordBatch.from_arrays([a for _, a in columns], names=[n for n, _ in columns])
+            if (bind := plans.get(batch.schema)) is None:
+                bind = plans[batch.schema] = model.signature.plan(batch.schema, features)
+            yield predict_step(batch, bind, predictor, strict=True).batch
     finally:
         predictor.close()
