@@ -8,7 +8,7 @@ import pytest
 
 from sluice.errors import BindError, PredictError
 from sluice.models.casting import RowFailures, cast_column, parse_numeric
-from sluice.models.signature import Signature, TensorSpec, tensor_to_arrow
+from sluice.models.signature import Signature, TensorSpec, default_feature_columns, is_value_type, tensor_to_arrow
 
 F32 = np.dtype("float32")
 F64 = np.dtype("float64")
@@ -63,6 +63,18 @@ def test_plan_default_width_mismatch_names_counts() -> None:
 def test_plan_default_features_skip_passthrough_and_text() -> None:
     plan = CLASSIFIER.plan(_features_batch().schema, not_features=["id"])
     assert plan.columns == ["f0", "f1", "f2", "f3"]
+
+
+def test_default_feature_columns_are_the_numeric_columns_in_order() -> None:
+    schema = pa.schema(
+        [("id", pa.int64()), ("name", pa.string()), ("flag", pa.bool_()), ("price", pa.decimal128(9, 2)),
+         ("when", pa.timestamp("s")), ("tags", pa.list_(pa.float32())), ("x", pa.float16())]
+    )  # fmt: skip
+    assert [is_value_type(f.type) for f in schema] == [True, False, True, True, False, False, True]
+    assert default_feature_columns(schema) == ["id", "flag", "price", "x"]
+    assert default_feature_columns(schema, {"id", "x"}) == ["flag", "price"]
+    wide = Signature((TensorSpec("X", np.dtype("float32"), (-1, -1)),), ())
+    assert wide.plan(schema, not_features=["id"]).columns == ["flag", "price", "x"]
 
 
 def test_plan_default_without_numeric_columns() -> None:
