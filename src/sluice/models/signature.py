@@ -272,9 +272,11 @@ def _gather(b: InputBinding, batch: pa.RecordBatch, failures: RowFailures, allow
     dtype = b.spec.dtype
     if not b.stacked:
         return _list_column(b, batch.column(b.columns[0]), failures, allow_nan)
-    values = [_scalar_column(name, batch.column(name), dtype, failures) for name in b.columns]
-    # One strided copy into the row-major tensor; casting as an assignment would.
-    out = np.stack(values, axis=1, dtype=dtype, casting="unsafe") if n else np.empty((0, len(values)), dtype)
+    out = _dense_matrix(batch, b.columns, dtype) if n else None
+    if out is None:
+        values = [_scalar_column(name, batch.column(name), dtype, failures) for name in b.columns]
+        # One strided copy into the row-major tensor; casting as an assignment would.
+        out = np.stack(values, axis=1, dtype=dtype, casting="unsafe") if n else np.empty((0, len(values)), dtype)
     if not allow_nan and out.dtype.kind == "f" and np.isnan(out).any():
         nan = np.isnan(out)
         for j in np.flatnonzero(nan.any(axis=0)):
@@ -285,6 +287,23 @@ def _gather(b: InputBinding, batch: pa.RecordBatch, failures: RowFailures, allow
 
 
 _NAN_MESSAGE = "value is NaN and the model does not accept NaN (allow_nan: false)"
+
+
+def _dense_matrix(batch: pa.RecordBatch, names: Sequence[str], dtype: np.dtype[np.generic]) -> np.ndarray | None:
+    """The columns as one row-major matrix when they share one integer or float type and hold
+    no missing value, else ``None``. Arrow fills the matrix in one call, which costs half of
+    stacking the columns one by one: on wide inputs the per-column work dominates binding."""
+    if dtype.kind not in "iuf":
+        return None
+    columns = batch.select(list(names))
+    first = columns.schema.types[0]
+    if not (pa.types.is_integer(first) or pa.types.is_floating(first)) or pa.types.is_float16(first):
+        return None
+    if any(t != first for t in columns.schema.types) or any(c.null_count for c in columns.columns):
+        return None
+    matrix = np.asarray(columns.to_tensor(row_major=True))
+    # the cast the column-by-column path makes (casting="unsafe"), done once on the matrix
+    return matrix.astype(dtype, casting="unsafe", copy=False)
 
 
 def _scalar_column(name: str, col: pa.Array, dtype: np.dtype[np.generic], failures: RowFailures) -> np.ndarray:
