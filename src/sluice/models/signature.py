@@ -299,9 +299,12 @@ def _dense_matrix(batch: pa.RecordBatch, names: Sequence[str], dtype: np.dtype[n
     first = columns.schema.types[0]
     if not (pa.types.is_integer(first) or pa.types.is_floating(first)) or pa.types.is_float16(first):
         return None
-    if any(t != first for t in columns.schema.types) or any(c.null_count for c in columns.columns):
+    if any(t != first for t in columns.schema.types):
         return None
-    matrix = np.asarray(columns.to_tensor(row_major=True))
+    try:
+        matrix = np.asarray(columns.to_tensor(row_major=True))
+    except pa.ArrowTypeError:  # missing values: the column-by-column path records their rows
+        return None
     # the cast the column-by-column path makes (casting="unsafe"), done once on the matrix
     return matrix.astype(dtype, casting="unsafe", copy=False)
 
