@@ -94,3 +94,15 @@ def test_clean_batches_pass_columns_through_without_copying(models) -> None:
     assert result.batch.column("label").to_pylist() == want["label"].tolist()
     got = np.array(result.batch.column("probabilities").to_pylist(), dtype=np.float32)
     np.testing.assert_array_equal(got, want["probabilities"])
+
+
+def test_in_memory_prediction_binds_each_schema_it_meets(models) -> None:
+    import sluice
+
+    table = make_table(6)
+    first = table.slice(0, 3).select(FEATURES).combine_chunks().to_batches()[0]
+    second = table.slice(3).select([*reversed(FEATURES), "id"]).combine_chunks().to_batches()[0]
+    model = load_model(str(models.onnx))
+    out = list(sluice.predict_batches(model, iter([first, second]), features=FEATURES))
+    assert [b.num_rows for b in out] == [3, 3]
+    assert pa.Table.from_batches(out).column("label").to_pylist() == onnx_predict(models.onnx, table)["label"].tolist()
