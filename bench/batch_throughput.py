@@ -1,7 +1,8 @@
 """Batch throughput: raw ONNX Runtime vs ``sluice.predict`` vs a naive pandas loop vs a per-row loop.
 
 Two models (the demo logistic regression and a 32→256→256→2 MLP) predict the same Parquet data
-four ways; rows/s and the ratio to raw ONNX Runtime are printed, then the peak RSS of
+four ways; rows/s and the ratio to raw ONNX Runtime are printed, then the CPU-work limit of a
+64→512→512→16 MLP next to ``sluice predict`` (cpu_limit.py), then the peak RSS of
 ``sluice.predict`` on N and 4N rows, each in a fresh process. See bench/README.md.
 """
 
@@ -22,6 +23,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import pyarrow.parquet as pq
+from cpu_limit import measure as measure_limit
+from cpu_limit import print_limit
 
 from sluice.batch import predict
 from sluice.bench.models import write_mlp_onnx
@@ -253,6 +256,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="200,000 rows (unless --rows) and no RSS check")
     parser.add_argument("--repeats", type=int, default=None, help="runs per figure, median shown (default 3, quick 1)")
     parser.add_argument("--skip-rss", action="store_true", help="skip the N vs 4N rows peak-RSS check")
+    parser.add_argument("--mlp-only", action="store_true", help="only the CPU-work limit of the 64→512→512→16 MLP")
+    parser.add_argument("--skip-limit", action="store_true", help="skip the CPU-work limit of the 64→512→512→16 MLP")
     parser.add_argument("--rss-child", nargs=3, metavar=("MODEL", "INPUT", "OUTPUT"), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -265,11 +270,20 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     rows = args.rows or (200_000 if args.quick else 1_000_000)
     repeats = max(1, args.repeats or (1 if args.quick else 3))
+    if args.mlp_only:
+        print_limit(measure_limit(DATA_DIR, rows, repeats))
+        print(f"\nTotal wall time {time.perf_counter() - started:.1f} s")
+        return
     input_dir = demo_data(rows)
     models = {"demo": demo_model(), "mlp": mlp_model()}
     x = load_features(input_dir)
     reports = [bench_model(name, path, input_dir, x, repeats) for name, path in models.items()]
     print_report(reports, rows, repeats)
+    demo = reports[0].measurements
+    print(f"\n[demo] (b) sluice.predict ÷ (c) the serial read → predict → write loop: "
+          f"{demo[1].rows_per_s / demo[3].rows_per_s:.2f} (target ≥ 2)")  # fmt: skip
+    if not args.skip_limit:
+        print_limit(measure_limit(DATA_DIR, rows, repeats))
     if not (args.quick or args.skip_rss):
         rss_check(models["demo"], rows, reports[0].summary)
     print(f"\nTotal wall time {time.perf_counter() - started:.1f} s")

@@ -8,7 +8,7 @@ import pytest
 
 from sluice.errors import BindError, PredictError
 from sluice.models.casting import RowFailures, cast_column, parse_numeric
-from sluice.models.signature import Signature, TensorSpec, tensor_to_arrow
+from sluice.models.signature import Signature, TensorSpec, default_feature_columns, is_value_type, tensor_to_arrow
 
 F32 = np.dtype("float32")
 F64 = np.dtype("float64")
@@ -64,6 +64,18 @@ def test_plan_default_width_mismatch_names_counts() -> None:
 def test_plan_default_features_skip_passthrough_and_text() -> None:
     plan = CLASSIFIER.plan(_features_batch().schema, not_features=["id"])
     assert plan.columns == ["f0", "f1", "f2", "f3"]
+
+
+def test_default_feature_columns_are_the_numeric_columns_in_order() -> None:
+    schema = pa.schema(
+        [("id", pa.int64()), ("name", pa.string()), ("flag", pa.bool_()), ("price", pa.decimal128(9, 2)),
+         ("when", pa.timestamp("s")), ("tags", pa.list_(pa.float32())), ("x", pa.float16())]
+    )  # fmt: skip
+    assert [is_value_type(f.type) for f in schema] == [True, False, True, True, False, False, True]
+    assert default_feature_columns(schema) == ["id", "flag", "price", "x"]
+    assert default_feature_columns(schema, {"id", "x"}) == ["flag", "price"]
+    wide = Signature((TensorSpec("X", np.dtype("float32"), (-1, -1)),), ())
+    assert wide.plan(schema, not_features=["id"]).columns == ["flag", "price", "x"]
 
 
 def test_plan_default_without_numeric_columns() -> None:
@@ -296,3 +308,36 @@ def test_parse_numeric_trims_and_treats_blank_as_missing() -> None:
     assert values[4] == float("inf")
     assert values[5] is None
     assert list(failures) == [(5, "p", "expected a number, found '1,5'")]
+
+
+@pytest.mark.parametrize(
+    ("types", "dtype"),
+    [
+        ((pa.float32(), pa.float32()), "float32"),  # one matrix, no cast
+        ((pa.int64(), pa.int64()), "float32"),  # one matrix, cast once
+        ((pa.float64(), pa.float64()), "int32"),
+        ((pa.int32(), pa.float64()), "float32"),  # mixed types: column by column
+        ((pa.float16(), pa.float16()), "float32"),
+    ],
+)
+def test_stacked_columns_bind_to_the_same_matrix_on_every_path(types: tuple[pa.DataType, ...], dtype: str) -> None:
+    values = [[1.5, -2.0, 3.25, 1024.0], [0.0, 7.0, -1.0, 5.5]]
+    if pa.types.is_integer(types[0]):
+        values = [[1, -2, 3, 1024], [0, 7, -1, 5]]
+    columns = [pa.array(v, t) for v, t in zip(values, types, strict=True)]
+    batch = pa.RecordBatch.from_arrays(columns, names=["a", "b"])
+    signature = Signature((TensorSpec("x", np.dtype(dtype), (-1, 3)),), ())
+    bound = signature.plan(batch.schema, ["b", "a", "b"]).bind(batch)
+    expected = np.stack([np.asarray(values[1]), np.asarray(values[0]), np.asarray(values[1])], axis=1)
+    assert bound.inputs["x"].dtype == np.dtype(dtype) and bound.inputs["x"].flags.writeable
+    np.testing.assert_array_equal(bound.inputs["x"], expected.astype(dtype))
+
+
+def test_a_missing_value_in_stacked_columns_fails_only_its_row() -> None:
+    batch = pa.record_batch(
+        {"a": pa.array([1.0, None, 3.0], pa.float32()), "b": pa.array([4.0, 5.0, 6.0], pa.float32())}
+    )
+    signature = Signature((TensorSpec("x", np.dtype("float32"), (-1, 2)),), ())
+    bound = signature.plan(batch.schema, ["a", "b"]).bind(batch)
+    assert list(bound.failures) == [(1, "a", "missing value")] and bound.rows.tolist() == [0, 2]
+    np.testing.assert_array_equal(bound.inputs["x"], np.array([[1.0, 4.0], [3.0, 6.0]], np.float32))

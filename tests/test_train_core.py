@@ -20,8 +20,10 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from sluice.errors import DataError, SluiceError  # noqa: E402
+from sluice.models.signature import default_feature_columns  # noqa: E402
 from sluice.train import TrainConfig  # noqa: E402
 from sluice.train.data import (  # noqa: E402
+    TRAINING_SIGNATURE,
     epoch_order,
     load_training_data,
     plan_columns,
@@ -244,6 +246,36 @@ def test_csv_with_bad_and_missing_values(tmp_path: Path) -> None:
     data = load_training_data(cfg)
     assert data.features == ("f0", "f1") and data.classes == ("a", "b")
     assert data.dropped_rows == 3 and len(data.x_train) + len(data.x_val) == 20
+
+
+def test_training_binds_its_features_through_the_signature(tmp_path: Path) -> None:
+    from decimal import Decimal
+
+    table = pa.table(
+        {
+            "id": pa.array(range(6), pa.int64()),
+            "name": [f"n{i}" for i in range(6)],
+            "flag": [True, False, True, False, True, False],
+            "price": pa.array([Decimal(f"{i}.25") for i in range(6)], pa.decimal128(9, 2)),
+            "x": pa.array([0.5, None, 2.5, float("inf"), 4.5, 5.5], pa.float32()),
+            "label": [0, 1, 0, 1, 0, 1],
+        }
+    )
+    pq.write_table(table, tmp_path / "t.parquet")
+    cfg = TrainConfig.build(data=str(tmp_path / "t.parquet"), target="label", model_name="m", exclude=["id"],
+                            nproc=1, global_batch_size=1, validation_fraction=0.25)  # fmt: skip
+    plan = plan_columns(cfg)
+    assert plan.features == ("flag", "price", "x")
+    assert plan.features == tuple(default_feature_columns(plan.schema, {"id", "label"}))
+    assert plan.bind == TRAINING_SIGNATURE.plan(plan.schema, list(plan.features), allow_nan=True)
+    data = load_training_data(cfg, plan)
+    assert data.dropped_rows == 2  # row 1: x is missing; row 3: x is infinite
+    raw = np.array([[1, 0.25, 0.5], [1, 2.25, 2.5], [1, 4.25, 4.5], [0, 5.25, 5.5]])
+    assert len(data.x_train) + len(data.x_val) == 4
+    restored = np.concatenate([data.x_train, data.x_val]) * data.std + data.mean
+    np.testing.assert_allclose(np.sort(restored, axis=0), np.sort(raw, axis=0), rtol=1e-6)
+    with pytest.raises(DataError, match=r"^feature columns must be numeric; \['name'\] are not$"):
+        plan_columns(cfg.model_copy(update={"features": ["x", "name"]}))
 
 
 def test_user_errors_surface_before_any_process_starts(small_data: Path, tmp_path: Path) -> None:

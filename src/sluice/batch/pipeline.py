@@ -17,19 +17,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 
 from sluice.batch.layout import OutputLayout
 from sluice.batch.plan import JobPlan
 from sluice.batch.predictor import Predictor
 from sluice.batch.progress import ProgressListener
+from sluice.batch.step import RowFailure, empty_outputs, predict_step
 from sluice.data.readers import RecordFailure, SourceBatch, read_shard
 from sluice.data.shards import Shard
 from sluice.data.writers import ErrorWriter, PartWriter
 from sluice.errors import Interrupted
 from sluice.metrics import LatencyHistogram, StageTimer
-from sluice.models.signature import tensor_to_arrow
 
 __all__ = ["Pipeline", "PipelineStats"]
 
@@ -187,9 +186,9 @@ class Pipeline:
         # own predictor, so worker processes start once, not once per shard
         self._owns_predictor = predictor is None
         self.predictor = predictor or Predictor(plan.model, workers)
-        self._empty_outputs = _empty_outputs(plan)
         passthrough = [plan.schema.field(name) for name in plan.columns.passthrough]
-        self.output_schema = pa.schema([*passthrough, *(pa.field(n, a.type) for n, a in self._empty_outputs)])
+        outputs = empty_outputs(plan.model.signature)
+        self.output_schema = pa.schema([*passthrough, *(pa.field(n, a.type) for n, a in outputs)])
         self._read_schema = plan.columns.read_schema(plan.schema)
 
     # -- driver ------------------------------------------------------------------------
@@ -311,45 +310,29 @@ class Pipeline:
     def _process(self, item: WorkItem) -> Result:
         """Bind, predict and unbind one batch; every record ends in the table or in the errors."""
         start = time.perf_counter()
-        batch = item.source.batch
-        failures = list(item.source.failures)
-        bound = self.plan.columns.bind.bind(batch)
-        failures += [self._failure_at(item, row, fld, message) for row, fld, message in bound.failures]
-        keep = bound.rows
-        outputs = self._empty_outputs
-        if bound.num_rows:
-            result = self.predictor.run(bound.inputs, bound.num_rows, self.stats.latency.record)
-            failures += [self._failure_at(item, int(keep[i]), None, message) for i, message in result.failed]
-            keep = keep[result.ok]
-            if keep.size:
-                outputs = self.plan.model.signature.unbind(result.outputs, int(keep.size))
-        passthrough = batch.select(list(self.plan.columns.passthrough))
-        if keep.size != batch.num_rows:
-            passthrough = passthrough.take(pa.array(keep))
-        names = [*passthrough.schema.names, *(n for n, _ in outputs)]
-        table = pa.Table.from_arrays([*passthrough.columns, *(a for _, a in outputs)], names=names)
+        step = predict_step(
+            item.source.batch,
+            self.plan.columns.bind,
+            self.predictor,
+            strict=False,
+            passthrough=self.plan.columns.passthrough,
+            on_latency=self.stats.latency.record,
+        )
+        failures = [*item.source.failures, *(self._failure_at(item, f) for f in step.failures)]
         failures.sort(key=lambda f: (f.row is None, f.row or 0))
         errors = [_error_record(item.shard.shard, f, self._key is not None) for f in failures]
         self.stats.stages.add("predict", time.perf_counter() - start)
-        return Result(item.seq, table, errors)
+        return Result(item.seq, pa.Table.from_batches([step.batch]), errors)
 
-    def _failure_at(self, item: WorkItem, row: int, fld: str | None, message: str) -> RecordFailure:
-        """A failure of the batch's ``row``, numbered within its source file, with its key."""
+    def _failure_at(self, item: WorkItem, failure: RowFailure) -> RecordFailure:
+        """A failure of a row of the batch, numbered within its source file, with its key."""
+        row = failure.row
         key = item.source.batch.column(self._key)[row].as_py() if self._key is not None else None
-        return RecordFailure(int(item.source.rows[row]), message, fld, key=key)
+        return RecordFailure(int(item.source.rows[row]), failure.message, failure.field, key=key)
 
     @property
     def _key(self) -> str | None:
         return self.plan.spec.key_column
-
-
-def _empty_outputs(plan: JobPlan) -> list[tuple[str, pa.Array]]:
-    """Zero-row output columns, for batches in which no record reached the model."""
-    outputs = []
-    for spec in plan.model.signature.outputs:
-        probe = np.zeros((0, *(max(d, 1) for d in spec.shape[1:])), dtype=spec.dtype)
-        outputs.append((spec.name, tensor_to_arrow(spec.name, probe, 0)))
-    return outputs
 
 
 def _error_record(shard: Shard, failure: RecordFailure, with_key: bool) -> dict[str, Any]:

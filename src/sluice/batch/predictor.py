@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -45,8 +46,7 @@ class Predictor:
         return self.runner.call(inputs)
 
     def run(self, inputs: Tensors, num_rows: int, on_latency: Callable[[float], None]) -> PredictResult:
-        import time
-
+        """Predict ``num_rows`` bound rows; rows the model rejects are isolated and returned as failures."""
         start = time.perf_counter()
         try:
             outputs = self._call(inputs)

@@ -12,10 +12,11 @@ from sluice.batch.local import LocalEngine, default_workers
 from sluice.batch.predictor import Predictor
 from sluice.batch.progress import ProgressListener
 from sluice.batch.spec import DEFAULT_BATCH_SIZE, JobSpec
+from sluice.batch.step import predict_step
 from sluice.batch.summary import RunSummary
-from sluice.errors import ConfigError, PredictError
+from sluice.errors import ConfigError
 from sluice.models.base import Model
-from sluice.models.signature import FeatureSpec
+from sluice.models.signature import BindPlan, FeatureSpec
 
 __all__ = ["default_workers", "finish_run", "predict", "predict_batches", "run_job"]
 
@@ -61,14 +62,11 @@ def predict_batches(
         batches = data
     predictor = Predictor(model, 1)
     features = features or model.source.config.features or model.default_features
+    plans: dict[pa.Schema, BindPlan] = {}
     try:
         for batch in batches:
-            inputs = model.signature.bind(batch, features)
-            result = predictor.run(inputs, batch.num_rows, lambda _s: None)
-            if result.failed:
-                row, message = result.failed[0]
-                raise PredictError(f"row {row}: {message}")
-            columns = model.signature.unbind(result.outputs, batch.num_rows)
-            yield pa.RecordBatch.from_arrays([a for _, a in columns], names=[n for n, _ in columns])
+            if (bind := plans.get(batch.schema)) is None:
+                bind = plans[batch.schema] = model.signature.plan(batch.schema, features)
+            yield predict_step(batch, bind, predictor, strict=True).batch
     finally:
         predictor.close()

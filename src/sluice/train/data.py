@@ -22,11 +22,14 @@ from sluice.data.readers import read_shard
 from sluice.data.schema import feature_read_schema, infer_schema
 from sluice.data.shards import Shard, plan_shards
 from sluice.errors import ConfigError, DataError
+from sluice.models.signature import BindPlan, Signature, TensorSpec, default_feature_columns, is_value_type
 from sluice.train.config import TrainConfig
 
 __all__ = [
+    "TRAINING_SIGNATURE",
     "ColumnPlan",
     "Task",
+    "TrainPlan",
     "TrainingData",
     "epoch_order",
     "load_training_data",
@@ -41,15 +44,28 @@ ClassLabel = str | int | bool | float
 _READ_ROWS = 1 << 16
 
 
+# The trained network takes one float matrix; binding the data to this signature is how
+# training picks its feature columns and builds that matrix, exactly as prediction binds.
+_FEATURES_INPUT = TensorSpec("features", np.dtype(np.float64), (-1, -1))
+TRAINING_SIGNATURE = Signature((_FEATURES_INPUT,), ())
+
+
 @dataclass(frozen=True)
-class ColumnPlan:
+class TrainPlan:
     """Which columns train the model, decided from the schema alone (cheap: no rows read)."""
 
     shards: tuple[Shard, ...]
     schema: pa.Schema
-    features: tuple[str, ...]
+    bind: BindPlan  # the feature columns, bound to the training signature
     target: str
     task: Task
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        return tuple(self.bind.columns)
+
+
+ColumnPlan = TrainPlan  # the name this plan had before training bound through Signature
 
 
 @dataclass(frozen=True)
@@ -70,10 +86,6 @@ class TrainingData:
     dropped_rows: int  # rows with a missing or non-finite feature or target, or unreadable
 
 
-def _is_numeric(t: pa.DataType) -> bool:
-    return bool(pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) or pa.types.is_decimal(t))
-
-
 def _task_of(t: pa.DataType, target: str) -> Task:
     if pa.types.is_dictionary(t):
         t = t.value_type
@@ -84,7 +96,7 @@ def _task_of(t: pa.DataType, target: str) -> Task:
     raise DataError(f"target column '{target}' has type {t}; expected numbers, booleans or strings")
 
 
-def plan_columns(config: TrainConfig) -> ColumnPlan:
+def plan_columns(config: TrainConfig) -> TrainPlan:
     """Resolve the feature and target columns and the task; raises DataError or ConfigError."""
     shards = plan_shards(config.data)
     if not shards:
@@ -98,19 +110,22 @@ def plan_columns(config: TrainConfig) -> ColumnPlan:
         missing = [f for f in features if f not in schema.names]
         if missing:
             raise DataError(f"{shards[0].source} has no feature column {missing}; its columns are {schema.names}")
-        wrong = [f for f in features if not _is_numeric(schema.field(f).type)]
+        wrong = [f for f in features if not is_value_type(schema.field(f).type)]
         if wrong:
             raise DataError(f"feature columns must be numeric; {wrong} are not")
     else:
-        features = [f.name for f in schema if f.name not in excluded and _is_numeric(f.type)]
+        features = default_feature_columns(schema, excluded)
     if not features:
         raise ConfigError(f"no numeric feature columns besides the target '{config.target}'; name them with features")
+    # NaN and infinite values bind; rows holding them are dropped with the other unusable rows
+    bind = TRAINING_SIGNATURE.plan(schema, features, allow_nan=True)
     task = _task_of(schema.field(config.target).type, config.target)
-    return ColumnPlan(tuple(shards), schema, tuple(features), config.target, task)
+    return TrainPlan(tuple(shards), schema, bind, config.target, task)
 
 
-def _read_columns(plan: ColumnPlan) -> tuple[np.ndarray, pa.ChunkedArray, int]:
-    """The feature matrix (float64, NaN where missing), the target column and unreadable records."""
+def _read_columns(plan: TrainPlan) -> tuple[np.ndarray, pa.ChunkedArray, int]:
+    """The bound feature matrix (float64), the target of its rows, and the records left out
+    (unreadable, or with a missing feature value)."""
     columns = [*plan.features, plan.target]
     parts: list[np.ndarray] = []
     targets: list[pa.Array] = []
@@ -119,18 +134,14 @@ def _read_columns(plan: ColumnPlan) -> tuple[np.ndarray, pa.ChunkedArray, int]:
         schema = plan.schema if shard.format == "parquet" else feature_read_schema(plan.schema, plan.features)
         for item in read_shard(shard, columns=columns, schema=schema, batch_size=_READ_ROWS):
             failed += len(item.failures)
-            batch = item.batch
-            if not batch.num_rows:
+            if not item.batch.num_rows:
                 continue
-            parts.append(
-                np.column_stack(
-                    [
-                        batch.column(f).cast(pa.float64(), safe=False).to_numpy(zero_copy_only=False)
-                        for f in plan.features
-                    ]
-                )
-            )
-            target = batch.column(plan.target)
+            bound = plan.bind.bind(item.batch)
+            failed += len(bound.failures)
+            target = item.batch.column(plan.target)
+            if bound.failures:
+                target = target.take(pa.array(bound.rows))
+            parts.append(bound.inputs[_FEATURES_INPUT.name])
             targets.append(target.dictionary_decode() if pa.types.is_dictionary(target.type) else target)
     if not parts:
         raise DataError(f"{plan.shards[0].source} holds no rows to train on")
@@ -156,7 +167,7 @@ def split_rows(n: int, validation_fraction: float, seed: int) -> tuple[np.ndarra
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
-def load_training_data(config: TrainConfig, plan: ColumnPlan | None = None) -> TrainingData:
+def load_training_data(config: TrainConfig, plan: TrainPlan | None = None) -> TrainingData:
     """Read, clean, split and standardise the training data that ``config`` names."""
     plan = plan or plan_columns(config)
     x, target, failed = _read_columns(plan)
