@@ -186,7 +186,8 @@ class XGBoostModel(_BoostedTrees):
 class LightGBMModel(_BoostedTrees):
     """A LightGBM model text file (``Booster.save_model``, usually ``.txt``).
 
-    Predicts with ``Booster.predict``; ``intra_op_threads`` becomes its ``num_threads``.
+    Predicts with ``Booster.predict``, keyword arguments ``predict_params``: ``intra_op_threads``
+    becomes its ``num_threads``.
     """
 
     library = "LightGBM"
@@ -200,7 +201,7 @@ class LightGBMModel(_BoostedTrees):
         except Exception as exc:
             raise ModelLoadError(f"LightGBM cannot load {path}: {_message(exc)}") from exc
         threads = self.source.options.intra_op_threads
-        self._params: dict[str, Any] = {"num_threads": threads} if threads else {}
+        self.predict_params: dict[str, Any] = {"num_threads": threads} if threads else {}
         header = _lightgbm_header(path)
         task = lightgbm_task(header.get("objective", ""), int(header.get("num_class", "1")))
         names = [str(n) for n in self.booster.feature_name()]
@@ -209,7 +210,7 @@ class LightGBMModel(_BoostedTrees):
         return BoosterInfo(task, int(self.booster.num_feature()), None if unnamed else names)
 
     def _raw_predict(self, x: np.ndarray) -> np.ndarray:
-        return np.asarray(self.booster.predict(x, **self._params))
+        return np.asarray(self.booster.predict(x, **self.predict_params))
 
 
 def xgboost_task(objective: str, num_class: int, num_target: int) -> TreeTask:
