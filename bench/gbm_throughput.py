@@ -95,10 +95,12 @@ def train_models(trees: int) -> dict[str, tuple[Any, Path, Path]]:
 # -- the three ways ------------------------------------------------------------------------------
 
 
-def sluice_predict(model: Path, input_dir: Path, output: Path, features: bool) -> tuple[float, dict[str, Any]]:
+def sluice_predict(
+    model: Path, input_dir: Path, output: Path, features: bool, batch_size: str
+) -> tuple[float, dict[str, Any]]:
     """``sluice predict`` as a user runs it, in a fresh process; returns its wall time and summary."""
     cmd = [sys.executable, "-m", "sluice", "predict", "-m", str(model), "-i", str(input_dir), "-o", str(output)]
-    cmd += ["--key-column", "id", "--overwrite", "-q"]
+    cmd += ["--key-column", "id", "--batch-size", batch_size, "--overwrite", "-q"]
     if features:  # an ONNX model does not name its features; the native files do
         cmd += ["--features", ",".join(FEATURES)]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
@@ -146,13 +148,15 @@ def agreement(output: Path, reference: Path) -> str:
     return f"{mismatched} labels differ, max |Δp| {np.abs(proba - ref_proba).max():.1e}"
 
 
-def bench_library(library: str, models: tuple[Any, Path, Path], input_dir: Path, rows: int) -> list[Way]:
+def bench_library(
+    library: str, models: tuple[Any, Path, Path], input_dir: Path, rows: int, batch_size: str
+) -> list[Way]:
     estimator, native, onnx_file = models
     out = DATA_DIR / "out" / library
     loop_s = library_loop(estimator, input_dir, out / "loop")
     ways = [Way(library, "library loop", rows / loop_s, rows / loop_s, "predict_proba per file (in-process)")]
     for method, model, features in (("sluice native", native, False), ("sluice ONNX", onnx_file, True)):
-        wall_s, summary = sluice_predict(model, input_dir, out / method.replace(" ", "-"), features)
+        wall_s, summary = sluice_predict(model, input_dir, out / method.replace(" ", "-"), features, batch_size)
         note = f"{summary['workers']} workers, batch {summary['batch_size']}; " + agreement(
             out / method.replace(" ", "-"), out / "loop"
         )
@@ -187,6 +191,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rows", type=int, default=400_000, help="rows to predict (default 400,000)")
     parser.add_argument("--files", type=int, default=4, help="Parquet files they are split into (default 4)")
     parser.add_argument("--trees", type=int, default=100, help="boosting rounds per model (default 100)")
+    parser.add_argument(
+        "--batch-size",
+        default="4096",
+        help="sluice predict's --batch-size (default 4096; 'auto' tunes it first, and the tuning is in the wall time)",
+    )
     return parser.parse_args(argv)
 
 
@@ -194,7 +203,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     input_dir = make_data(args.rows, args.files)
     models = train_models(args.trees)
-    ways = [w for library, m in models.items() for w in bench_library(library, m, input_dir, args.rows)]
+    ways = [
+        w for library, m in models.items() for w in bench_library(library, m, input_dir, args.rows, args.batch_size)
+    ]
     print_report(ways, args.rows, args.trees)
 
 
