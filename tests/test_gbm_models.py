@@ -282,6 +282,16 @@ def test_repository_version_directory(tmp_path: Path, boosters: dict[str, Booste
         assert model.source.location == str(repo / name / "1" / f"model{boosters[name].path.suffix}")
 
 
+def test_repository_format_and_artifact_name_any_file(tmp_path: Path, boosters: dict[str, Booster]) -> None:
+    version = tmp_path / "models" / "ranker" / "1"
+    version.mkdir(parents=True)
+    shutil.copy(boosters["lgb-regressor"].path, version / "booster.model")
+    (tmp_path / "models" / "ranker" / "model.yaml").write_text("format: lightgbm\nartifact: booster.model\n")
+    model = load_model("ranker", repository=tmp_path / "models")
+    assert isinstance(model, LightGBMModel)
+    assert model.signature.describe() == "inputs: input: float64[?, 4] -> outputs: prediction: float64[?]"
+
+
 @pytest.mark.parametrize("name", ["xgb-binary", "lgb-multiclass"])
 def test_cli_predict_on_parquet(tmp_path: Path, boosters: dict[str, Booster], name: str) -> None:
     booster = boosters[name]
