@@ -120,6 +120,15 @@ def test_predictions_equal_the_library_exactly(boosters: dict[str, Booster], nam
         assert np.array_equal(outputs["label"], raw.argmax(axis=1))
 
 
+@pytest.mark.parametrize("name", ALL)
+def test_an_empty_batch_gives_empty_outputs_of_the_signature_shape(boosters: dict[str, Booster], name: str) -> None:
+    model = load_model(str(boosters[name].path))
+    outputs = model.predict_checked({"input": np.zeros((0, 4), model.signature.inputs[0].dtype)})
+    for spec in model.signature.outputs:
+        assert outputs[spec.name].shape == tuple(0 if d < 0 else d for d in spec.shape), spec.name
+        assert outputs[spec.name].dtype == spec.dtype, spec.name
+
+
 @pytest.mark.parametrize(
     ("name", "signature"),
     [

@@ -51,6 +51,8 @@ class TreeTask:
 
     def decode(self, raw: np.ndarray) -> dict[str, np.ndarray]:
         """The library's prediction as outputs; labels are what the library's classifiers predict."""
+        if self.kind in ("multiclass", "regression") and self.width > 1:
+            raw = raw.reshape(-1, self.width)  # LightGBM returns an empty batch's result flat
         if self.kind == "regression":
             return {"prediction": raw}
         if self.kind == "class_index":
