@@ -237,7 +237,8 @@ def test_unknown_model_extension(tmp_path: Path) -> None:
     with pytest.raises(ModelNotFound) as info:
         resolve_model(str(path))
     assert str(info.value) == (
-        f"cannot tell the format of model file {path}: expected one of .joblib, .onnx, .pickle, .pkl, .skops"
+        f"cannot tell the format of model file {path}: "
+        "expected one of .joblib, .json, .onnx, .pickle, .pkl, .skops, .txt, .ubj"
     )
 
 

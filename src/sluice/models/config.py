@@ -24,7 +24,7 @@ __all__ = [
     "read_yaml_model",
 ]
 
-ModelFormat = Literal["onnx", "sklearn", "pickle", "python"]
+ModelFormat = Literal["onnx", "sklearn", "pickle", "python", "xgboost", "lightgbm"]
 Concurrency = Literal["threads", "processes", "serial"]
 
 

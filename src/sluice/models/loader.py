@@ -11,6 +11,7 @@ from sluice.models.base import Model, ModelSource
 from sluice.models.config import LoadOptions, ModelConfig
 from sluice.models.repository import (
     DEFAULT_REPOSITORY,
+    MODEL_EXTENSIONS,
     ModelRepository,
     format_for_path,
     is_callable_reference,
@@ -41,7 +42,7 @@ def resolve_model(
     path = Path(ref)
     if path.is_file():
         return ModelSource(format_for_path(path), str(path), config or ModelConfig(), options)
-    if os.sep in ref or path.suffix.lower() in {".onnx", ".skops", ".pkl", ".pickle", ".joblib"}:
+    if os.sep in ref or path.suffix.lower() in MODEL_EXTENSIONS:
         raise ModelNotFound(f"model file {ref} does not exist")
     return ModelRepository(repository or default_repository()).resolve(ref, options)
 
@@ -56,6 +57,14 @@ def load_source(source: ModelSource) -> Model:
         from sluice.models.sklearn import SklearnModel
 
         return SklearnModel(source)
+    if source.format == "xgboost":
+        from sluice.models.gbm import XGBoostModel
+
+        return XGBoostModel(source)
+    if source.format == "lightgbm":
+        from sluice.models.gbm import LightGBMModel
+
+        return LightGBMModel(source)
     from sluice.models.python import PythonModel
 
     return PythonModel(source)

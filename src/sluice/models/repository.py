@@ -17,9 +17,11 @@ from sluice.models.config import LoadOptions, ModelConfig, ModelFormat, read_yam
 
 __all__ = [
     "DEFAULT_REPOSITORY",
+    "MODEL_EXTENSIONS",
     "REPOSITORY_SETTINGS",
     "ModelRepository",
     "RepositorySettings",
+    "detect_format",
     "format_for_path",
     "is_callable_reference",
     "parse_reference",
@@ -37,15 +39,47 @@ _EXTENSIONS: dict[str, ModelFormat] = {
     ".pkl": "pickle",
     ".pickle": "pickle",
     ".joblib": "pickle",
+    ".ubj": "xgboost",
 }
+# Extensions that other files share too: such a file is a model only when its content says so.
+_SNIFFED = {".json": "an XGBoost JSON model", ".txt": "a LightGBM text model"}
+MODEL_EXTENSIONS = frozenset([*_EXTENSIONS, *_SNIFFED])
+"""Every extension a model file may have (some need a look at the content too)."""
+
+
+def detect_format(path: Path) -> ModelFormat | None:
+    """The format of the model file at ``path``, or ``None`` when it is not one Sluice knows."""
+    suffix = path.suffix.lower()
+    if suffix in _EXTENSIONS:
+        return _EXTENSIONS[suffix]
+    if suffix not in _SNIFFED:
+        return None
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(4096)
+    except OSError:
+        return None
+    if suffix == ".json" and b'"learner"' in head:
+        return "xgboost"
+    lines = head.splitlines()
+    if suffix == ".txt" and lines[:1] == [b"tree"] and any(line.startswith(b"version=v") for line in lines[1:8]):
+        return "lightgbm"
+    return None
 
 
 def format_for_path(path: Path) -> ModelFormat:
-    try:
-        return _EXTENSIONS[path.suffix.lower()]
-    except KeyError:
-        known = ", ".join(sorted(_EXTENSIONS))
-        raise ModelNotFound(f"cannot tell the format of model file {path}: expected one of {known}") from None
+    """The format of the model file at ``path``; :class:`ModelNotFound` when it has none Sluice knows."""
+    fmt = detect_format(path)
+    if fmt is not None:
+        return fmt
+    suffix = path.suffix.lower()
+    if suffix in _SNIFFED:
+        raise ModelNotFound(
+            f"cannot tell the format of model file {path}: a {suffix} model file must be {_SNIFFED[suffix]}; "
+            "set 'format' in model.yaml if it is one"
+        )
+    known = ", ".join(sorted(MODEL_EXTENSIONS))
+    raise ModelNotFound(f"cannot tell the format of model file {path}: expected one of {known}")
 
 
 def parse_reference(ref: str) -> tuple[str, str | None]:
@@ -195,7 +229,7 @@ def _source_in(version_dir: Path, config: ModelConfig, options: LoadOptions, nam
         if not artifact.is_file():
             raise ModelNotFound(f"model '{name}' version {version}: artifact {artifact} does not exist")
     else:
-        candidates = sorted(p for p in version_dir.iterdir() if p.suffix.lower() in _EXTENSIONS)
+        candidates = sorted(p for p in version_dir.iterdir() if p.is_file() and detect_format(p) is not None)
         if len(candidates) != 1:
             found = ", ".join(p.name for p in candidates) or "no model file"
             raise ModelNotFound(
