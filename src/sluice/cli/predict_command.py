@@ -29,7 +29,8 @@ def _option(help_: str, *names: str, metavar: str | None = None) -> Any:
 ModelOption = Annotated[
     str | None,
     _option(
-        "Model file (.onnx, .skops, .pkl), 'module:function', or NAME, NAME@VERSION, NAME@LABEL in the repository.",
+        "Model file (.onnx, .skops, .pkl, XGBoost .json/.ubj, LightGBM .txt), 'module:function', "
+        "or NAME, NAME@VERSION, NAME@LABEL in the repository.",
         "--model",
         "-m",
     ),
@@ -58,7 +59,7 @@ WorkersOption = Annotated[
 ]
 ReadersOption = Annotated[int | None, _option("Input shards read at once (default: 2).")]
 IntraOpThreadsOption = Annotated[
-    int | None, _option("Threads inside one ONNX Runtime call (default: cores / workers).")
+    int | None, _option("Threads inside one model call: ONNX Runtime, XGBoost, LightGBM (default: cores / workers).")
 ]
 DeviceOption = Annotated[str | None, _option("auto, cpu or cuda (default: auto).")]
 MaxErrorFractionOption = Annotated[
