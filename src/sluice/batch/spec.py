@@ -7,11 +7,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from sluice.configfile import format_validation_error, read_yaml_model
 from sluice.data.location import DataFormat
 from sluice.data.shards import DEFAULT_SHARD_ROWS
 from sluice.data.writers import OutputFormat
 from sluice.errors import ConfigError
-from sluice.models.config import LoadOptions, format_validation_error, read_yaml_model
+from sluice.models.config import LoadOptions
 
 __all__ = ["DEFAULT_BATCH_SIZE", "JobSpec"]
 

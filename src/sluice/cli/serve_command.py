@@ -112,8 +112,8 @@ def serve(
     def start() -> None:
         from pydantic import ValidationError
 
+        from sluice.configfile import format_validation_error
         from sluice.errors import ConfigError
-        from sluice.models.config import format_validation_error
 
         try:
             settings = ServeSettings.model_validate(

@@ -10,8 +10,8 @@ from typing import Any
 from pydantic import Field, ValidationError, field_validator
 
 from sluice.batch.spec import JobSpec
+from sluice.configfile import format_validation_error, read_yaml_model
 from sluice.errors import ConfigError
-from sluice.models.config import format_validation_error, read_yaml_model
 
 __all__ = [
     "TERMINAL_STATES",

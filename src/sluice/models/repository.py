@@ -11,9 +11,10 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from sluice.configfile import read_yaml_model
 from sluice.errors import ConfigError, ModelNotFound, UnsafeModelError
 from sluice.models.base import ModelSource
-from sluice.models.config import LoadOptions, ModelConfig, ModelFormat, read_yaml_model
+from sluice.models.config import LoadOptions, ModelConfig, ModelFormat
 
 __all__ = [
     "DEFAULT_REPOSITORY",

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
+from sluice.arrowcast import RowFailures, array_from_numpy, numpy_view, parse_numeric
 from sluice.errors import BindError, PredictError
-from sluice.models.casting import RowFailures, array_from_numpy, numpy_view, parse_numeric
 
 __all__ = [
     "BindPlan",

@@ -16,8 +16,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from sluice.configfile import format_validation_error
 from sluice.errors import ConfigError, ModelNotFound, ProtocolError
-from sluice.models.config import ModelConfig, format_validation_error
+from sluice.models.config import ModelConfig
 from sluice.models.repository import write_config
 from sluice.serve.host import ModelHost
 

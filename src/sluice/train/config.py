@@ -7,8 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from sluice.configfile import format_validation_error, read_yaml_model
 from sluice.errors import ConfigError
-from sluice.models.config import format_validation_error, read_yaml_model
 
 __all__ = ["Strategy", "TrainConfig"]
 
