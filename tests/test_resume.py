@@ -48,7 +48,7 @@ def test_rerun_redoes_only_the_lost_part(tmp_path: Path, models, fmt: str) -> No
 
     result = invoke(*command)
     assert result.exit_code == 0, result.output
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "_summary.json").read_text())
     assert summary["shards"] == FILES
     assert summary["shards_skipped"] == FILES - 1
     assert summary["rows"] == ROWS
@@ -67,7 +67,7 @@ def test_rerun_of_a_complete_job_skips_everything(tmp_path: Path, models) -> Non
     assert invoke(*command).exit_code == 0
     result = invoke(*command)
     assert result.exit_code == 0, result.output
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "_summary.json").read_text())
     assert (summary["shards_skipped"], summary["rows"], summary["rows_failed"]) == (FILES, 0, 0)
     assert _all_ids(out, "parquet") == expected_ids
     assert (out / "_SUCCESS").exists()
@@ -81,7 +81,7 @@ def test_overwrite_starts_over(tmp_path: Path, models) -> None:
     (out / "part-00001.parquet").unlink()
     result = invoke(*command, "--overwrite")
     assert result.exit_code == 0, result.output
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "_summary.json").read_text())
     assert (summary["shards_skipped"], summary["rows"]) == (0, FILES * ROWS)
     assert _all_ids(out, "parquet") == expected_ids
 
@@ -94,7 +94,7 @@ def test_resumed_predictions_match_a_fresh_run(tmp_path: Path, models) -> None:
     (out / "part-00000.parquet").unlink()
     (out / "part-00003.parquet").unlink()
     assert invoke(*command).exit_code == 0
-    assert json.loads((out / "summary.json").read_text())["shards_skipped"] == 2
+    assert json.loads((out / "_summary.json").read_text())["shards_skipped"] == 2
     for i in range(FILES):
         table = make_table(ROWS, start=100 * i)
         part = pq.read_table(out / f"part-{i:05d}.parquet")
@@ -110,19 +110,19 @@ def test_resume_rewrites_the_error_file_of_a_redone_part(tmp_path: Path, models)
     out = tmp_path / "out"
     command = _command(models, tmp_path / "in", out, "jsonl", "--max-error-fraction", "0.5")
     assert invoke(*command).exit_code == 0
-    errors_before = (out / "errors-00000.jsonl").read_text()
+    errors_before = (out / "_errors-00000.jsonl").read_text()
     (out / "part-00000.jsonl").unlink()
     result = invoke(*command)
     assert result.exit_code == 0, result.output
-    assert (out / "errors-00000.jsonl").read_text() == errors_before
+    assert (out / "_errors-00000.jsonl").read_text() == errors_before
     assert len(errors_before.splitlines()) == 1
     assert listing(out) == [
         "_SUCCESS",
+        "_errors-00000.jsonl",
         "_sluice_job.json",
-        "errors-00000.jsonl",
+        "_summary.json",
         "part-00000.jsonl",
         "part-00001.jsonl",
-        "summary.json",
     ]
 
 

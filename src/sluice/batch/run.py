@@ -54,7 +54,7 @@ def _concurrency_of(fmt: str) -> str:
 
 
 def run_job(spec: JobSpec, *, progress: ProgressListener | None = None) -> RunSummary:
-    """Run a batch prediction job; returns its summary (also written to ``summary.json``).
+    """Run a batch prediction job; returns its summary (also written to ``_summary.json``).
 
     Raises :class:`ErrorFractionExceeded` (carrying the summary) when more records failed
     than ``spec.max_error_fraction`` allows.
@@ -128,7 +128,7 @@ def run_job(spec: JobSpec, *, progress: ProgressListener | None = None) -> RunSu
 
 
 def finish_run(spec: JobSpec, layout: OutputLayout, summary: RunSummary) -> RunSummary:
-    """Write ``summary.json``; then raise :class:`ErrorFractionExceeded` or mark the output ``_SUCCESS``.
+    """Write ``_summary.json``; then raise :class:`ErrorFractionExceeded` or mark the output ``_SUCCESS``.
 
     Every backend ends its run here, so the summary and the success rule are the same on each.
     """
@@ -137,7 +137,7 @@ def finish_run(spec: JobSpec, layout: OutputLayout, summary: RunSummary) -> RunS
         raise ErrorFractionExceeded(
             f"{summary.rows_failed} of {summary.rows + summary.rows_failed} records failed "
             f"({summary.error_fraction:.2%}), more than --max-error-fraction {spec.max_error_fraction}; "
-            f"see the errors-*.jsonl files in {layout.root.url}",
+            f"see the _errors-*.jsonl files in {layout.root.url}",
             summary,
         )
     layout.mark_success()

@@ -46,7 +46,7 @@ def cost(
         Path | None,
         typer.Option(
             metavar="SUMMARY.JSON",
-            help="A `sluice predict` summary.json: its rows/s (cores from --cores).",
+            help="A `sluice predict` _summary.json (or its output directory): its rows/s (cores from --cores).",
             show_default=False,
         ),
     ] = None,
@@ -154,7 +154,10 @@ class _Measured:
                 f"assuming the throughput was measured on this machine's {cores} cores; pass --cores to say otherwise"
             )
         if self.summary is not None:
-            return Throughput.from_summary(_read_json(self.summary), str(self.summary), cores, self.gpus)
+            from sluice.batch.layout import summary_file
+
+            path = Path(summary_file(self.summary))
+            return Throughput.from_summary(_read_json(path), str(path), cores, self.gpus)
         return Throughput(self.rows_per_second or 0.0, cores, self.gpus)
 
 

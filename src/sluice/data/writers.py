@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from sluice.data.jsonl import encode_jsonl, encode_values
 from sluice.data.location import Location
 
-__all__ = ["AtomicFile", "ErrorWriter", "OutputFormat", "PartWriter", "part_name"]
+__all__ = ["AtomicFile", "ErrorWriter", "OutputFormat", "PartWriter", "error_name", "part_name"]
 
 OutputFormat = Literal["parquet", "csv", "jsonl"]
 _EXTENSIONS = {"parquet": "parquet", "csv": "csv", "jsonl": "jsonl"}
@@ -30,7 +30,17 @@ ROW_GROUP_ROWS = 1 << 17
 
 
 def part_name(index: int, fmt: OutputFormat) -> str:
+    """The file name of output part ``index``: ``part-00000.parquet``."""
     return f"part-{index:05d}.{_EXTENSIONS[fmt]}"
+
+
+def error_name(index: int) -> str:
+    """The file name of part ``index``'s error records: ``_errors-00000.jsonl``.
+
+    The leading ``_`` is what makes dataset readers (pyarrow, pandas, Spark, Hive) skip it,
+    so the output directory reads as its predicted rows only.
+    """
+    return f"_errors-{index:05d}.jsonl"
 
 
 class AtomicFile:
@@ -193,7 +203,7 @@ def flatten_lists(table: pa.Table) -> pa.Table:
 
 
 class ErrorWriter:
-    """The per-record error file of one part (``errors-00000.jsonl``), written only if needed."""
+    """The per-record error file of one part (``_errors-00000.jsonl``), written only if needed."""
 
     def __init__(self, target: Location) -> None:
         self.file = AtomicFile(target)
