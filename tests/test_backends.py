@@ -112,7 +112,7 @@ def _by_key(out: Path) -> dict[int, dict[str, Any]]:
 
 
 def _errors(out: Path) -> list[dict[str, Any]]:
-    records = [r for path in sorted(out.glob("_errors-*.jsonl")) for r in read_jsonl(path)]
+    records = [r for path in sorted(out.glob("_errors/errors-*.jsonl")) for r in read_jsonl(path)]
     return sorted(records, key=lambda r: json.dumps(r, sort_keys=True))
 
 

@@ -363,16 +363,16 @@ def test_flatten_lists() -> None:
 
 
 def test_error_writer_only_creates_a_file_with_errors(tmp_path: Path) -> None:
-    empty = ErrorWriter(resolve_location(str(tmp_path / "_errors-00000.jsonl")))
+    empty = ErrorWriter(resolve_location(str(tmp_path / "errors-00000.jsonl")))
     empty.write([])
     empty.commit()
     assert listing(tmp_path) == []
-    writer = ErrorWriter(resolve_location(str(tmp_path / "_errors-00001.jsonl")))
+    writer = ErrorWriter(resolve_location(str(tmp_path / "errors-00001.jsonl")))
     writer.write([{"source": "s", "row": 1, "field": None, "error": 'bad "x"\n'}])
     writer.write([{"source": "s", "row": 2, "field": "f", "error": "nan", "key": math.pi}])
     writer.commit()
     assert writer.count == 2
-    lines = (tmp_path / "_errors-00001.jsonl").read_text().splitlines()
+    lines = (tmp_path / "errors-00001.jsonl").read_text().splitlines()
     assert [json.loads(line) for line in lines] == [
         {"source": "s", "row": 1, "field": None, "error": 'bad "x"\n'},
         {"source": "s", "row": 2, "field": "f", "error": "nan", "key": math.pi},

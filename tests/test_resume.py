@@ -110,15 +110,15 @@ def test_resume_rewrites_the_error_file_of_a_redone_part(tmp_path: Path, models)
     out = tmp_path / "out"
     command = _command(models, tmp_path / "in", out, "jsonl", "--max-error-fraction", "0.5")
     assert invoke(*command).exit_code == 0
-    errors_before = (out / "_errors-00000.jsonl").read_text()
+    errors_before = (out / "_errors" / "errors-00000.jsonl").read_text()
     (out / "part-00000.jsonl").unlink()
     result = invoke(*command)
     assert result.exit_code == 0, result.output
-    assert (out / "_errors-00000.jsonl").read_text() == errors_before
+    assert (out / "_errors" / "errors-00000.jsonl").read_text() == errors_before
     assert len(errors_before.splitlines()) == 1
     assert listing(out) == [
         "_SUCCESS",
-        "_errors-00000.jsonl",
+        "_errors",
         "_sluice_job.json",
         "_summary.json",
         "part-00000.jsonl",

@@ -1,18 +1,17 @@
 """The output directory: parts, error files, the job manifest, the summary and _SUCCESS.
 
-The directory reads as a dataset: every file that is not predicted rows starts with ``_``
-(``_summary.json``, ``_errors-00000.jsonl``, ``_sluice_job.json``, ``_SUCCESS``) or ``.``
+The directory reads as a dataset: everything that is not predicted rows starts with ``_``
+(``_summary.json``, ``_sluice_job.json``, ``_SUCCESS``, the ``_errors/`` folder) or ``.``
 (temporary files), the names that pyarrow, pandas, Spark and Hive skip, so
 ``pandas.read_parquet(out)`` or ``spark.read.parquet(out)`` read exactly the predictions.
-The error files sit beside the parts rather than in an ``_errors/`` folder because several
-readers (Polars' ``hidden_file_prefix``, Sluice's own input listing) test only a file's own
-name, not the folders above it.
+The error files live in ``_errors/`` rather than beside the parts so that a glob for the
+parts (``out/*.jsonl`` with Polars, DuckDB or Python's ``glob``) never matches them.
 
 The manifest (``_sluice_job.json``) records what produced the output. A re-run with the
 same job skips the parts that already exist; a different job is refused unless the user
 asks to overwrite, and overwriting removes only files Sluice writes. A re-run over an output
-of the earlier layout (``summary.json``, ``errors-00000.jsonl``) renames those files to
-their current names first.
+of the earlier layout (``summary.json`` and ``errors-00000.jsonl`` beside the parts) moves
+those files to their current names first.
 """
 
 from __future__ import annotations
@@ -28,34 +27,48 @@ from sluice.data.location import Location, resolve_location
 from sluice.data.writers import AtomicFile, OutputFormat, error_name, part_name
 from sluice.errors import OutputConflict
 
-__all__ = ["ERROR_FILES", "MANIFEST", "SUCCESS", "SUMMARY", "OutputLayout", "current_name", "summary_file"]
+__all__ = [
+    "ERRORS_DIR",
+    "ERROR_FILES",
+    "MANIFEST",
+    "SUCCESS",
+    "SUMMARY",
+    "OutputLayout",
+    "current_name",
+    "summary_file",
+]
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "_sluice_job.json"
 SUMMARY = "_summary.json"
 SUCCESS = "_SUCCESS"
-ERROR_FILES = "_errors-*.jsonl"
+ERRORS_DIR = "_errors"
+ERROR_FILES = f"{ERRORS_DIR}/errors-*.jsonl"  # for messages
 LEGACY_SUMMARY = "summary.json"
 
 _PART = re.compile(r"^part-(\d{5})\.(parquet|csv|jsonl)$")
-_NAMES = r"part-\d{5}\.(parquet|csv|jsonl)|_errors-\d{5}\.jsonl|_summary\.json|_SUCCESS|_sluice_job\.json"
-# what an output written before the dataset layout holds; still Sluice's to resume or remove
+_NAMES = r"part-\d{5}\.(parquet|csv|jsonl)|_summary\.json|_SUCCESS|_sluice_job\.json"
+# what an output written before the dataset layout holds beside its parts; still Sluice's to
+# resume or remove
 _LEGACY_NAMES = r"errors-\d{5}\.jsonl|summary\.json"
 _LEGACY_ERRORS = re.compile(r"^errors-(\d{5})\.jsonl$")
 _LEFTOVER = re.compile(rf"^\.({_NAMES}|{_LEGACY_NAMES})\.tmp-[0-9a-f]+$")
 _OWNED = re.compile(rf"^({_NAMES}|{_LEGACY_NAMES})$")
+# inside _errors/
+_ERRORS_OWNED = re.compile(r"^errors-\d{5}\.jsonl$")
+_ERRORS_LEFTOVER = re.compile(r"^\.errors-\d{5}\.jsonl\.tmp-[0-9a-f]+$")
 
 
 def current_name(path: str) -> str:
     """``path`` with a file name of the earlier layout replaced by its current one.
 
-    ``out/errors-00001.jsonl`` → ``out/_errors-00001.jsonl``, ``out/summary.json`` →
+    ``out/errors-00001.jsonl`` → ``out/_errors/errors-00001.jsonl``, ``out/summary.json`` →
     ``out/_summary.json``; any other path comes back unchanged.
     """
     head, sep, name = path.rpartition("/")
     match = _LEGACY_ERRORS.match(name)
-    if match:
+    if match and not head.endswith(ERRORS_DIR):
         return f"{head}{sep}{error_name(int(match.group(1)))}"
     if name == LEGACY_SUMMARY:
         return f"{head}{sep}{SUMMARY}"
@@ -82,7 +95,7 @@ class OutputLayout:
     def __init__(self, uri: str, fmt: OutputFormat, storage_options: Mapping[str, Any] | None = None) -> None:
         self.root = resolve_location(uri, storage_options)
         self.format = fmt
-        self.adopted: list[str] = []  # files of the earlier layout that prepare() renamed, by new name
+        self.adopted: list[str] = []  # files of the earlier layout that were moved, by their new name
 
     def part(self, index: int) -> Location:
         return self.root.child(part_name(index, self.format))
@@ -94,9 +107,12 @@ class OutputLayout:
         """Make the directory ready; returns the indices of parts already complete."""
         self.root.fs.makedirs(self.root.path, exist_ok=True)
         existing = self._names()
-        self._remove(n for n in existing if _LEFTOVER.match(n))  # temporary files of a run that crashed
+        # temporary files of a run that crashed
+        self._remove(n for n in existing if _LEFTOVER.match(n))
+        self._remove(f"{ERRORS_DIR}/{n}" for n in self._names(ERRORS_DIR) if _ERRORS_LEFTOVER.match(n))
         if overwrite:
             self._remove(n for n in existing if _OWNED.match(n))
+            self._remove_error_files()
             existing = set()
         if MANIFEST in existing:
             self._check_manifest(fingerprint)
@@ -130,7 +146,7 @@ class OutputLayout:
         return done
 
     def adopt_legacy(self) -> list[str]:
-        """Rename the files of the earlier layout to their current names; returns the new names.
+        """Move the files of the earlier layout to their current names; returns every file moved so far.
 
         An output written before the directory read as a dataset has ``summary.json`` and
         ``errors-NNNNN.jsonl`` beside its parts. A legacy file replaces a current one of the
@@ -141,24 +157,33 @@ class OutputLayout:
         return list(self.adopted)
 
     def _adopt_legacy(self, names: set[str]) -> set[str]:
-        fs = self.root.fs
         renamed = {n: current_name(n) for n in sorted(names) if current_name(n) != n}
+        if any(_LEGACY_ERRORS.match(n) for n in renamed):
+            self.root.fs.makedirs(self.root.child(ERRORS_DIR).path, exist_ok=True)
         for old, new in renamed.items():
-            fs.mv(self.root.child(old).path, self.root.child(new).path)
+            self.root.fs.mv(self.root.child(old).path, self.root.child(new).path)
             self.adopted.append(new)
         if renamed:
             log.warning(
-                "%s: renamed %s so that the directory reads as a dataset",
+                "%s was written by an earlier Sluice: moved %s so that the directory reads as a dataset",
                 self.root.url,
                 ", ".join(f"{old} to {new}" for old, new in renamed.items()),
             )
-        return (names - renamed.keys()) | set(renamed.values())
+        return (names - renamed.keys()) | {n for n in renamed.values() if "/" not in n}
 
-    def _names(self) -> set[str]:
+    def _names(self, folder: str | None = None) -> set[str]:
+        """The names in the output directory, or in one of its folders."""
+        where = self.root.child(folder) if folder else self.root
         try:
-            return {p.rsplit("/", 1)[-1] for p in self.root.fs.ls(self.root.path, detail=False)}
+            return {p.rstrip("/").rsplit("/", 1)[-1] for p in self.root.fs.ls(where.path, detail=False)}
         except FileNotFoundError:  # an object-store prefix exists only once something is under it
             return set()
+
+    def _remove_error_files(self) -> None:
+        self._remove(f"{ERRORS_DIR}/{n}" for n in self._names(ERRORS_DIR) if _ERRORS_OWNED.match(n))
+        folder = self.root.child(ERRORS_DIR)
+        if self.root.is_local and folder.exists() and not self._names(ERRORS_DIR):
+            self.root.fs.rmdir(folder.path)  # object stores have no empty folders to leave behind
 
     def _remove(self, names: Iterable[str]) -> None:
         for name in sorted(names):
@@ -171,11 +196,17 @@ class OutputLayout:
         """
         if not self.root.is_local or not self.root.exists():
             return []
-        names = (part_name(index, self.format), error_name(index), f"errors-{index:05d}.jsonl")
-        prefixes = tuple(f".{name}.tmp-" for name in names)
-        leftovers = sorted(n for n in self._names() if n.startswith(prefixes) and _LEFTOVER.match(n))
-        self._remove(leftovers)
-        return leftovers
+        part = part_name(index, self.format)
+        errors = error_name(index).rsplit("/", 1)[-1]
+        prefixes = (f".{part}.tmp-", f".errors-{index:05d}.jsonl.tmp-")  # the second of the earlier layout
+        top = sorted(n for n in self._names() if n.startswith(prefixes) and _LEFTOVER.match(n))
+        inside = sorted(
+            f"{ERRORS_DIR}/{n}"
+            for n in self._names(ERRORS_DIR)
+            if n.startswith(f".{errors}.tmp-") and _ERRORS_LEFTOVER.match(n)
+        )
+        self._remove(top + inside)
+        return top + inside
 
     def write_json(self, name: str, data: dict[str, Any]) -> None:
         target = AtomicFile(self.root.child(name))

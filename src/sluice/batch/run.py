@@ -137,7 +137,7 @@ def finish_run(spec: JobSpec, layout: OutputLayout, summary: RunSummary) -> RunS
         raise ErrorFractionExceeded(
             f"{summary.rows_failed} of {summary.rows + summary.rows_failed} records failed "
             f"({summary.error_fraction:.2%}), more than --max-error-fraction {spec.max_error_fraction}; "
-            f"see the _errors-*.jsonl files in {layout.root.url}",
+            f"see the _errors/errors-*.jsonl files in {layout.root.url}",
             summary,
         )
     layout.mark_success()

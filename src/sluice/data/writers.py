@@ -35,12 +35,13 @@ def part_name(index: int, fmt: OutputFormat) -> str:
 
 
 def error_name(index: int) -> str:
-    """The file name of part ``index``'s error records: ``_errors-00000.jsonl``.
+    """Where part ``index``'s error records go, relative to the output: ``_errors/errors-00000.jsonl``.
 
-    The leading ``_`` is what makes dataset readers (pyarrow, pandas, Spark, Hive) skip it,
-    so the output directory reads as its predicted rows only.
+    Under ``_errors/`` because dataset readers (pyarrow, pandas, Spark, Hive) skip what starts
+    with ``_``, and a glob for the parts (``out/*.jsonl``) does not reach into a folder, so the
+    output reads as its predicted rows only.
     """
-    return f"_errors-{index:05d}.jsonl"
+    return f"_errors/errors-{index:05d}.jsonl"
 
 
 class AtomicFile:
@@ -56,6 +57,8 @@ class AtomicFile:
 
     def open(self) -> IO[Any]:
         if self._handle is None:
+            if self.target.is_local:  # object stores have no folders to make
+                os.makedirs(os.path.dirname(self._path) or ".", exist_ok=True)
             self._handle = self.target.fs.open(self._path, "wb")
         return self._handle
 
@@ -203,7 +206,7 @@ def flatten_lists(table: pa.Table) -> pa.Table:
 
 
 class ErrorWriter:
-    """The per-record error file of one part (``_errors-00000.jsonl``), written only if needed."""
+    """The per-record error file of one part (``_errors/errors-00000.jsonl``), written only if needed."""
 
     def __init__(self, target: Location) -> None:
         self.file = AtomicFile(target)
