@@ -149,3 +149,66 @@ def test_changed_input_is_a_different_job(tmp_path: Path, models) -> None:
     result = invoke(*command)
     assert result.exit_code == 2
     assert "holds the output of a different job" in result.stderr
+
+
+# -- an output of the earlier layout: summary.json and errors-NNNNN.jsonl beside the parts ---------
+
+
+def _earlier_layout_output(tmp_path: Path, models) -> tuple[Path, list[str], dict[str, str]]:
+    """A finished run with error files in both parts, moved to the names an earlier Sluice used."""
+    (tmp_path / "in").mkdir()
+    for i in range(2):
+        rows = [{"id": 10 * i + r, "f0": None if r == 1 else 1.0, "f1": 2.0, "f2": 3.0, "f3": 4.0} for r in range(3)]
+        (tmp_path / "in" / f"{i}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    command = _command(models, tmp_path / "in", out, "parquet", "--max-error-fraction", "0.5")
+    assert invoke(*command).exit_code == 0
+    errors = {}
+    for path in sorted((out / "_errors").iterdir()):
+        errors[path.name] = path.read_text()
+        path.rename(out / path.name)
+    (out / "_errors").rmdir()
+    (out / "_summary.json").rename(out / "summary.json")
+    return out, command, errors
+
+
+def test_resume_over_the_earlier_layout_moves_its_files(tmp_path: Path, models, caplog) -> None:
+    out, command, errors = _earlier_layout_output(tmp_path, models)
+    kept = (out / "part-00000.parquet").stat().st_mtime_ns
+    (out / "part-00001.parquet").unlink()
+    result = invoke(*command)
+    assert result.exit_code == 0, result.output
+    assert listing(out) == [
+        "_SUCCESS", "_errors", "_sluice_job.json", "_summary.json", "part-00000.parquet", "part-00001.parquet",
+    ]  # fmt: skip
+    assert {p.name: p.read_text() for p in sorted((out / "_errors").iterdir())} == errors
+    assert (out / "part-00000.parquet").stat().st_mtime_ns == kept  # skipped, its error file kept
+    summary = json.loads((out / "_summary.json").read_text())
+    assert (summary["shards_skipped"], summary["rows"], summary["rows_failed"]) == (1, 2, 1)
+    assert f"{out} was written by an earlier Sluice: moved errors-00000.jsonl to _errors/errors-00000.jsonl, " in (
+        caplog.text
+    )
+    import pyarrow.dataset as ds
+
+    assert sorted(ds.dataset(out).to_table().column("id").to_pylist()) == [0, 2, 10, 12]
+
+
+def test_rerun_of_a_complete_earlier_layout_output_only_renames(tmp_path: Path, models) -> None:
+    out, command, errors = _earlier_layout_output(tmp_path, models)
+    result = invoke(*command)
+    assert result.exit_code == 0, result.output
+    assert {p.name: p.read_text() for p in sorted((out / "_errors").iterdir())} == errors
+    assert not [p.name for p in out.iterdir() if p.name in ("summary.json", *errors)]
+    summary = json.loads((out / "_summary.json").read_text())
+    assert (summary["shards_skipped"], summary["rows"]) == (2, 0)
+
+
+def test_overwrite_removes_the_earlier_layouts_files(tmp_path: Path, models) -> None:
+    out, command, _ = _earlier_layout_output(tmp_path, models)
+    result = invoke(*command, "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert listing(out) == [
+        "_SUCCESS", "_errors", "_sluice_job.json", "_summary.json", "part-00000.parquet", "part-00001.parquet",
+    ]  # fmt: skip
+    assert listing(out / "_errors") == ["errors-00000.jsonl", "errors-00001.jsonl"]
+    assert json.loads((out / "_summary.json").read_text())["shards_skipped"] == 0
