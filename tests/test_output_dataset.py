@@ -22,6 +22,7 @@ from sluice.data.location import list_inputs
 from sluice.jobs.model import JobState
 from support import approx_equal, invoke, listing, make_table, onnx_predict, read_jsonl, write_table
 from test_backends import spark_session  # noqa: F401  # its one Spark session for the whole run
+from test_jobs_s3 import BUCKET, s3, s3_endpoint  # noqa: F401  # moto's S3 server on 127.0.0.1
 
 FORMATS = ["parquet", "csv", "jsonl"]
 BAD_ROWS = [[2, 5], [3]]  # per input file: rows whose f1 is NaN, which the model refuses
@@ -55,7 +56,7 @@ def expected(inputs: tuple[Path, pa.Table], models: Any) -> list[dict[str, Any]]
     ]
 
 
-def _predict(models: Any, src: Path, out: Path, fmt: str, *extra: str) -> None:
+def _predict(models: Any, src: Path, out: Path | str, fmt: str, *extra: str) -> None:
     result = invoke(
         "predict", "-m", models.onnx, "-i", src, "-o", out, "--key-column", "id", "--output-format", fmt,
         "--batch-size", "4", "--max-error-fraction", "0.5", "-q", *extra,
@@ -300,3 +301,42 @@ def test_a_new_job_over_an_earlier_output_moves_its_files(
                             "part-00001.parquet"]  # fmt: skip
     assert listing(out / "_errors") == ["errors-00000.jsonl", "errors-00001.jsonl"]
     _assert_rows(ds.dataset(out).to_table().to_pylist(), expected)
+
+
+# -- on an object store ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def bucket(request: pytest.FixtureRequest) -> tuple[Any, str]:
+    """An empty bucket on moto's S3 server (tests/test_jobs_s3.py's), its filesystem and endpoint."""
+    return request.getfixturevalue("s3"), request.getfixturevalue("s3_endpoint")
+
+
+def _keys(fs: Any, prefix: str) -> list[str]:
+    fs.invalidate_cache()
+    return sorted(p[len(prefix) + 1 :] for p in fs.find(prefix))
+
+
+def test_s3_output_reads_as_a_dataset_and_a_resume_moves_the_earlier_layout(
+    inputs: tuple[Path, pa.Table], models: Any, expected: list[dict[str, Any]], bucket: tuple[Any, str]
+) -> None:
+    fs, endpoint = bucket
+    prefix = f"{BUCKET}/out"
+    run = ("parquet", "--storage-option", f"endpoint_url={endpoint}")
+    _predict(models, inputs[0], f"s3://{prefix}", *run)
+    current = [
+        "_SUCCESS", "_errors/errors-00000.jsonl", "_errors/errors-00001.jsonl", "_sluice_job.json", "_summary.json",
+        "part-00000.parquet", "part-00001.parquet",
+    ]  # fmt: skip
+    assert _keys(fs, prefix) == current
+    _assert_rows(ds.dataset(prefix, filesystem=fs).to_table().to_pylist(), expected)
+
+    for i in range(2):
+        fs.mv(f"{prefix}/_errors/errors-0000{i}.jsonl", f"{prefix}/errors-0000{i}.jsonl")
+    fs.mv(f"{prefix}/_summary.json", f"{prefix}/summary.json")
+    fs.rm(f"{prefix}/part-00001.parquet")
+    _predict(models, inputs[0], f"s3://{prefix}", *run)
+    assert _keys(fs, prefix) == current
+    records = fs.cat(f"{prefix}/_errors/errors-00000.jsonl").decode().splitlines()
+    assert [json.loads(line)["row"] for line in records] == BAD_ROWS[0]
+    _assert_rows(ds.dataset(prefix, filesystem=fs).to_table().to_pylist(), expected)
