@@ -21,7 +21,6 @@ from sluice.batch.layout import OutputLayout, current_name, summary_file
 from sluice.data.location import list_inputs
 from sluice.jobs.model import JobState
 from support import approx_equal, invoke, listing, make_table, onnx_predict, read_jsonl, write_table
-from test_backends import spark_session  # noqa: F401  # its one Spark session for the whole run
 from test_jobs_s3 import BUCKET, s3, s3_endpoint  # noqa: F401  # moto's S3 server on 127.0.0.1
 
 FORMATS = ["parquet", "csv", "jsonl"]
@@ -151,10 +150,22 @@ def test_polars(outputs: dict[str, Path], expected: list[dict[str, Any]], fmt: s
     _assert_rows(frame.to_dicts(), expected)
 
 
-@pytest.fixture
-def spark(request: pytest.FixtureRequest) -> Any:
-    """The Spark ``local[2]`` session of tests/test_backends.py, started once for the whole run."""
-    return request.getfixturevalue("spark_session")
+@pytest.fixture(scope="module")
+def spark() -> Iterator[Any]:
+    """The Spark session tests/test_backends.py started (run before this module), else our own ``local[2]``.
+
+    Only the one who started it stops it: a session stopped twice fails, its JVM gone.
+    """
+    pytest.importorskip("pyspark")
+    from pyspark.sql import SparkSession
+
+    from sluice.backends.spark import start_session, stop_session
+
+    active = SparkSession.getActiveSession()
+    session = active or start_session("local[2]")
+    yield session
+    if active is None:
+        stop_session(session)
 
 
 @pytest.mark.slow
