@@ -106,7 +106,7 @@ def _visible(path: str, root: str) -> bool:
 def list_inputs(
     uri: str | os.PathLike[str], fmt: DataFormat | None = None, storage_options: Mapping[str, Any] | None = None
 ) -> list[Location]:
-    """The input files a path, directory, glob or URI names, sorted; hidden and ``_`` files skipped."""
+    """The input files a path, directory, glob or URI names, sorted; hidden and ``_`` files and folders skipped."""
     text = os.fspath(uri)
     loc = resolve_location(text, storage_options)
     fs = loc.fs
