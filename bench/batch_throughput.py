@@ -192,7 +192,7 @@ def bench_model(name: str, model: Path, input_dir: Path, x: np.ndarray, repeats:
         Measurement("(a) raw ONNX Runtime, in memory", sweep[best], f"best of sweep: {best}"),
         Measurement("(b) sluice.predict Parquet→Parquet", wall_rate(summary), "defaults, the whole call"),
         Measurement(
-            "    … its engine (summary.json)", float(summary["rows_per_second"]), "rows_per_second: after model load"
+            "    … its engine (_summary.json)", float(summary["rows_per_second"]), "rows_per_second: after model load"
         ),
         Measurement("(c) naive pandas, 256-row batches", naive, "read all → loop → write"),
         Measurement("(d) per-row session.run", per_row, f"extrapolated from {min(len(x), PER_ROW_SAMPLE):,} rows"),

@@ -55,7 +55,7 @@ class Stage:
 @dataclass(frozen=True)
 class SluiceRun:
     wall_rows_per_s: float  # the whole command, Python start and model load included
-    engine_rows_per_s: float  # summary.json rows_per_second
+    engine_rows_per_s: float  # _summary.json rows_per_second
     cpu_s_per_row: float  # the whole command
     engine_cpu_s_per_row: float  # summary cpu_utilization × seconds × cores
     summary: dict[str, Any]
@@ -251,7 +251,7 @@ def print_limit(report: LimitReport) -> None:
         s = run.summary
         for label, rate, cpu in (
             (f"run {i}: whole command", run.wall_rows_per_s, run.cpu_s_per_row),
-            (f"run {i}: engine (summary.json)", run.engine_rows_per_s, run.engine_cpu_s_per_row),
+            (f"run {i}: engine (_summary.json)", run.engine_rows_per_s, run.engine_cpu_s_per_row),
         ):
             print(f"{label:<34} {rate:>10,.0f} {rate / limit:>9.2f} {cpu * US:>11.2f} {stages / cpu:>11.2f}")
         print(f"    batch {s['batch_size']} ({s['batch_size_source']}), workers {s['workers']}, "

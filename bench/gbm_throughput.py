@@ -38,7 +38,7 @@ class Way:
     library: str  # XGBoost or LightGBM
     method: str  # sluice native, sluice ONNX, library loop
     process_rows_per_s: float  # rows / wall time of the whole command (interpreter start included)
-    engine_rows_per_s: float  # the engine's own figure (summary.json), or the loop's rows / loop time
+    engine_rows_per_s: float  # the engine's own figure (_summary.json), or the loop's rows / loop time
     note: str = ""
 
 
@@ -110,7 +110,7 @@ def sluice_predict(
     wall_s = time.perf_counter() - start
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr}")
-    return wall_s, dict(json.loads((output / "summary.json").read_text()))
+    return wall_s, dict(json.loads((output / "_summary.json").read_text()))
 
 
 def library_loop(estimator: Any, input_dir: Path, output: Path) -> float:
@@ -181,7 +181,7 @@ def print_report(ways: list[Way], rows: int, trees: int) -> None:
         )
     print(
         "\nrows/s: input rows per second of wall time (for sluice: the whole `sluice predict` process, Python "
-        "start-up and model load included); engine rows/s: summary.json's rows_per_second for sluice, the "
+        "start-up and model load included); engine rows/s: _summary.json's rows_per_second for sluice, the "
         "loop's own time for the library loop. One run; the machine is shared and noisy."
     )
 

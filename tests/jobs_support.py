@@ -47,5 +47,5 @@ def run_worker(home: Path, *extra: str, failpoints: str | None = None, timeout_s
 
 
 def output_files(directory: Path) -> dict[str, bytes]:
-    """Every file of an output directory but summary.json (it holds timings), by name."""
-    return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.name != "summary.json"}
+    """Every file of an output directory but _summary.json (it holds timings), by name."""
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.name != "_summary.json"}

@@ -92,7 +92,7 @@ def test_predict_returns_run_summary(tmp_path: Path, models) -> None:
     assert isinstance(summary, sluice.RunSummary)
     assert (summary.rows, summary.rows_failed, summary.batch_size, summary.shards) == (12, 0, 5, 1)
     assert summary.error_fraction == 0.0
-    assert summary.to_dict() == json.loads((out / "summary.json").read_text())
+    assert summary.to_dict() == json.loads((out / "_summary.json").read_text())
     part = pq.read_table(out / "part-00000.parquet")
     assert part.column("label").to_pylist() == onnx_predict(models.onnx, table)["label"].tolist()
 
@@ -188,4 +188,4 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     assert (tmp_path / "models" / "demo" / "1" / "model.onnx").is_file()
     again = invoke("demo", "--dir", tmp_path, "--rows", "300", "--files", "2", "-q")
     assert again.exit_code == 0, again.output
-    assert json.loads((out / "summary.json").read_text())["rows"] == 300
+    assert json.loads((out / "_summary.json").read_text())["rows"] == 300

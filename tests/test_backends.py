@@ -121,7 +121,7 @@ def _by_key(out: Path) -> dict[int, dict[str, Any]]:
 
 
 def _errors(out: Path) -> list[dict[str, Any]]:
-    records = [r for path in sorted(out.glob("errors-*.jsonl")) for r in read_jsonl(path)]
+    records = [r for path in sorted(out.glob("_errors/errors-*.jsonl")) for r in read_jsonl(path)]
     return sorted(records, key=lambda r: json.dumps(r, sort_keys=True))
 
 
@@ -135,8 +135,8 @@ def test_same_rows_predictions_and_errors_as_local(
 ) -> None:
     out = tmp_path / "out"
     summary = _predict(models.onnx, inputs[fmt], out, engine)
-    local = json.loads((local_runs[fmt] / "summary.json").read_text())
-    remote = json.loads((out / "summary.json").read_text())
+    local = json.loads((local_runs[fmt] / "_summary.json").read_text())
+    remote = json.loads((out / "_summary.json").read_text())
     assert list(remote) == list(local)
     assert (remote["backend"], local["backend"]) == (engine, "local")
     good = ROWS - 2 if fmt == "parquet" else ROWS  # text inputs have 2 bad records beyond the 100k

@@ -98,7 +98,7 @@ def test_predict_every_format_pair(tmp_path: Path, models, in_fmt: str, out_fmt:
     )
     assert result.exit_code == 0, result.output
     assert listing(out) == sorted(
-        ["_SUCCESS", "_sluice_job.json", f"part-00000.{out_fmt}", f"part-00001.{out_fmt}", "summary.json"]
+        ["_SUCCESS", "_sluice_job.json", f"part-00000.{out_fmt}", f"part-00001.{out_fmt}", "_summary.json"]
     )
     expected_columns = (
         ["id", "label", "probabilities_0", "probabilities_1"] if out_fmt == "csv" else ["id", "label", "probabilities"]
@@ -108,7 +108,7 @@ def test_predict_every_format_pair(tmp_path: Path, models, in_fmt: str, out_fmt:
         assert part.column_names == expected_columns
         assert part.num_rows == table.num_rows
         _assert_predictions(part, table, models.onnx, out_fmt)
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "_summary.json").read_text())
     assert summary["rows"] == 42
     assert summary["rows_failed"] == 0
     assert summary["batch_size"] == 8
@@ -136,7 +136,7 @@ def test_summary_json_has_exactly_the_stable_keys(tmp_path: Path, models) -> Non
     out = tmp_path / "out"
     result = invoke("predict", "-m", models.onnx, "-i", tmp_path / "in", "-o", out, "--key-column", "id", "-q")
     assert result.exit_code == 0, result.output
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "_summary.json").read_text())
     assert set(summary) == STABLE_KEYS | RUN_KEYS
     assert set(summary["batch_latency_ms"]) == {"p50", "p95", "p99"}
     assert all(isinstance(v, float) and v >= 0 for v in summary["batch_latency_ms"].values())
@@ -172,7 +172,7 @@ def test_cost_per_million_from_price_per_hour(tmp_path: Path, models) -> None:
     )
     assert result.exit_code == 0, result.output
     printed = json.loads(result.stdout)
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "_summary.json").read_text())
     assert printed == summary
     rate = summary["rows_per_second"]
     assert rate > 0

@@ -426,12 +426,12 @@ def test_cli_user_price_table_from_environment(tmp_path: Path) -> None:
         (["--rows", "1e9", "--deadline", "2", "--rows-per-second", "1"], f"invalid deadline '2': {DEADLINE_HELP}"),
         (
             ["--rows", "1e9", "--deadline", "2h"],
-            "give the measured throughput with exactly one of --profile tune.json, --summary summary.json "
+            "give the measured throughput with exactly one of --profile tune.json, --summary _summary.json "
             "or --rows-per-second N",
         ),
         (
             ["--rows", "1e9", "--deadline", "2h", "--rows-per-second", "1", "--summary", "s.json"],
-            "give the measured throughput with exactly one of --profile tune.json, --summary summary.json "
+            "give the measured throughput with exactly one of --profile tune.json, --summary _summary.json "
             "or --rows-per-second N (got --summary and --rows-per-second)",
         ),
         (

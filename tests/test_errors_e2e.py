@@ -49,14 +49,14 @@ def test_nan_feature_in_parquet(tmp_path: Path, models) -> None:
     assert result.exit_code == 0, result.output
     assert listing(out) == [
         "_SUCCESS",
+        "_errors",
         "_sluice_job.json",
-        "errors-00001.jsonl",
+        "_summary.json",
         "part-00000.jsonl",
         "part-00001.jsonl",
-        "summary.json",
     ]
     source = str(tmp_path / "in" / "b.parquet")
-    assert read_jsonl(out / "errors-00001.jsonl") == [
+    assert read_jsonl(out / "_errors" / "errors-00001.jsonl") == [
         {"source": source, "row": 3, "key": 103, "field": "f1", "error": NAN_MESSAGE},
         {"source": source, "row": 13, "key": 113, "field": "f1", "error": NAN_MESSAGE},
     ]
@@ -67,9 +67,9 @@ def test_nan_feature_in_parquet(tmp_path: Path, models) -> None:
     assert [r["label"] for r in read_jsonl(out / "part-00001.jsonl")] == onnx_predict(models.onnx, kept)[
         "label"
     ].tolist()
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "_summary.json").read_text())
     assert (summary["rows"], summary["rows_failed"]) == (28, 2)
-    assert summary["error_files"] == [str(out / "errors-00001.jsonl")]
+    assert summary["error_files"] == [str(out / "_errors" / "errors-00001.jsonl")]
 
 
 def test_error_fraction_exceeded_exits_3(tmp_path: Path, models) -> None:
@@ -83,14 +83,14 @@ def test_error_fraction_exceeded_exits_3(tmp_path: Path, models) -> None:
     message = " ".join(result.stderr.split())
     assert (
         f"error: 2 of 10 records failed (20.00%), more than --max-error-fraction 0.1; "
-        f"see the errors-*.jsonl files in {out}"
+        f"see the _errors/errors-*.jsonl files in {out}"
     ) in message
     assert "Traceback" not in result.output
     assert "_SUCCESS" not in listing(out)
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "_summary.json").read_text())
     assert (summary["rows"], summary["rows_failed"]) == (8, 2)
     assert _ids(out / "part-00000.jsonl") == [0, 1, 3, 4, 6, 7, 8, 9]
-    assert [r["row"] for r in read_jsonl(out / "errors-00000.jsonl")] == [2, 5]
+    assert [r["row"] for r in read_jsonl(out / "_errors" / "errors-00000.jsonl")] == [2, 5]
 
 
 def test_error_fraction_default_is_zero(tmp_path: Path, models) -> None:
@@ -120,7 +120,7 @@ def test_csv_string_in_numeric_feature_with_features(tmp_path: Path, models) -> 
     out = tmp_path / "out"
     result = _predict(models.onnx, src, out, "--features", "f0,f1,f2,f3", "--max-error-fraction", "0.5")
     assert result.exit_code == 0, result.output
-    assert read_jsonl(out / "errors-00000.jsonl") == [
+    assert read_jsonl(out / "_errors" / "errors-00000.jsonl") == [
         {"source": str(src), "row": 1, "key": 1, "field": "f1", "error": "expected a number, found 'abc'"}
     ]
     assert _ids(out / "part-00000.jsonl") == [0, 2]
@@ -134,7 +134,7 @@ def test_csv_string_in_numeric_feature(tmp_path: Path, models) -> None:
     out = tmp_path / "out"
     result = _predict(models.onnx, src, out, "--max-error-fraction", "0.5")
     assert result.exit_code == 0, result.output
-    assert read_jsonl(out / "errors-00000.jsonl") == [
+    assert read_jsonl(out / "_errors" / "errors-00000.jsonl") == [
         {"source": str(src), "row": 7, "key": 7, "field": "f1", "error": "expected a number, found 'abc'"}
     ]
     assert _ids(out / "part-00000.jsonl") == [i for i in range(20) if i != 7]
@@ -146,7 +146,7 @@ def test_csv_wrong_field_count(tmp_path: Path, models) -> None:
     out = tmp_path / "out"
     result = _predict(models.onnx, src, out, "--max-error-fraction", "0.5")
     assert result.exit_code == 0, result.output
-    assert read_jsonl(out / "errors-00000.jsonl") == [
+    assert read_jsonl(out / "_errors" / "errors-00000.jsonl") == [
         {"source": str(src), "row": 1, "line": 3, "key": None, "field": None, "error": "expected 5 fields, found 4"}
     ]
     assert _ids(out / "part-00000.jsonl") == [0, 2, 3]
@@ -158,7 +158,7 @@ def test_csv_empty_field_is_missing(tmp_path: Path, models) -> None:
     out = tmp_path / "out"
     result = _predict(models.onnx, src, out, "--max-error-fraction", "0.5")
     assert result.exit_code == 0, result.output
-    assert read_jsonl(out / "errors-00000.jsonl") == [
+    assert read_jsonl(out / "_errors" / "errors-00000.jsonl") == [
         {"source": str(src), "row": 1, "key": 1, "field": "f1", "error": "missing value"}
     ]
     assert _ids(out / "part-00000.jsonl") == [0, 2]
@@ -170,7 +170,7 @@ def test_csv_nan_text(tmp_path: Path, models) -> None:
     out = tmp_path / "out"
     result = _predict(models.onnx, src, out, "--max-error-fraction", "0.5")
     assert result.exit_code == 0, result.output
-    assert read_jsonl(out / "errors-00000.jsonl") == [
+    assert read_jsonl(out / "_errors" / "errors-00000.jsonl") == [
         {"source": str(src), "row": 2, "key": 2, "field": "f0", "error": NAN_MESSAGE}
     ]
     assert _ids(out / "part-00000.jsonl") == [0, 1]
@@ -192,7 +192,7 @@ def test_jsonl_unparseable_line(tmp_path: Path, models) -> None:
     out = tmp_path / "out"
     result = _predict(models.onnx, src, out, "--max-error-fraction", "0.5")
     assert result.exit_code == 0, result.output
-    [error] = read_jsonl(out / "errors-00000.jsonl")
+    [error] = read_jsonl(out / "_errors" / "errors-00000.jsonl")
     assert error.pop("error").startswith("not valid JSON: ")
     assert error == {"source": str(src), "row": 1, "line": 2, "key": None, "field": None}
     assert _ids(out / "part-00000.jsonl") == [0, 2]
@@ -203,7 +203,7 @@ def test_jsonl_non_object_line(tmp_path: Path, models) -> None:
     out = tmp_path / "out"
     result = _predict(models.onnx, src, out, "--max-error-fraction", "0.5")
     assert result.exit_code == 0, result.output
-    assert read_jsonl(out / "errors-00000.jsonl") == [
+    assert read_jsonl(out / "_errors" / "errors-00000.jsonl") == [
         {
             "source": str(src),
             "row": 1,
@@ -221,7 +221,7 @@ def test_jsonl_string_in_numeric_feature(tmp_path: Path, models) -> None:
     out = tmp_path / "out"
     result = _predict(models.onnx, src, out, "--max-error-fraction", "0.5")
     assert result.exit_code == 0, result.output
-    [error] = read_jsonl(out / "errors-00000.jsonl")
+    [error] = read_jsonl(out / "_errors" / "errors-00000.jsonl")
     assert "'abc'" in error.pop("error")
     error.pop("line", None)
     assert error == {"source": str(src), "row": 1, "key": 1, "field": "f1"}
@@ -234,7 +234,7 @@ def test_jsonl_missing_feature(tmp_path: Path, models, bad: dict[str, object]) -
     out = tmp_path / "out"
     result = _predict(models.onnx, src, out, "--max-error-fraction", "0.5")
     assert result.exit_code == 0, result.output
-    assert read_jsonl(out / "errors-00000.jsonl") == [
+    assert read_jsonl(out / "_errors" / "errors-00000.jsonl") == [
         {"source": str(src), "row": 1, "key": 1, "field": "f1", "error": "missing value"}
     ]
     assert _ids(out / "part-00000.jsonl") == [0, 2]
@@ -245,7 +245,7 @@ def test_jsonl_nan_feature(tmp_path: Path, models) -> None:
     out = tmp_path / "out"
     result = _predict(models.onnx, src, out, "--max-error-fraction", "0.5")
     assert result.exit_code == 0, result.output
-    assert read_jsonl(out / "errors-00000.jsonl") == [
+    assert read_jsonl(out / "_errors" / "errors-00000.jsonl") == [
         {"source": str(src), "row": 1, "key": 1, "field": "f3", "error": NAN_MESSAGE}
     ]
 
@@ -265,10 +265,10 @@ def test_jsonl_every_kind_of_bad_record_beside_good_ones(tmp_path: Path, models)
     out = tmp_path / "out"
     result = _predict(models.onnx, src, out, "--batch-size", "3", "--max-error-fraction", "0.5")
     assert result.exit_code == 0, result.output
-    errors = read_jsonl(out / "errors-00000.jsonl")
+    errors = read_jsonl(out / "_errors" / "errors-00000.jsonl")
     assert [(e["row"], e["field"]) for e in errors] == [(1, "f0"), (3, None), (4, "f2"), (5, "f2")]
     assert _ids(out / "part-00000.jsonl") == [0, 2, 6, 7]
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "_summary.json").read_text())
     assert (summary["rows"], summary["rows_failed"]) == (4, 4)
 
 
@@ -280,7 +280,11 @@ def test_error_rows_count_from_file_start_across_batches(tmp_path: Path, models)
     out = tmp_path / "out"
     result = _predict(models.onnx, tmp_path / "in.csv", out, "--batch-size", "4", "--max-error-fraction", "0.5")
     assert result.exit_code == 0, result.output
-    assert [(e["row"], e["key"]) for e in read_jsonl(out / "errors-00000.jsonl")] == [(0, 0), (9, 9), (22, 22)]
+    assert [(e["row"], e["key"]) for e in read_jsonl(out / "_errors" / "errors-00000.jsonl")] == [
+        (0, 0),
+        (9, 9),
+        (22, 22),
+    ]
     assert _ids(out / "part-00000.jsonl") == [i for i in range(23) if i not in (0, 9, 22)]
 
 
@@ -299,7 +303,7 @@ def test_every_record_of_a_file_failing_gives_an_empty_part(tmp_path: Path, mode
     empty = pq.read_table(out / "part-00001.parquet")
     assert empty.num_rows == 0
     assert empty.schema == pq.read_schema(out / "part-00000.parquet")
-    assert [e["key"] for e in read_jsonl(out / "errors-00001.jsonl")] == [10, 11, 12]
+    assert [e["key"] for e in read_jsonl(out / "_errors" / "errors-00001.jsonl")] == [10, 11, 12]
 
 
 # -- whole-job errors (exit 2) ---------------------------------------------------------------
@@ -464,7 +468,7 @@ def test_empty_text_file_beside_others_gives_empty_part(tmp_path: Path, models, 
     assert result.exit_code == 0, result.output
     assert _ids(out / "part-00000.jsonl") == list(range(5))
     assert (out / "part-00001.jsonl").read_text() == ""
-    assert json.loads((out / "summary.json").read_text())["rows"] == 5
+    assert json.loads((out / "_summary.json").read_text())["rows"] == 5
 
 
 def test_gzip_csv_input(tmp_path: Path, models) -> None:

@@ -195,8 +195,9 @@ def test_missing_feature_is_named(boosters: dict[str, Booster], name: str, libra
     assert str(info.value) == (
         f"{library} model {path} needs feature 'f2', which the data does not have; the model was trained on "
         "4 named features (f0, f1, f2, f3) and the data's columns are ['id', 'name', 'f0', 'f1', 'f3']. "
-        "Rename the columns, or give the model's features in its order with --features"
+        "Rename the columns, or give the model's features in its order with `features`"
     )
+    assert info.value.params == ("features",)
 
 
 def test_features_given_explicitly_override_the_stored_names(boosters: dict[str, Booster]) -> None:
@@ -319,7 +320,7 @@ def test_cli_predict_on_parquet(tmp_path: Path, boosters: dict[str, Booster], na
         want = _library_outputs(booster, table)
         assert part.column("label").to_pylist() == want["label"].tolist()
         assert np.array_equal(np.array(part.column("probabilities").to_pylist()), want["probabilities"])
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "_summary.json").read_text())
     assert (summary["rows"], summary["rows_failed"], summary["workers"]) == (65, 0, 2)
 
 

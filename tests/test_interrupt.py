@@ -73,7 +73,7 @@ def test_ctrl_c_keeps_whole_parts_and_rerun_completes(tmp_path: Path) -> None:
     rerun = _sluice(args, tmp_path, modules)
     _, stderr = rerun.communicate(timeout=120)
     assert rerun.returncode == 0, stderr.decode()
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "_summary.json").read_text())
     assert summary["shards_skipped"] == len(parts)
     ids: list[int] = []
     for i in range(FILES):

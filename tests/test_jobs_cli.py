@@ -68,12 +68,12 @@ def test_submit_worker_status_list_logs(tmp_path: Path, models) -> None:
     assert listing(tmp_path / "out") == [
         "_SUCCESS",
         "_sluice_job.json",
+        "_summary.json",
         "part-00000.parquet",
         "part-00001.parquet",
         "part-00002.parquet",
-        "summary.json",
     ]
-    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "out" / "_summary.json").read_text())
     assert (summary["job"], summary["state"], summary["rows"], summary["shards"]) == (job_id, "SUCCEEDED", 150, 3)
 
     listed = invoke("jobs", "list", "--home", home, "--json", "--state", "succeeded")
@@ -106,8 +106,8 @@ def test_records_within_the_allowed_fraction_partially_succeed(tmp_path: Path, m
     assert ok.exit_code == 0, ok.output
     status = json.loads(ok.stdout.split("\n", 1)[1])
     assert (status["state"], status["rows"], status["rows_failed"]) == ("PARTIALLY_SUCCEEDED", 18, 2)
-    assert status["error_files"] == [str(tmp_path / "ok" / "errors-00000.jsonl")]
-    assert [r["key"] for r in read_jsonl(tmp_path / "ok" / "errors-00000.jsonl")] == [4, 9]
+    assert status["error_files"] == [str(tmp_path / "ok" / "_errors" / "errors-00000.jsonl")]
+    assert [r["key"] for r in read_jsonl(tmp_path / "ok" / "_errors" / "errors-00000.jsonl")] == [4, 9]
     assert (tmp_path / "ok" / "_SUCCESS").exists()
 
     strict = invoke("jobs", "submit", write_spec(tmp_path / "strict.json", **fields, output=str(tmp_path / "strict")),
@@ -117,7 +117,7 @@ def test_records_within_the_allowed_fraction_partially_succeed(tmp_path: Path, m
     assert status["state"] == "FAILED"
     assert status["message"] == (
         f"2 of 20 records failed (10.00%), more than max_error_fraction 0.0; "
-        f"see the errors-*.jsonl files in {tmp_path / 'strict'}"
+        f"see the _errors/errors-*.jsonl files in {tmp_path / 'strict'}"
     )
     assert not (tmp_path / "strict" / "_SUCCESS").exists()
 

@@ -50,7 +50,7 @@ def s3(s3_endpoint: str) -> Any:
 def _objects(fs: Any, prefix: str) -> dict[str, bytes]:
     fs.invalidate_cache()
     names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(prefix))
-    return {n: fs.cat(f"{prefix}/{n}") for n in names if n not in ("summary.json", MANIFEST)}
+    return {n: fs.cat(f"{prefix}/{n}") for n in names if n not in ("_summary.json", MANIFEST)}
 
 
 def _local(directory: Path) -> dict[str, bytes]:
@@ -74,7 +74,7 @@ def test_s3_in_and_out_through_the_cli(tmp_path: Path, models, s3: Any, s3_endpo
     status = json.loads(result.stdout.split("\n", 1)[1])
     assert (status["state"], status["rows"], status["output"]) == ("SUCCEEDED", 120, f"s3://{BUCKET}/out")
     assert _objects(s3, f"{BUCKET}/out") == _local(tmp_path / "ref")
-    summary = json.loads(s3.cat(f"{BUCKET}/out/summary.json"))
+    summary = json.loads(s3.cat(f"{BUCKET}/out/_summary.json"))
     assert (summary["job"], summary["rows"]) == (status["id"], 120)
 
 

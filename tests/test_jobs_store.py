@@ -55,7 +55,7 @@ def test_work_goes_start_then_shards_in_order_then_finish(tmp_path: Path) -> Non
     assert (first.shard, second.shard, first.attempt, second.attempt) == (0, 1, 1, 1)
     assert store.claim("w3", 10) is None  # both shards leased
     assert store.shard_done(first, 10, 0, None)
-    assert store.shard_done(second, 9, 1, "/out/errors-00001.jsonl")
+    assert store.shard_done(second, 9, 1, "/out/_errors/errors-00001.jsonl")
     finish = store.claim("w3", 10)
     assert finish is not None and finish.kind is ClaimKind.FINISH
     assert store.claim("w1", 10) is None  # the finish is leased too
@@ -68,7 +68,7 @@ def test_work_goes_start_then_shards_in_order_then_finish(tmp_path: Path) -> Non
         2,
         2,
     )
-    assert status.error_files == ["/out/errors-00001.jsonl"]
+    assert status.error_files == ["/out/_errors/errors-00001.jsonl"]
     assert not store.has_open_jobs()
 
 

@@ -72,7 +72,7 @@ def test_function_model_in_worker_processes(tmp_path: Path, monkeypatch) -> None
     rows = read_jsonl(out / "part-00000.jsonl")
     assert [r["id"] for r in rows] == list(range(13))
     assert [r["prediction"] for r in rows] == pytest.approx(_expected_sum(table), rel=1e-12)
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "_summary.json").read_text())
     assert summary["workers"] == 2
     assert summary["model"] == "sum_features_a:predict"
 
@@ -164,7 +164,7 @@ def test_rows_the_model_rejects_are_isolated(tmp_path: Path, monkeypatch) -> Non
     assert [r["id"] for r in read_jsonl(out / "part-00000.jsonl")] == [0, 1, 2, 4, 5, 6, 7, 9]
     source = str(tmp_path / "in.parquet")
     message = "picky_model_a:predict raised ValueError: f0 above 100"
-    assert read_jsonl(out / "errors-00000.jsonl") == [
+    assert read_jsonl(out / "_errors" / "errors-00000.jsonl") == [
         {"source": source, "row": 3, "key": 3, "field": None, "error": message},
         {"source": source, "row": 8, "key": 8, "field": None, "error": message},
     ]
@@ -181,7 +181,11 @@ def test_small_batch_where_every_row_fails(tmp_path: Path, monkeypatch) -> None:
     out, result = _run(tmp_path, "picky_model_b:predict", table, "--batch-size", "3", "--max-error-fraction", "0.5")
     assert result.exit_code == 0, result.output
     assert [r["id"] for r in read_jsonl(out / "part-00000.jsonl")] == [0, 1, 2]
-    assert [(e["row"], e["key"]) for e in read_jsonl(out / "errors-00000.jsonl")] == [(3, 3), (4, 4), (5, 5)]
+    assert [(e["row"], e["key"]) for e in read_jsonl(out / "_errors" / "errors-00000.jsonl")] == [
+        (3, 3),
+        (4, 4),
+        (5, 5),
+    ]
 
 
 def test_model_broken_on_a_whole_large_batch_fails_the_job(tmp_path: Path, monkeypatch) -> None:

@@ -380,7 +380,7 @@ def test_allow_nan_in_model_yaml(tmp_path: Path, models) -> None:
     assert result.exit_code == 0, result.output
     part = pq.read_table(out / "part-00000.parquet")
     assert part.column("id").to_pylist() == [0, 1, 2, 3]
-    assert not (out / "errors-00000.jsonl").exists()
+    assert not (out / "_errors" / "errors-00000.jsonl").exists()
 
 
 def test_features_from_model_yaml(tmp_path: Path, models) -> None:

@@ -48,7 +48,7 @@ def test_rerun_redoes_only_the_lost_part(tmp_path: Path, models, fmt: str) -> No
 
     result = invoke(*command)
     assert result.exit_code == 0, result.output
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "_summary.json").read_text())
     assert summary["shards"] == FILES
     assert summary["shards_skipped"] == FILES - 1
     assert summary["rows"] == ROWS
@@ -67,7 +67,7 @@ def test_rerun_of_a_complete_job_skips_everything(tmp_path: Path, models) -> Non
     assert invoke(*command).exit_code == 0
     result = invoke(*command)
     assert result.exit_code == 0, result.output
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "_summary.json").read_text())
     assert (summary["shards_skipped"], summary["rows"], summary["rows_failed"]) == (FILES, 0, 0)
     assert _all_ids(out, "parquet") == expected_ids
     assert (out / "_SUCCESS").exists()
@@ -81,7 +81,7 @@ def test_overwrite_starts_over(tmp_path: Path, models) -> None:
     (out / "part-00001.parquet").unlink()
     result = invoke(*command, "--overwrite")
     assert result.exit_code == 0, result.output
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "_summary.json").read_text())
     assert (summary["shards_skipped"], summary["rows"]) == (0, FILES * ROWS)
     assert _all_ids(out, "parquet") == expected_ids
 
@@ -94,7 +94,7 @@ def test_resumed_predictions_match_a_fresh_run(tmp_path: Path, models) -> None:
     (out / "part-00000.parquet").unlink()
     (out / "part-00003.parquet").unlink()
     assert invoke(*command).exit_code == 0
-    assert json.loads((out / "summary.json").read_text())["shards_skipped"] == 2
+    assert json.loads((out / "_summary.json").read_text())["shards_skipped"] == 2
     for i in range(FILES):
         table = make_table(ROWS, start=100 * i)
         part = pq.read_table(out / f"part-{i:05d}.parquet")
@@ -110,19 +110,19 @@ def test_resume_rewrites_the_error_file_of_a_redone_part(tmp_path: Path, models)
     out = tmp_path / "out"
     command = _command(models, tmp_path / "in", out, "jsonl", "--max-error-fraction", "0.5")
     assert invoke(*command).exit_code == 0
-    errors_before = (out / "errors-00000.jsonl").read_text()
+    errors_before = (out / "_errors" / "errors-00000.jsonl").read_text()
     (out / "part-00000.jsonl").unlink()
     result = invoke(*command)
     assert result.exit_code == 0, result.output
-    assert (out / "errors-00000.jsonl").read_text() == errors_before
+    assert (out / "_errors" / "errors-00000.jsonl").read_text() == errors_before
     assert len(errors_before.splitlines()) == 1
     assert listing(out) == [
         "_SUCCESS",
+        "_errors",
         "_sluice_job.json",
-        "errors-00000.jsonl",
+        "_summary.json",
         "part-00000.jsonl",
         "part-00001.jsonl",
-        "summary.json",
     ]
 
 
@@ -149,3 +149,66 @@ def test_changed_input_is_a_different_job(tmp_path: Path, models) -> None:
     result = invoke(*command)
     assert result.exit_code == 2
     assert "holds the output of a different job" in result.stderr
+
+
+# -- an output of the earlier layout: summary.json and errors-NNNNN.jsonl beside the parts ---------
+
+
+def _earlier_layout_output(tmp_path: Path, models) -> tuple[Path, list[str], dict[str, str]]:
+    """A finished run with error files in both parts, moved to the names an earlier Sluice used."""
+    (tmp_path / "in").mkdir()
+    for i in range(2):
+        rows = [{"id": 10 * i + r, "f0": None if r == 1 else 1.0, "f1": 2.0, "f2": 3.0, "f3": 4.0} for r in range(3)]
+        (tmp_path / "in" / f"{i}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    command = _command(models, tmp_path / "in", out, "parquet", "--max-error-fraction", "0.5")
+    assert invoke(*command).exit_code == 0
+    errors = {}
+    for path in sorted((out / "_errors").iterdir()):
+        errors[path.name] = path.read_text()
+        path.rename(out / path.name)
+    (out / "_errors").rmdir()
+    (out / "_summary.json").rename(out / "summary.json")
+    return out, command, errors
+
+
+def test_resume_over_the_earlier_layout_moves_its_files(tmp_path: Path, models, caplog) -> None:
+    out, command, errors = _earlier_layout_output(tmp_path, models)
+    kept = (out / "part-00000.parquet").stat().st_mtime_ns
+    (out / "part-00001.parquet").unlink()
+    result = invoke(*command)
+    assert result.exit_code == 0, result.output
+    assert listing(out) == [
+        "_SUCCESS", "_errors", "_sluice_job.json", "_summary.json", "part-00000.parquet", "part-00001.parquet",
+    ]  # fmt: skip
+    assert {p.name: p.read_text() for p in sorted((out / "_errors").iterdir())} == errors
+    assert (out / "part-00000.parquet").stat().st_mtime_ns == kept  # skipped, its error file kept
+    summary = json.loads((out / "_summary.json").read_text())
+    assert (summary["shards_skipped"], summary["rows"], summary["rows_failed"]) == (1, 2, 1)
+    assert f"{out} was written by an earlier Sluice: moved errors-00000.jsonl to _errors/errors-00000.jsonl, " in (
+        caplog.text
+    )
+    import pyarrow.dataset as ds
+
+    assert sorted(ds.dataset(out).to_table().column("id").to_pylist()) == [0, 2, 10, 12]
+
+
+def test_rerun_of_a_complete_earlier_layout_output_only_renames(tmp_path: Path, models) -> None:
+    out, command, errors = _earlier_layout_output(tmp_path, models)
+    result = invoke(*command)
+    assert result.exit_code == 0, result.output
+    assert {p.name: p.read_text() for p in sorted((out / "_errors").iterdir())} == errors
+    assert not [p.name for p in out.iterdir() if p.name in ("summary.json", *errors)]
+    summary = json.loads((out / "_summary.json").read_text())
+    assert (summary["shards_skipped"], summary["rows"]) == (2, 0)
+
+
+def test_overwrite_removes_the_earlier_layouts_files(tmp_path: Path, models) -> None:
+    out, command, _ = _earlier_layout_output(tmp_path, models)
+    result = invoke(*command, "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert listing(out) == [
+        "_SUCCESS", "_errors", "_sluice_job.json", "_summary.json", "part-00000.parquet", "part-00001.parquet",
+    ]  # fmt: skip
+    assert listing(out / "_errors") == ["errors-00000.jsonl", "errors-00001.jsonl"]
+    assert json.loads((out / "_summary.json").read_text())["shards_skipped"] == 0

@@ -51,7 +51,7 @@ def test_train_publishes_a_version_that_predict_uses(tmp_path: Path, monkeypatch
     out = tmp_path / "out"
     predicted = invoke("predict", "-m", "churn@1", "-r", repo, "-i", tmp_path / "data", "-o", out, "--key-column", "id")
     assert predicted.exit_code == 0, predicted.output
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "_summary.json").read_text())
     assert (summary["rows"], summary["rows_failed"]) == (4000, 0)
     parts = pa.concat_tables([pq.read_table(p) for p in sorted(out.glob("part-*.parquet"))])
     assert parts.column("id").to_pylist() == table.column("id").to_pylist()

@@ -163,13 +163,13 @@ def test_batch_size_auto_tunes_once_then_uses_the_cache(
     spec.write_text("tune_min_rows: 1000\n")
     first = invoke(*common, "-o", tmp_path / "out1", "--spec", spec)
     assert first.exit_code == 0, first.output
-    s1 = json.loads((tmp_path / "out1" / "summary.json").read_text())
+    s1 = json.loads((tmp_path / "out1" / "_summary.json").read_text())
     assert s1["batch_size_source"] == "tuned"
     assert s1["tuning_seconds"] > 0
     assert s1["batch_size"] >= 1024  # the engine's per-batch cost rules out smaller auto sizes
     second = invoke(*common, "-o", tmp_path / "out2", "--spec", spec)
     assert second.exit_code == 0, second.output
-    s2 = json.loads((tmp_path / "out2" / "summary.json").read_text())
+    s2 = json.loads((tmp_path / "out2" / "_summary.json").read_text())
     assert (s2["batch_size_source"], s2["tuning_seconds"], s2["batch_size"]) == ("cache", 0.0, s1["batch_size"])
     assert s2["rows"] == 3000
     cached = json.loads((tmp_path / "cache" / "batch-sizes.json").read_text())
@@ -180,8 +180,8 @@ def test_small_inputs_and_explicit_sizes_skip_tuning(models: Models, tmp_path: P
     write_table(make_table(50), tmp_path / "in.parquet")
     base = ["predict", "-m", models.onnx, "-i", tmp_path / "in.parquet", "--key-column", "id", "-q"]
     assert invoke(*base, "-o", tmp_path / "a").exit_code == 0
-    small = json.loads((tmp_path / "a" / "summary.json").read_text())
+    small = json.loads((tmp_path / "a" / "_summary.json").read_text())
     assert (small["batch_size"], small["batch_size_source"], small["tuning_seconds"]) == (4096, "default", 0.0)
     assert invoke(*base, "-o", tmp_path / "b", "--batch-size", "7").exit_code == 0
-    given = json.loads((tmp_path / "b" / "summary.json").read_text())
+    given = json.loads((tmp_path / "b" / "_summary.json").read_text())
     assert (given["batch_size"], given["batch_size_source"]) == (7, "option")

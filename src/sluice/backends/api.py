@@ -34,7 +34,7 @@ def engine_for(spec: JobSpec) -> Engine:
 def run_job(spec: JobSpec, *, progress: ProgressListener | None = None, engine: Engine | None = None) -> RunSummary:
     """Run a batch job on its backend: ``local`` (this machine's pipeline), ``spark`` or ``ray``.
 
-    Every backend writes the same rows, error records and ``summary.json`` keys. ``engine``
+    Every backend writes the same rows, error records and ``_summary.json`` keys. ``engine``
     passes an engine you configured yourself, e.g. ``SparkEngine(session=spark)``.
     """
     if spec.backend == "local" and engine is None:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 
 from sluice.batch.autotune import BatchSizeChoice, choose_batch_size
 from sluice.batch.engine import Engine, EngineRun, PlannedRun, WorkerSetup
-from sluice.batch.layout import SUMMARY, OutputLayout
+from sluice.batch.layout import ERROR_FILES, SUMMARY, OutputLayout
 from sluice.batch.plan import JobPlan, plan_job
 from sluice.batch.progress import NullProgress, ProgressListener
 from sluice.batch.spec import DEFAULT_BATCH_SIZE, JobSpec
@@ -176,15 +176,9 @@ def finish_run(spec: JobSpec, layout: OutputLayout, summary: RunSummary) -> RunS
         raise ErrorFractionExceeded(
             f"{summary.rows_failed} of {summary.rows + summary.rows_failed} records failed "
             f"({summary.error_fraction:.2%}), more than `max_error_fraction` {spec.max_error_fraction}; "
-            f"see the {_error_files(layout)} files in {layout.root.url}",
+            f"see the {ERROR_FILES} files in {layout.root.url}",
             summary,
             params=("max_error_fraction",),
         )
     layout.mark_success()
     return summary
-
-
-def _error_files(layout: OutputLayout) -> str:
-    """The glob of the layout's per-shard error files (``errors-*.jsonl``), from its own naming."""
-    name = layout.errors(0).path.rsplit("/", 1)[-1]
-    return name.replace(f"{0:05d}", "*", 1)

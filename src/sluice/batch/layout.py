@@ -1,65 +1,123 @@
-"""The output directory: parts, error files, the job manifest, summary.json and _SUCCESS.
+"""The output directory: parts, error files, the job manifest, the summary and _SUCCESS.
+
+The directory reads as a dataset: everything that is not predicted rows starts with ``_``
+(``_summary.json``, ``_sluice_job.json``, ``_SUCCESS``, the ``_errors/`` folder) or ``.``
+(temporary files), the names that pyarrow, pandas, Spark and Hive skip, so
+``pandas.read_parquet(out)`` or ``spark.read.parquet(out)`` read exactly the predictions.
+The error files live in ``_errors/`` rather than beside the parts so that a glob for the
+parts (``out/*.jsonl`` with Polars, DuckDB or Python's ``glob``) never matches them.
 
 The manifest (``_sluice_job.json``) records what produced the output. A re-run with the
 same job skips the parts that already exist; a different job is refused unless the user
-asks to overwrite, and overwriting removes only files Sluice writes.
+asks to overwrite, and overwriting removes only files Sluice writes. A re-run over an output
+of the earlier layout (``summary.json`` and ``errors-00000.jsonl`` beside the parts) moves
+those files to their current names first.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from sluice.data.location import Location, resolve_location
-from sluice.data.writers import AtomicFile, OutputFormat, part_name
+from sluice.data.writers import AtomicFile, OutputFormat, error_name, part_name
 from sluice.errors import OutputConflict
 
-__all__ = ["OutputLayout"]
+__all__ = [
+    "ERRORS_DIR",
+    "ERROR_FILES",
+    "MANIFEST",
+    "SUCCESS",
+    "SUMMARY",
+    "OutputLayout",
+    "current_name",
+    "summary_file",
+]
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "_sluice_job.json"
-SUMMARY = "summary.json"
+SUMMARY = "_summary.json"
 SUCCESS = "_SUCCESS"
-_LEFTOVER = re.compile(
-    r"^\.(part-\d{5}\.(parquet|csv|jsonl)|errors-\d{5}\.jsonl|summary\.json|_SUCCESS|_sluice_job\.json)\.tmp-[0-9a-f]+$"
-)
-_OWNED = re.compile(r"^(part-\d{5}\.(parquet|csv|jsonl)|errors-\d{5}\.jsonl|summary\.json|_SUCCESS|_sluice_job\.json)$")
+ERRORS_DIR = "_errors"
+ERROR_FILES = f"{ERRORS_DIR}/errors-*.jsonl"  # for messages
+LEGACY_SUMMARY = "summary.json"
+
+_PART = re.compile(r"^part-(\d{5})\.(parquet|csv|jsonl)$")
+_NAMES = r"part-\d{5}\.(parquet|csv|jsonl)|_summary\.json|_SUCCESS|_sluice_job\.json"
+# what an output written before the dataset layout holds beside its parts; still Sluice's to
+# resume or remove
+_LEGACY_NAMES = r"errors-\d{5}\.jsonl|summary\.json"
+_LEGACY_ERRORS = re.compile(r"^errors-(\d{5})\.jsonl$")
+_LEFTOVER = re.compile(rf"^\.({_NAMES}|{_LEGACY_NAMES})\.tmp-[0-9a-f]+$")
+_OWNED = re.compile(rf"^({_NAMES}|{_LEGACY_NAMES})$")
+# inside _errors/
+_ERRORS_OWNED = re.compile(r"^errors-\d{5}\.jsonl$")
+_ERRORS_LEFTOVER = re.compile(r"^\.errors-\d{5}\.jsonl\.tmp-[0-9a-f]+$")
+
+
+def current_name(path: str) -> str:
+    """``path`` with a file name of the earlier layout replaced by its current one.
+
+    ``out/errors-00001.jsonl`` → ``out/_errors/errors-00001.jsonl``, ``out/summary.json`` →
+    ``out/_summary.json``; any other path comes back unchanged.
+    """
+    head, sep, name = path.rpartition("/")
+    match = _LEGACY_ERRORS.match(name)
+    if match and not head.endswith(ERRORS_DIR):
+        return f"{head}{sep}{error_name(int(match.group(1)))}"
+    if name == LEGACY_SUMMARY:
+        return f"{head}{sep}{SUMMARY}"
+    return path
+
+
+def summary_file(path: str | os.PathLike[str]) -> str:
+    """The local summary file ``path`` names: a file itself, or an output directory's summary.
+
+    The earlier name still works: ``DIR/summary.json`` gives ``DIR/_summary.json`` where
+    only the current name exists, and a directory of the earlier layout gives its ``summary.json``.
+    """
+    text = os.fspath(path)
+    if os.path.isdir(text):
+        candidates = [os.path.join(text, SUMMARY), os.path.join(text, LEGACY_SUMMARY)]
+    else:
+        candidates = [text, current_name(text)]
+    return next((c for c in candidates if os.path.isfile(c)), candidates[0])
 
 
 class OutputLayout:
+    """Names and prepares the files of one output directory."""
+
     def __init__(self, uri: str, fmt: OutputFormat, storage_options: Mapping[str, Any] | None = None) -> None:
         self.root = resolve_location(uri, storage_options)
         self.format = fmt
+        self.adopted: list[str] = []  # files of the earlier layout that were moved, by their new name
 
     def part(self, index: int) -> Location:
         return self.root.child(part_name(index, self.format))
 
     def errors(self, index: int) -> Location:
-        return self.root.child(f"errors-{index:05d}.jsonl")
+        return self.root.child(error_name(index))
 
     def prepare(self, fingerprint: dict[str, Any], overwrite: bool) -> set[int]:
         """Make the directory ready; returns the indices of parts already complete."""
-        fs = self.root.fs
-        fs.makedirs(self.root.path, exist_ok=True)
+        self.root.fs.makedirs(self.root.path, exist_ok=True)
         existing = self._names()
-        for name in sorted(n for n in existing if _LEFTOVER.match(n)):
-            fs.rm(self.root.child(name).path)  # a temporary file of a run that crashed
+        # temporary files of a run that crashed
+        self._remove(n for n in existing if _LEFTOVER.match(n))
+        self._remove(f"{ERRORS_DIR}/{n}" for n in self._names(ERRORS_DIR) if _ERRORS_LEFTOVER.match(n))
         if overwrite:
-            for name in sorted(n for n in existing if _OWNED.match(n)):
-                fs.rm(self.root.child(name).path)
+            self._remove(n for n in existing if _OWNED.match(n))
+            self._remove_error_files()
             existing = set()
-        manifest = self.root.child(MANIFEST)
         if MANIFEST in existing:
-            with manifest.open("rb") as fh:
-                previous = json.load(fh)
-            if previous.get("fingerprint") != fingerprint:
-                raise OutputConflict(
-                    f"{self.root.url} holds the output of a different job (other model, input or "
-                    "options); pass `overwrite=True` to replace it, or choose another output directory",
-                    params=("overwrite",),
-                )
-        elif any(_OWNED.match(n) and n.startswith("part-") for n in existing):
+            self._check_manifest(fingerprint)
+            existing = self._adopt_legacy(existing)
+        elif any(_PART.match(n) for n in existing):
             raise OutputConflict(
                 f"{self.root.url} already holds part files that Sluice did not record; "
                 "pass `overwrite=True` to replace them, or choose another output directory",
@@ -68,19 +126,70 @@ class OutputLayout:
         else:
             self.write_json(MANIFEST, {"fingerprint": fingerprint})
         if SUCCESS in existing:
-            fs.rm(self.root.child(SUCCESS).path)
+            self.root.fs.rm(self.root.child(SUCCESS).path)
+        return self._done_parts(existing)
+
+    def _check_manifest(self, fingerprint: dict[str, Any]) -> None:
+        with self.root.child(MANIFEST).open("rb") as fh:
+            previous = json.load(fh)
+        if previous.get("fingerprint") != fingerprint:
+            raise OutputConflict(
+                f"{self.root.url} holds the output of a different job (other model, input or "
+                "options); pass `overwrite=True` to replace it, or choose another output directory",
+                params=("overwrite",),
+            )
+
+    def _done_parts(self, names: Iterable[str]) -> set[int]:
         done = set()
-        for name in existing:
-            match = re.match(r"^part-(\d{5})\.", name)
-            if match and name.endswith("." + self.format):
+        for name in names:
+            match = _PART.match(name)
+            if match and match.group(2) == self.format:
                 done.add(int(match.group(1)))
         return done
 
-    def _names(self) -> set[str]:
+    def adopt_legacy(self) -> list[str]:
+        """Move the files of the earlier layout to their current names; returns every file moved so far.
+
+        An output written before the directory read as a dataset has ``summary.json`` and
+        ``errors-NNNNN.jsonl`` beside its parts. A legacy file replaces a current one of the
+        same name: only an older Sluice writing after a newer one leaves both, and then the
+        legacy file is the later one.
+        """
+        self._adopt_legacy(self._names())
+        return list(self.adopted)
+
+    def _adopt_legacy(self, names: set[str]) -> set[str]:
+        renamed = {n: current_name(n) for n in sorted(names) if current_name(n) != n}
+        if any(_LEGACY_ERRORS.match(n) for n in renamed):
+            self.root.fs.makedirs(self.root.child(ERRORS_DIR).path, exist_ok=True)
+        for old, new in renamed.items():
+            self.root.fs.mv(self.root.child(old).path, self.root.child(new).path)
+            self.adopted.append(new)
+        if renamed:
+            log.warning(
+                "%s was written by an earlier Sluice: moved %s so that the directory reads as a dataset",
+                self.root.url,
+                ", ".join(f"{old} to {new}" for old, new in renamed.items()),
+            )
+        return (names - renamed.keys()) | {n for n in renamed.values() if "/" not in n}
+
+    def _names(self, folder: str | None = None) -> set[str]:
+        """The names in the output directory, or in one of its folders."""
+        where = self.root.child(folder) if folder else self.root
         try:
-            return {p.rsplit("/", 1)[-1] for p in self.root.fs.ls(self.root.path, detail=False)}
+            return {p.rstrip("/").rsplit("/", 1)[-1] for p in self.root.fs.ls(where.path, detail=False)}
         except FileNotFoundError:  # an object-store prefix exists only once something is under it
             return set()
+
+    def _remove_error_files(self) -> None:
+        self._remove(f"{ERRORS_DIR}/{n}" for n in self._names(ERRORS_DIR) if _ERRORS_OWNED.match(n))
+        folder = self.root.child(ERRORS_DIR)
+        if self.root.is_local and folder.exists() and not self._names(ERRORS_DIR):
+            self.root.fs.rmdir(folder.path)  # object stores have no empty folders to leave behind
+
+    def _remove(self, names: Iterable[str]) -> None:
+        for name in sorted(names):
+            self.root.fs.rm(self.root.child(name).path)
 
     def remove_leftovers(self, index: int) -> list[str]:
         """Remove the temporary files an earlier, crashed attempt at part ``index`` left; returns their names.
@@ -89,11 +198,17 @@ class OutputLayout:
         """
         if not self.root.is_local or not self.root.exists():
             return []
-        prefixes = (f".{self.part(index).path.rsplit('/', 1)[-1]}.tmp-", f".errors-{index:05d}.jsonl.tmp-")
-        leftovers = sorted(n for n in self._names() if n.startswith(prefixes) and _LEFTOVER.match(n))
-        for name in leftovers:
-            self.root.fs.rm(self.root.child(name).path)
-        return leftovers
+        part = part_name(index, self.format)
+        errors = error_name(index).rsplit("/", 1)[-1]
+        prefixes = (f".{part}.tmp-", f".errors-{index:05d}.jsonl.tmp-")  # the second of the earlier layout
+        top = sorted(n for n in self._names() if n.startswith(prefixes) and _LEFTOVER.match(n))
+        inside = sorted(
+            f"{ERRORS_DIR}/{n}"
+            for n in self._names(ERRORS_DIR)
+            if n.startswith(f".{errors}.tmp-") and _ERRORS_LEFTOVER.match(n)
+        )
+        self._remove(top + inside)
+        return top + inside
 
     def write_json(self, name: str, data: dict[str, Any]) -> None:
         target = AtomicFile(self.root.child(name))

@@ -336,7 +336,7 @@ class Pipeline:
 
 
 def _error_record(shard: Shard, failure: RecordFailure, with_key: bool) -> dict[str, Any]:
-    """One line of an errors-NNNNN.jsonl file."""
+    """One line of an _errors/errors-NNNNN.jsonl file."""
     record: dict[str, Any] = {"source": shard.source, "row": failure.row}
     if failure.line is not None:
         record["line"] = failure.line

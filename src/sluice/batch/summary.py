@@ -1,4 +1,4 @@
-"""The run summary (``summary.json``) and the resource monitor that feeds it."""
+"""The run summary (``_summary.json``) and the resource monitor that feeds it."""
 
 from __future__ import annotations
 
@@ -105,7 +105,7 @@ def _nvml_handles() -> tuple[Any, list[Any]] | None:
 
 @dataclass
 class RunSummary:
-    """The figures of one run, with the stable keys of ``summary.json``."""
+    """The figures of one run, with the stable keys of ``_summary.json``."""
 
     rows: int
     rows_failed: int

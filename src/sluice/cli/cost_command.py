@@ -48,7 +48,7 @@ def cost(
         Path | None,
         typer.Option(
             metavar="SUMMARY.JSON",
-            help="A `sluice predict` summary.json: its rows/s (cores from --cores).",
+            help="A `sluice predict` _summary.json (or its output directory): its rows/s (cores from --cores).",
             show_default=False,
         ),
     ] = None,
@@ -93,7 +93,7 @@ def cost(
 ) -> None:
     """Plan how many instances predict --rows rows within --deadline, and what they cost.
 
-    The throughput comes from exactly one of --profile (tune.json), --summary (summary.json) or
+    The throughput comes from exactly one of --profile (tune.json), --summary (_summary.json) or
     --rows-per-second. For each instance: rows/s per instance, instances needed to meet the
     deadline, wall time with that many, and the cost on demand and on spot (billed per second),
     cheapest on demand first.
@@ -142,7 +142,7 @@ class _Measured:
         if len(given) != 1:
             found = f" (got {' and '.join(given)})" if given else ""
             raise ConfigError(
-                "give the measured throughput with exactly one of --profile tune.json, --summary summary.json "
+                "give the measured throughput with exactly one of --profile tune.json, --summary _summary.json "
                 f"or --rows-per-second N{found}"
             )
         if self.profile is not None:
@@ -154,7 +154,10 @@ class _Measured:
                 f"assuming the throughput was measured on this machine's {cores} cores; pass --cores to say otherwise"
             )
         if self.summary is not None:
-            return Throughput.from_summary(_read_json(self.summary), str(self.summary), cores, self.gpus)
+            from sluice.batch.layout import summary_file
+
+            path = Path(summary_file(self.summary))
+            return Throughput.from_summary(_read_json(path), str(path), cores, self.gpus)
         return Throughput(self.rows_per_second or 0.0, cores, self.gpus, source="--rows-per-second")
 
 

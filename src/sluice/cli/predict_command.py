@@ -147,7 +147,7 @@ def predict(
     """Run a model over a data set and write predictions plus per-record error files.
 
     Writes OUTPUT/part-NNNNN.parquet (or .csv, .jsonl; one per input shard, rows in input order),
-    errors-NNNNN.jsonl for records the model could not take, summary.json and _SUCCESS.
+    _errors/errors-NNNNN.jsonl for records the model could not take, _summary.json and _SUCCESS.
     Re-running the same command resumes: complete parts are skipped; --overwrite starts over.
 
     With --backend spark or ray the same job runs on that engine with the same output (see docs/cluster.md).

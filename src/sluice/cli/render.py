@@ -35,7 +35,7 @@ def summary_table(s: RunSummary) -> Table:
         ("rows", f"{s.rows:,}"),
         (
             "rows failed",
-            f"{s.rows_failed:,}" + (f"  (see {len(s.error_files)} errors-*.jsonl)" if s.error_files else ""),
+            f"{s.rows_failed:,}" + (f"  (see {len(s.error_files)} _errors/errors-*.jsonl)" if s.error_files else ""),
         ),
         ("parts", f"{s.shards}" + (f"  ({s.shards_skipped} already complete, skipped)" if s.shards_skipped else "")),
         ("time", f"{s.seconds:.2f} s"),

@@ -98,21 +98,23 @@ def compression_of(path: str) -> str | None:
     return _COMPRESSION.get(os.path.splitext(path.lower())[1])
 
 
-def _visible(path: str) -> bool:
-    return not any(part.startswith((".", "_")) for part in path.split("/")[-1:])
+def _visible(path: str, root: str) -> bool:
+    """False for hidden and ``_`` files, and for files in such folders below ``root`` (``_errors/``)."""
+    relative = path[len(root) :] if path.startswith(root) else path.rsplit("/", 1)[-1]
+    return not any(part.startswith((".", "_")) for part in relative.strip("/").split("/"))
 
 
 def list_inputs(
     uri: str | os.PathLike[str], fmt: DataFormat | None = None, storage_options: Mapping[str, Any] | None = None
 ) -> list[Location]:
-    """The input files a path, directory, glob or URI names, sorted; hidden and ``_`` files skipped."""
+    """The input files a path, directory, glob or URI names, sorted; hidden and ``_`` files and folders skipped."""
     text = os.fspath(uri)
     loc = resolve_location(text, storage_options)
     fs = loc.fs
     if any(ch in loc.path for ch in "*?["):
         paths = sorted(p for p in fs.glob(loc.path) if fs.isfile(p))
     elif fs.isdir(loc.path):
-        paths = sorted(p for p in fs.find(loc.path) if _visible(p))
+        paths = sorted(p for p in fs.find(loc.path) if _visible(p, loc.path))
         if fmt is None:
             paths = [p for p in paths if _has_known_extension(p)]
     elif fs.isfile(loc.path):

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from sluice.data.jsonl import encode_jsonl, encode_values
 from sluice.data.location import Location
 
-__all__ = ["AtomicFile", "ErrorWriter", "OutputFormat", "PartWriter", "part_name"]
+__all__ = ["AtomicFile", "ErrorWriter", "OutputFormat", "PartWriter", "error_name", "part_name"]
 
 OutputFormat = Literal["parquet", "csv", "jsonl"]
 _EXTENSIONS = {"parquet": "parquet", "csv": "csv", "jsonl": "jsonl"}
@@ -30,7 +30,18 @@ ROW_GROUP_ROWS = 1 << 17
 
 
 def part_name(index: int, fmt: OutputFormat) -> str:
+    """The file name of output part ``index``: ``part-00000.parquet``."""
     return f"part-{index:05d}.{_EXTENSIONS[fmt]}"
+
+
+def error_name(index: int) -> str:
+    """Where part ``index``'s error records go, relative to the output: ``_errors/errors-00000.jsonl``.
+
+    Under ``_errors/`` because dataset readers (pyarrow, pandas, Spark, Hive) skip what starts
+    with ``_``, and a glob for the parts (``out/*.jsonl``) does not reach into a folder, so the
+    output reads as its predicted rows only.
+    """
+    return f"_errors/errors-{index:05d}.jsonl"
 
 
 class AtomicFile:
@@ -46,6 +57,8 @@ class AtomicFile:
 
     def open(self) -> IO[Any]:
         if self._handle is None:
+            if self.target.is_local:  # object stores have no folders to make
+                os.makedirs(os.path.dirname(self._path) or ".", exist_ok=True)
             self._handle = self.target.fs.open(self._path, "wb")
         return self._handle
 
@@ -193,7 +206,7 @@ def flatten_lists(table: pa.Table) -> pa.Table:
 
 
 class ErrorWriter:
-    """The per-record error file of one part (``errors-00000.jsonl``), written only if needed."""
+    """The per-record error file of one part (``_errors/errors-00000.jsonl``), written only if needed."""
 
     def __init__(self, target: Location) -> None:
         self.file = AtomicFile(target)

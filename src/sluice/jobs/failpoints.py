@@ -6,7 +6,7 @@ Unset (the normal case), :meth:`Failpoints.hit` is a dictionary lookup.
 
 Points a worker passes: ``job.prepared`` (output prepared, job not yet marked started),
 ``shard.claimed``, ``shard.batch_written`` (part half written), ``shard.committed`` (part
-durable, not yet recorded), ``shard.recorded``, ``job.summary`` (summary.json written,
+durable, not yet recorded), ``shard.recorded``, ``job.summary`` (_summary.json written,
 _SUCCESS not yet), ``job.succeeded`` (_SUCCESS written, final state not yet recorded).
 """
 

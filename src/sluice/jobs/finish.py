@@ -1,4 +1,4 @@
-"""Ending a job whose shards are all done: summary.json, _SUCCESS, the final state.
+"""Ending a job whose shards are all done: _summary.json, _SUCCESS, the final state.
 
 Every step is idempotent, so a worker that dies half-way leaves the FINISH work to the next
 one, which writes the same files again.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sluice.batch.layout import SUMMARY, OutputLayout
+from sluice.batch.layout import ERROR_FILES, SUMMARY, OutputLayout
 from sluice.jobs.failpoints import Failpoints
 from sluice.jobs.model import Claim, JobState, JobStatus
 from sluice.jobs.store import JobStore
@@ -22,7 +22,7 @@ def final_state(status: JobStatus, max_error_fraction: float) -> tuple[JobState,
         total = status.rows + status.rows_failed
         return JobState.FAILED, (
             f"{status.rows_failed} of {total} records failed ({status.error_fraction:.2%}), more than "
-            f"max_error_fraction {max_error_fraction}; see the errors-*.jsonl files in {status.output}"
+            f"max_error_fraction {max_error_fraction}; see the {ERROR_FILES} files in {status.output}"
         )
     if status.rows_failed:
         return JobState.PARTIALLY_SUCCEEDED, f"{status.rows_failed} records went to the error files"
@@ -30,7 +30,7 @@ def final_state(status: JobStatus, max_error_fraction: float) -> tuple[JobState,
 
 
 def job_summary(status: JobStatus, state: JobState, finished_at: float) -> dict[str, Any]:
-    """The job's summary.json: what was done, by which job, how fast."""
+    """The job's _summary.json: what was done, by which job, how fast."""
     seconds = finished_at - (status.started_at or finished_at)
     return {
         "job": status.id,
@@ -58,6 +58,8 @@ def finish_job(store: JobStore, claim: Claim, failpoints: Failpoints) -> JobStat
     status = store.status(claim.job_id)
     state, message = final_state(status, request.max_error_fraction)
     layout = OutputLayout(request.output, request.output_format, request.storage_options)
+    # a job that an earlier Sluice started has error files of the earlier layout
+    layout.adopt_legacy()
     layout.write_json(SUMMARY, job_summary(status, state, time.time()))
     failpoints.hit("job.summary")
     if state is not JobState.FAILED:

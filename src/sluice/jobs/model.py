@@ -112,7 +112,7 @@ class _PartialRequest(JobRequest):
 class ClaimKind(StrEnum):
     START = "START"  # prepare the output and fix the batch size, once per job
     SHARD = "SHARD"  # run one shard
-    FINISH = "FINISH"  # write summary.json and _SUCCESS, set the final state
+    FINISH = "FINISH"  # write _summary.json and _SUCCESS, set the final state
 
 
 @dataclass(frozen=True)

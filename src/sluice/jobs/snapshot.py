@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Mapping, Sequence
 
+from sluice.batch.layout import current_name
 from sluice.jobs.model import JobState, JobStatus, ShardState
 
 __all__ = ["job_snapshot"]
@@ -59,7 +60,8 @@ def job_snapshot(db: sqlite3.Connection, job: sqlite3.Row, now: float) -> JobSta
         attempts=sum(r["attempts"] or 0 for r in shards),
         message=job["message"],
         errors=[f"shard {e['idx']}: {e['error']}" for e in errors],
-        error_files=[r["error_file"] for r in error_files],
+        # shards an earlier Sluice recorded name their file as it was before FINISH renamed it
+        error_files=[current_name(r["error_file"]) for r in error_files],
         batch_size=job["batch_size"],
     )
 

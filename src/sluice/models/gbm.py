@@ -97,7 +97,8 @@ class BoosterSignature(Signature):
         raise BindError(
             f"{self.origin} needs {noun} {quoted}, which the data does not have; the model was trained on "
             f"{len(self.feature_names)} named features ({_abbrev(self.feature_names)}) and the data's columns "
-            f"are {schema.names}. Rename the columns, or give the model's features in its order with --features"
+            f"are {schema.names}. Rename the columns, or give the model's features in its order with `features`",
+            params=("features",),
         )
 
 
@@ -123,8 +124,9 @@ class _BoostedTrees(Model):
         path = Path(source.location)
         if source.options.device == "cuda":
             raise ModelLoadError(
-                f"{path}: {self.library} models run on the CPU in Sluice; use --device cpu (or auto), "
-                "or convert the model to ONNX (onnxmltools) to run it on a GPU"
+                f"{path}: {self.library} models run on the CPU in Sluice; use `device='cpu'` (or auto), "
+                "or convert the model to ONNX (onnxmltools) to run it on a GPU",
+                params=("device",),
             )
         info = self._load(path)
         self.task = info.task

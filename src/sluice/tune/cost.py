@@ -241,10 +241,10 @@ class Throughput:
 
     @classmethod
     def from_summary(cls, summary: Mapping[str, Any], origin: str, cores: int, gpus: int = 0) -> Throughput:
-        """The rate of a ``sluice predict`` run from its ``summary.json``."""
+        """The rate of a ``sluice predict`` run from its ``_summary.json``."""
         rate = summary.get("rows_per_second")
         if not isinstance(rate, int | float) or isinstance(rate, bool):
-            raise ConfigError(f"{origin}: rows_per_second is missing or not a number; is this a summary.json?")
+            raise ConfigError(f"{origin}: rows_per_second is missing or not a number; is this a _summary.json?")
         return cls(float(rate), cores, gpus, f"{origin}: sluice predict run")
 
     def check(self) -> None:
