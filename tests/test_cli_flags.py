@@ -232,8 +232,10 @@ CASES = {
     ),
     "max_error_fraction": Case(
         ErrorFractionExceeded,
-        "1 of 4 records failed (25.00%), more than `max_error_fraction` 0.1; see the _errors/errors-*.jsonl files in {out}",
-        "1 of 4 records failed (25.00%), more than --max-error-fraction 0.1; see the _errors/errors-*.jsonl files in {out}",
+        "1 of 4 records failed (25.00%), more than `max_error_fraction` 0.1; "
+        "see the _errors/errors-*.jsonl files in {out}",
+        "1 of 4 records failed (25.00%), more than --max-error-fraction 0.1; "
+        "see the _errors/errors-*.jsonl files in {out}",
         ("max_error_fraction",),
         {"key_column": "id", "max_error_fraction": 0.1},
         ("--key-column", "id", "--max-error-fraction", "0.1"),
