@@ -237,7 +237,12 @@ def sequential_test(
     variance = difference_variance(control, candidate, outcome)
     if variance is None:
         return None
-    return msprt(candidate.mean - control.mean, variance, mixing_sd, alpha)
+    result = msprt(candidate.mean - control.mean, variance, mixing_sd, alpha)
+    if outcome != "binary":
+        return result
+    # two rates differ by at most 1 either way
+    bounded = Interval(max(result.interval.low, -1.0), min(result.interval.high, 1.0))
+    return SequentialResult(result.p_value, bounded)
 
 
 # -- the comparison ----------------------------------------------------------------------------
