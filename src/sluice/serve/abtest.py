@@ -162,7 +162,7 @@ def sample_size_proportions(base_rate: float, effect: float, alpha: float = 0.05
     """Outcomes per variant to detect ``base_rate`` → ``base_rate ± effect`` (two-sided).
 
     The change is taken upward unless that leaves [0, 1] (a control already at 100% can only get
-    worse); None when neither direction fits, i.e. ``effect`` is at least 1.
+    worse); None when neither direction stays within [0, 1].
     """
     p1 = min(max(base_rate, 0.0), 1.0)
     p2 = p1 + effect if p1 + effect <= 1.0 else p1 - effect
@@ -218,7 +218,8 @@ def msprt(difference: float, variance: float, mixing_sd: float, alpha: float = 0
 
         Λ(θ₀) = √(s² / (s² + τ²)) · exp(τ² (Δ − θ₀)² / (2 s² (s² + τ²))),
 
-    a martingale under θ₀, so by Ville's inequality P(Λ ever reaches 1/α) ≤ α however often it is
+    a martingale under θ₀ (for a known s²; the estimate is plugged in, which the A/A simulations
+    of the tests check), so by Ville's inequality P(Λ ever reaches 1/α) ≤ α however often it is
     looked at. The p-value is min(1, 1/Λ(0)); the confidence sequence is every θ₀ with
     Λ(θ₀) < 1/α, so p < α exactly when the interval excludes 0. τ sets where the test is most
     sensitive: near differences of size τ, reached at about the planned sample size.
