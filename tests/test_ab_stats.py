@@ -76,17 +76,18 @@ def test_recommendations() -> None:
     control = _tally([1] * 100 + [0] * 900)
     better = compare(control, _tally([1] * 160 + [0] * 840), "binary", min_effect=0.02)
     assert better.recommendation == "promote" and better.difference == pytest.approx(0.06)
+    assert better.reason.startswith("candidate is significantly better (always-valid p = ")
     worse = compare(control, _tally([1] * 50 + [0] * 950), "binary", min_effect=0.02)
     assert worse.recommendation == "roll back" and worse.reason.startswith("candidate is significantly worse")
     early = compare(_tally([1, 0, 0]), _tally([1, 1, 0]), "binary", min_effect=0.02)
-    assert (
-        early.recommendation == "keep collecting"
-        and early.reason == f"{early.still_needed} more outcomes per variant needed"
-    )
+    assert early.recommendation == "keep collecting"
+    assert early.reason.startswith("no significant difference yet after 3 outcomes per variant (difference in [")
+    assert early.reason.endswith(f"; the fixed-horizon plan needs {early.still_needed} more outcomes per variant")
     same = compare(_tally([1] * 5000 + [0] * 5000), _tally([1] * 5000 + [0] * 5000), "binary", min_effect=0.05)
-    assert (
-        same.recommendation == "roll back"
-        and same.reason == "no significant difference after 10000 outcomes per variant"
+    low, high = same.confidence_sequence
+    assert same.recommendation == "roll back" and 0 < high < 0.05 and low == -high
+    assert same.reason == (
+        f"no improvement of 0.05 possible after 10000 outcomes per variant (difference in [{low:+.3g}, {high:+.3g}])"
     )
     none = compare(OutcomeTally(), OutcomeTally(), "continuous", min_effect=1.0)
     assert none.recommendation == "keep collecting" and none.reason == "not enough outcomes yet"

@@ -146,8 +146,8 @@ def report(
     model: ModelArgument, url: UrlOption = DEFAULT_URL, auth_token: TokenOption = None, json_: JsonOption = False
 ) -> None:
     """Per variant: traffic, mean outcome with a 95% interval, the difference from the primary with
-    its significance test (two-proportion z-test for 0/1 outcomes, Welch's t-test otherwise), the
-    outcomes still needed for the configured effect and power, and a recommendation."""
+    its always-valid sequential p-value (safe to read at any time), the outcomes the fixed-horizon
+    test would still need (for information), and a recommendation decided by the sequential test."""
     from sluice.serve.abreport import experiment_report
 
     result = run_cli(lambda: experiment_report(_client(url, auth_token).experiment(model)))
@@ -156,8 +156,7 @@ def report(
         return
     from rich.console import Console
 
-    test = "two-proportion z-test" if result.outcome == "binary" else "Welch's t-test"
-    typer.echo(f"A/B report of model {result.model}: {result.outcome} outcomes, {test} against the primary")
+    typer.echo(f"A/B report of model {result.model}: {result.outcome} outcomes against the primary, {result.rules}")
     Console().print(_report_table(result))
     typer.echo(f"recommendation: {result.recommendation} ({result.reason})")
 

@@ -3,16 +3,18 @@
 :func:`experiment_report` is pure: it reads the document of ``GET /v2/models/{m}/experiment``
 (weights, per-version counts and outcome sums) and compares every candidate with the primary
 using :func:`sluice.serve.abtest.compare` under the model's ``routing.experiment`` settings.
+Any document gives a report or a :class:`~sluice.errors.RemoteError` naming what is wrong.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 from sluice.errors import RemoteError
 from sluice.models.policy_config import ExperimentConfig
-from sluice.serve.abtest import Comparison, Interval, compare, mean_interval
+from sluice.serve.abtest import Comparison, Interval, compare, mean_interval, sequential_rule
 from sluice.serve.routing import OutcomeTally
 
 __all__ = ["ExperimentReport", "VariantReport", "experiment_report"]
@@ -43,6 +45,13 @@ class ExperimentReport:
     variants: tuple[VariantReport, ...]
     recommendation: str
     reason: str
+    rule: str
+    fixed_test: str
+
+    @property
+    def rules(self) -> str:
+        """Which rule decides, and the fixed-horizon test reported beside it."""
+        return f"{self.rule}; {self.fixed_test} at the planned sample size for information"
 
     def to_dict(self) -> dict[str, Any]:
         rows = []
@@ -52,7 +61,8 @@ class ExperimentReport:
             row["ci95"] = None if v.interval is None else [v.interval.low, v.interval.high]
             row["comparison"] = None if v.comparison is None else v.comparison.to_dict()
             rows.append(row)
-        return {"model": self.model, "outcome": self.outcome, "variants": rows, **self._verdict()}
+        rules = {"rule": self.rule, "fixed_test": self.fixed_test}
+        return {"model": self.model, "outcome": self.outcome, **rules, "variants": rows, **self._verdict()}
 
     def _verdict(self) -> dict[str, str]:
         return {"recommendation": self.recommendation, "reason": self.reason}
@@ -68,14 +78,12 @@ def experiment_report(document: dict[str, Any]) -> ExperimentReport:
         model = str(document["model_name"])
     except (KeyError, TypeError, ValueError) as exc:
         raise RemoteError(f"the experiment document is not what the server sends: missing {exc}") from None
-    total = sum(figures.get(versions.get(v) or "", {}).get("requests", 0) for v in weights)
+    total = sum(_figure(figures, versions.get(v), "requests") for v in weights)
     control: OutcomeTally | None = None
     rows = []
     for variant, weight in weights.items():
         version = versions.get(variant)
-        stats = figures.get(version or "", {})
-        outcomes = stats.get("outcomes", {})
-        tally = OutcomeTally(outcomes.get("count", 0), outcomes.get("sum", 0.0), outcomes.get("sum_sq", 0.0))
+        tally = _tally(figures, version)
         comparison = None
         if control is None:
             control = tally
@@ -88,7 +96,7 @@ def experiment_report(document: dict[str, Any]) -> ExperimentReport:
                 alpha=settings.alpha,
                 power=settings.power,
             )
-        requests = int(stats.get("requests", 0))
+        requests = _figure(figures, version, "requests")
         rows.append(
             VariantReport(
                 variant,
@@ -96,7 +104,7 @@ def experiment_report(document: dict[str, Any]) -> ExperimentReport:
                 float(weight),
                 requests,
                 requests / total if total else 0.0,
-                int(stats.get("errors", 0)),
+                _figure(figures, version, "errors"),
                 tally.count,
                 tally.mean if tally.count else None,
                 mean_interval(tally, settings.outcome),
@@ -104,7 +112,43 @@ def experiment_report(document: dict[str, Any]) -> ExperimentReport:
             )
         )
     recommendation, reason = _overall(rows)
-    return ExperimentReport(model, settings.outcome, tuple(rows), recommendation, reason)
+    rule = sequential_rule(settings.min_effect, settings.alpha)
+    fixed = "two-proportion z-test" if settings.outcome == "binary" else "Welch's t-test"
+    return ExperimentReport(model, settings.outcome, tuple(rows), recommendation, reason, rule, fixed)
+
+
+def _stats(figures: dict[str, Any], version: str | None) -> dict[str, Any]:
+    stats = figures.get(version or "", {})
+    if not isinstance(stats, dict):
+        raise _unexpected(f"versions.{version}", stats, "an object")
+    return stats
+
+
+def _figure(figures: dict[str, Any], version: str | None, name: str) -> int:
+    return _count(_stats(figures, version).get(name, 0), f"versions.{version}.{name}")
+
+
+def _tally(figures: dict[str, Any], version: str | None) -> OutcomeTally:
+    where = f"versions.{version}.outcomes"
+    outcomes = _stats(figures, version).get("outcomes", {})
+    if not isinstance(outcomes, dict):
+        raise _unexpected(where, outcomes, "an object")
+    count = _count(outcomes.get("count", 0), f"{where}.count")
+    sums = [outcomes.get(name, 0.0) for name in ("sum", "sum_sq")]
+    for name, value in zip(("sum", "sum_sq"), sums, strict=True):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise _unexpected(f"{where}.{name}", value, "a finite number")
+    return OutcomeTally(count, float(sums[0]), float(sums[1]))
+
+
+def _count(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise _unexpected(where, value, "a count >= 0")
+    return value
+
+
+def _unexpected(where: str, value: Any, expected: str) -> RemoteError:
+    return RemoteError(f"the experiment document says {where} = {value!r}: expected {expected}")
 
 
 def _overall(rows: list[VariantReport]) -> tuple[str, str]:

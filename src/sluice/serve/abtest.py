@@ -2,8 +2,11 @@
 
 Confidence intervals of a mean outcome (Wilson's for 0/1 outcomes, Student's t otherwise), the
 two-proportion z-test (pooled) and Welch's unequal-variance t-test, the sample size per variant
-needed to detect a given effect with a given power, and :func:`compare` which puts them together
-with a recommendation: promote, keep collecting, or roll back.
+needed to detect a given effect with a given power, the always-valid normal-mixture sequential
+test (:func:`msprt`), and :func:`compare` which puts them together with a recommendation:
+promote, keep collecting, or roll back. Only the sequential test decides, so a report may be
+read as often as one likes without inflating the false-positive rate; the fixed-horizon tests
+and the planned sample size are reported for information.
 """
 
 from __future__ import annotations
@@ -18,11 +21,16 @@ from sluice.serve.routing import OutcomeTally
 __all__ = [
     "Comparison",
     "Interval",
+    "SequentialResult",
     "TestResult",
     "compare",
+    "difference_variance",
     "mean_interval",
+    "msprt",
     "sample_size_means",
     "sample_size_proportions",
+    "sequential_rule",
+    "sequential_test",
     "student_t_cdf",
     "student_t_ppf",
     "two_proportion_ztest",
@@ -150,20 +158,92 @@ def welch_ttest(control: OutcomeTally, candidate: OutcomeTally) -> TestResult | 
     return TestResult(t, 2 * student_t_cdf(-abs(t), df), df)
 
 
-def sample_size_proportions(base_rate: float, effect: float, alpha: float = 0.05, power: float = 0.8) -> int:
-    """Outcomes per variant to detect ``base_rate`` → ``base_rate + effect`` (two-sided)."""
-    p1 = min(max(base_rate, 1e-6), 1 - 1e-6)
-    p2 = min(max(p1 + effect, 1e-6), 1 - 1e-6)
+def sample_size_proportions(base_rate: float, effect: float, alpha: float = 0.05, power: float = 0.8) -> int | None:
+    """Outcomes per variant to detect ``base_rate`` → ``base_rate ± effect`` (two-sided).
+
+    The change is taken upward unless that leaves [0, 1] (a control already at 100% can only get
+    worse); None when neither direction stays within [0, 1].
+    """
+    p1 = min(max(base_rate, 0.0), 1.0)
+    p2 = p1 + effect if p1 + effect <= 1.0 else p1 - effect
+    if not 0.0 <= p2 <= 1.0 or p2 == p1:
+        return None
     z_a, z_b = _NORMAL.inv_cdf(1 - alpha / 2), _NORMAL.inv_cdf(power)
     mean_p = (p1 + p2) / 2
     root = z_a * math.sqrt(2 * mean_p * (1 - mean_p)) + z_b * math.sqrt(p1 * (1 - p1) + p2 * (1 - p2))
-    return math.ceil(root * root / ((p2 - p1) ** 2))
+    return max(1, math.ceil(root * root / ((p2 - p1) ** 2)))
 
 
 def sample_size_means(sd: float, effect: float, alpha: float = 0.05, power: float = 0.8) -> int:
     """Outcomes per variant to detect a difference ``effect`` in means with standard deviation ``sd``."""
     z = _NORMAL.inv_cdf(1 - alpha / 2) + _NORMAL.inv_cdf(power)
-    return math.ceil(2 * (z * sd / effect) ** 2)
+    return max(2, math.ceil(2 * (z * sd / effect) ** 2))
+
+
+# -- the always-valid sequential test ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SequentialResult:
+    """The mixture SPRT of candidate − control: its always-valid p-value and confidence sequence."""
+
+    p_value: float
+    interval: Interval
+
+
+def difference_variance(control: OutcomeTally, candidate: OutcomeTally, outcome: Outcome) -> float | None:
+    """The variance of the estimated difference of means (None while it cannot be estimated).
+
+    0/1 outcomes use the pooled rate, as the pooled z-test does: under "no difference" it is the
+    right variance, and it does not collapse to 0 when one arm has seen only failures.
+    """
+    n1, n2 = control.count, candidate.count
+    if outcome == "binary":
+        if not n1 or not n2:
+            return None
+        pooled = min(max((control.total + candidate.total) / (n1 + n2), 0.0), 1.0)
+        variance = pooled * (1 - pooled) * (1 / n1 + 1 / n2)
+    else:
+        if n1 < 2 or n2 < 2:
+            return None
+        variance = control.variance / n1 + candidate.variance / n2
+    return variance if variance > 0 and math.isfinite(variance) else None
+
+
+def msprt(difference: float, variance: float, mixing_sd: float, alpha: float = 0.05) -> SequentialResult:
+    """The normal-mixture SPRT (Johari, Pekelis, Walsh: "Always valid inference", 2017).
+
+    ``difference`` estimates θ = candidate − control with ``variance`` (``s²``). The likelihood
+    ratio of θ ~ N(θ₀, τ²) (τ = ``mixing_sd``) against θ = θ₀ is
+
+        Λ(θ₀) = √(s² / (s² + τ²)) · exp(τ² (Δ − θ₀)² / (2 s² (s² + τ²))),
+
+    a martingale under θ₀ (for a known s²; the estimate is plugged in, which the A/A simulations
+    of the tests check), so by Ville's inequality P(Λ ever reaches 1/α) ≤ α however often it is
+    looked at. The p-value is min(1, 1/Λ(0)); the confidence sequence is every θ₀ with
+    Λ(θ₀) < 1/α, so p < α exactly when the interval excludes 0. τ sets where the test is most
+    sensitive: near differences of size τ, reached at about the planned sample size.
+    """
+    s2, t2 = variance, mixing_sd * mixing_sd
+    log_ratio = 0.5 * math.log(s2 / (s2 + t2)) + t2 * difference * difference / (2 * s2 * (s2 + t2))
+    p_value = 1.0 if log_ratio <= 0 else math.exp(-log_ratio)
+    radius = math.sqrt(s2 * (s2 + t2) / t2 * (2 * math.log(1 / alpha) + math.log((s2 + t2) / s2)))
+    return SequentialResult(p_value, Interval(difference - radius, difference + radius))
+
+
+def sequential_test(
+    control: OutcomeTally, candidate: OutcomeTally, outcome: Outcome, *, mixing_sd: float, alpha: float = 0.05
+) -> SequentialResult | None:
+    """:func:`msprt` on the two tallies (None while the variance cannot be estimated)."""
+    variance = difference_variance(control, candidate, outcome)
+    if variance is None:
+        return None
+    result = msprt(candidate.mean - control.mean, variance, mixing_sd, alpha)
+    if outcome != "binary":
+        return result
+    # two rates differ by at most 1 either way
+    bounded = Interval(max(result.interval.low, -1.0), min(result.interval.high, 1.0))
+    return SequentialResult(result.p_value, bounded)
 
 
 # -- the comparison ----------------------------------------------------------------------------
@@ -171,19 +251,36 @@ def sample_size_means(sd: float, effect: float, alpha: float = 0.05, power: floa
 
 @dataclass(frozen=True)
 class Comparison:
-    """A candidate against the control: the difference, its test, the samples still needed, advice."""
+    """A candidate against the control: the difference, the tests, the planned sample, advice.
+
+    The advice follows the always-valid sequential test only (``rule``, ``p_value``,
+    ``confidence_sequence``), so it may be read at any time. ``test``, ``statistic`` and
+    ``fixed_p_value`` are the fixed-horizon test, and ``required_per_variant`` its planned sample:
+    shown for information, valid only when read once, at that sample.
+    """
 
     difference: float | None
+    rule: str
+    p_value: float | None
+    confidence_sequence: tuple[float, float] | None
     test: str
     statistic: float | None
-    p_value: float | None
+    fixed_p_value: float | None
     required_per_variant: int | None
     still_needed: int | None
     recommendation: Recommendation
     reason: str
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        document = asdict(self)
+        if self.confidence_sequence is not None:
+            document["confidence_sequence"] = list(self.confidence_sequence)
+        return document
+
+
+def sequential_rule(mixing_sd: float, alpha: float) -> str:
+    """How the recommendation is decided, in words."""
+    return f"always-valid mSPRT (normal mixture, tau = {mixing_sd:g}, alpha = {alpha:g})"
 
 
 def compare(
@@ -194,26 +291,47 @@ def compare(
     min_effect: float,
     alpha: float = 0.05,
     power: float = 0.8,
+    mixing_sd: float | None = None,
 ) -> Comparison:
-    """Test candidate against control and recommend what to do with the candidate."""
+    """Test candidate against control and recommend what to do with the candidate.
+
+    ``mixing_sd`` (τ of :func:`msprt`) defaults to ``min_effect``: the test is then most
+    sensitive to differences of the size the experiment was planned to detect.
+    """
+    tau = min_effect if mixing_sd is None else mixing_sd
     binary = outcome == "binary"
-    result = two_proportion_ztest(control, candidate) if binary else welch_ttest(control, candidate)
+    fixed = two_proportion_ztest(control, candidate) if binary else welch_ttest(control, candidate)
     test = "two-proportion z-test" if binary else "Welch's t-test"
     required = _required(control, candidate, outcome, min_effect, alpha, power)
     have = min(control.count, candidate.count)
     still = None if required is None else max(0, required - have)
     diff = candidate.mean - control.mean if control.count and candidate.count else None
-    stat, p = (result.statistic, result.p_value) if result is not None else (None, None)
-    if result is not None and result.p_value < alpha:
-        better = result.statistic > 0
-        verdict: Recommendation = "promote" if better else "roll back"
-        reason = f"candidate is significantly {'better' if better else 'worse'} (p = {result.p_value:.3g} < {alpha:g})"
-    elif still is not None and still == 0:
-        verdict, reason = "roll back", f"no significant difference after {have} outcomes per variant"
-    else:
-        verdict = "keep collecting"
-        reason = "not enough outcomes yet" if still is None else f"{still} more outcomes per variant needed"
-    return Comparison(diff, test, stat, p, required, still, verdict, reason)
+    stat, fixed_p = (fixed.statistic, fixed.p_value) if fixed is not None else (None, None)
+    sequential = sequential_test(control, candidate, outcome, mixing_sd=tau, alpha=alpha)
+    verdict, reason = _advice(sequential, min_effect, alpha, have)
+    if verdict == "keep collecting" and still:
+        reason += f"; the fixed-horizon plan needs {still} more outcomes per variant"
+    p, sequence = (None, None) if sequential is None else (sequential.p_value, sequential.interval)
+    bounds = None if sequence is None else (sequence.low, sequence.high)
+    rule = sequential_rule(tau, alpha)
+    return Comparison(diff, rule, p, bounds, test, stat, fixed_p, required, still, verdict, reason)
+
+
+def _advice(result: SequentialResult | None, min_effect: float, alpha: float, have: int) -> tuple[Recommendation, str]:
+    if result is None:
+        return "keep collecting", "not enough outcomes yet" if have < 2 else "no variation in the outcomes yet"
+    low, high = result.interval.low, result.interval.high
+    sequence = f"difference in [{low:+.3g}, {high:+.3g}]"
+    if low > 0 or high < 0:
+        better = low > 0
+        word = "better" if better else "worse"
+        reason = f"candidate is significantly {word} (always-valid p = {result.p_value:.3g} < {alpha:g}; {sequence})"
+        return ("promote" if better else "roll back"), reason
+    if high < min_effect:
+        # the confidence sequence is always valid too: an improvement of min_effect is ruled out
+        reason = f"no improvement of {min_effect:g} possible after {have} outcomes per variant ({sequence})"
+        return "roll back", reason
+    return "keep collecting", f"no significant difference yet after {have} outcomes per variant ({sequence})"
 
 
 def _required(
