@@ -5,9 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pyarrow as pa
+import pytest
 from typer.testing import CliRunner
 
+from sluice.batch.counts import PartCounts, committed_counts, part_rows
+from sluice.batch.layout import OutputLayout
 from sluice.cli.main import app
+from sluice.data.location import resolve_location
+from sluice.data.writers import PartWriter
 from support import invoke, listing
 
 HEADER = "id,f0,f1,f2,f3\n"
@@ -135,3 +141,33 @@ def test_rerun_of_a_finished_job_keeps_its_summary_for_cost(tmp_path: Path, mode
     cost = _wide("cost", "--rows", "1M", "--deadline", "1h", "--summary", out / "_summary.json", "--cores", "2")
     assert cost.exit_code == 0, cost.output
     assert "measured rows per second must be > 0" not in cost.output
+
+
+# -- counting what committed parts hold --------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv", "jsonl"])
+@pytest.mark.parametrize("rows", [0, 3])
+def test_part_rows_counts_the_rows_a_part_writer_committed(tmp_path: Path, fmt: str, rows: int) -> None:
+    texts = ["one line", "two\nlines, and a comma", 'a "quote"'][:rows]
+    table = pa.table({"id": pa.array(range(rows), pa.int64()), "text": pa.array(texts, pa.string())})
+    part = resolve_location(tmp_path / f"part-00000.{fmt}")
+    writer = PartWriter(part, fmt)  # type: ignore[arg-type]
+    if rows:
+        writer.write(table)
+    writer.commit(table.schema)
+    assert part_rows(part, fmt) == rows
+
+
+def test_committed_counts_add_the_parts_and_their_error_files(tmp_path: Path, models) -> None:
+    _three_files(tmp_path / "in")
+    out = tmp_path / "out"
+    assert (
+        invoke(
+            *_command(models, tmp_path / "in", out, "--output-format", "jsonl", "--max-error-fraction", "0.1")
+        ).exit_code
+        == 0
+    )
+    layout = OutputLayout(str(out), "jsonl")
+    assert committed_counts(layout, [1, 2]) == PartCounts(18, 2, (str(out / "_errors" / "errors-00001.jsonl"),))
+    assert committed_counts(layout, []) == PartCounts()
