@@ -112,6 +112,25 @@ def test_resumed_run_fails_as_the_uninterrupted_one_did(tmp_path: Path, models) 
     assert (summary["rows"], summary["rows_failed"], summary["shards_skipped"]) == (27, 3, 1)
 
 
+def test_an_error_file_without_its_part_is_not_counted(tmp_path: Path, models) -> None:
+    _three_files(tmp_path / "in")
+    out = tmp_path / "out"
+    command = _command(models, tmp_path / "in", out, "--output-format", "jsonl", "--max-error-fraction", "0.1")
+    assert invoke(*command).exit_code == 0
+    # a run stopped after committing part 2's error file, before its part: the records failed then
+    (out / "part-00002.jsonl").unlink()
+    (out / "_errors" / "errors-00002.jsonl").write_text('{"row": 0}\n{"row": 1}\n')
+
+    result = invoke(*command)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (out / "_errors").iterdir()) == ["errors-00000.jsonl", "errors-00001.jsonl"]
+    summary = _summary(out)
+    assert (summary["rows"], summary["rows_failed"], len(summary["error_files"])) == (27, 3, 2)
+    again = invoke(*command)  # and the complete output keeps that summary
+    assert again.exit_code == 0, again.output
+    assert _summary(out) == summary
+
+
 def _wide(*args: str | Path) -> object:
     return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "250", "SLUICE_PRICES": ""})
 

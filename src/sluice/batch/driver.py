@@ -104,6 +104,7 @@ def plan_run(spec: JobSpec, engine: Engine) -> PlannedRun:
         layout = output_layout(spec)
         done = layout.prepare(plan.fingerprint(), spec.overwrite)
         pending = tuple(s for s in plan.shards if s.index not in done)
+        layout.remove_orphan_errors(s.index for s in pending)
         resumed = committed_counts(layout, done & {s.index for s in plan.shards})
         batch = pick_batch_size(spec, plan, pending, setup.predict_threads)
     except BaseException:
