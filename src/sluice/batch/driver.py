@@ -143,7 +143,7 @@ def run_on_engine(spec: JobSpec, engine: Engine, *, progress: ProgressListener |
     kept = kept_summary(run)
     if kept is not None:
         run.plan.model.close()
-        progress.start(0, len(run.plan.shards), run.skipped)
+        progress.start(run.total_rows, len(run.plan.shards), run.skipped)
         progress.finish()
         return finish_run(run.spec, run.layout, kept, write=False)
     monitor = ResourceMonitor()
@@ -205,7 +205,7 @@ def kept_summary(run: PlannedRun) -> RunSummary | None:
         return None
     counted = run.resumed
     if not _describes(earlier, counted):
-        return None  # e.g. written by a run that stopped before it, or by hand
+        return None  # e.g. the 0-row summary an earlier Sluice wrote when re-run over a complete output
     if run.layout.adopted:  # the error files it names were moved to their current names
         run.layout.write_json(SUMMARY, replace(earlier, error_files=list(counted.error_files)).to_dict())
     cost = earlier.cost_per_million_usd
