@@ -150,6 +150,25 @@ def test_same_rows_predictions_and_errors_as_local(
     assert (out / "_SUCCESS").exists()
 
 
+@pytest.mark.parametrize("engine", ENGINES, indirect=True)
+def test_resumed_run_counts_the_whole_job_as_local(
+    engine: str, inputs: dict[str, Path], local_runs: dict[str, Path], models: Any, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    _predict(models.onnx, inputs["parquet"], out, engine)
+    parts = sorted(out.glob("part-*"))
+    for path in (parts[0], out / "_errors" / "errors-00000.jsonl", parts[-1], out / "_summary.json"):
+        path.unlink()  # as a run stopped before the first and last parts committed leaves it
+    summary = _predict(models.onnx, inputs["parquet"], out, engine)
+    local = json.loads((local_runs["parquet"] / "_summary.json").read_text())
+    assert (summary.rows, summary.rows_failed) == (local["rows"], local["rows_failed"]) == (ROWS - 2, 2)
+    assert summary.shards_skipped == len(parts) - 2
+    assert [Path(f).relative_to(out) for f in summary.error_files] == [
+        Path(f).relative_to(local_runs["parquet"]) for f in local["error_files"]
+    ]
+    assert (out / "_SUCCESS").exists()
+
+
 # -- batch size and model reuse -------------------------------------------------------------
 
 BATCH_ROWS_MODEL = """

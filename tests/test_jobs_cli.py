@@ -122,6 +122,26 @@ def test_records_within_the_allowed_fraction_partially_succeed(tmp_path: Path, m
     assert not (tmp_path / "strict" / "_SUCCESS").exists()
 
 
+def test_a_job_submitted_again_over_its_finished_output_ends_as_it_did(tmp_path: Path, models) -> None:
+    table = make_table(20)
+    f1 = table.column("f1").to_numpy().copy()
+    f1[[4, 9]] = np.nan
+    write_table(table.set_column(3, "f1", pa.array(f1)), tmp_path / "in" / "a.parquet")
+    spec = write_spec(tmp_path / "strict.json", model=str(models.onnx), input=str(tmp_path / "in"), key_column="id",
+                      batch_size=8, output=str(tmp_path / "out"))  # fmt: skip
+    home = tmp_path / "home"
+    ends = []
+    for _ in range(2):
+        result = invoke("jobs", "submit", spec, "--wait", "-q", "--json", "--home", home)
+        assert result.exit_code == 3, result.output
+        status = json.loads(result.stdout.split("\n", 1)[1])
+        summary = json.loads((tmp_path / "out" / "_summary.json").read_text())
+        ends.append((status["state"], status["rows"], status["rows_failed"], status["error_files"]))
+        assert (summary["state"], summary["rows"], summary["rows_failed"]) == ("FAILED", 18, 2)
+        assert not (tmp_path / "out" / "_SUCCESS").exists()
+    assert ends == [("FAILED", 18, 2, [str(tmp_path / "out" / "_errors" / "errors-00000.jsonl")])] * 2
+
+
 def test_a_shard_that_keeps_failing_is_retried_then_fails_the_job_naming_it(tmp_path: Path, models) -> None:
     write_table(make_table(5), tmp_path / "in" / "a.csv")
     write_table(make_table(5, start=5).drop_columns(["f3"]), tmp_path / "in" / "b.csv")  # read fails: no f3

@@ -51,7 +51,8 @@ def test_rerun_redoes_only_the_lost_part(tmp_path: Path, models, fmt: str) -> No
     summary = json.loads((out / "_summary.json").read_text())
     assert summary["shards"] == FILES
     assert summary["shards_skipped"] == FILES - 1
-    assert summary["rows"] == ROWS
+    # the whole job's rows: the redone part's and the skipped parts'
+    assert (summary["rows"], summary["rows_failed"], summary["error_files"]) == (FILES * ROWS, 0, [])
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("part-*") if p.name != f"part-00002.{fmt}"} == kept
     ids = _all_ids(out, fmt)
     assert ids == expected_ids
@@ -60,15 +61,21 @@ def test_rerun_redoes_only_the_lost_part(tmp_path: Path, models, fmt: str) -> No
     assert hidden_files(out) == []
 
 
-def test_rerun_of_a_complete_job_skips_everything(tmp_path: Path, models) -> None:
+def test_rerun_of_a_complete_job_skips_everything_and_keeps_its_summary(tmp_path: Path, models) -> None:
     expected_ids = _inputs(tmp_path / "in")
     out = tmp_path / "out"
     command = _command(models, tmp_path / "in", out)
     assert invoke(*command).exit_code == 0
-    result = invoke(*command)
+    written = (out / "_summary.json").read_text()
+    parts = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*")}
+    result = invoke(*command[:-1], "--json")
     assert result.exit_code == 0, result.output
-    summary = json.loads((out / "_summary.json").read_text())
-    assert (summary["shards_skipped"], summary["rows"], summary["rows_failed"]) == (FILES, 0, 0)
+    assert (out / "_summary.json").read_text() == written
+    printed = json.loads(result.stdout)
+    first = json.loads(written)
+    assert printed == {**first, "shards_skipped": FILES}
+    assert (first["shards_skipped"], first["rows"], first["rows_failed"]) == (0, FILES * ROWS, 0)
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("part-*")} == parts
     assert _all_ids(out, "parquet") == expected_ids
     assert (out / "_SUCCESS").exists()
 
@@ -168,7 +175,10 @@ def _earlier_layout_output(tmp_path: Path, models) -> tuple[Path, list[str], dic
         errors[path.name] = path.read_text()
         path.rename(out / path.name)
     (out / "_errors").rmdir()
-    (out / "_summary.json").rename(out / "summary.json")
+    summary = json.loads((out / "_summary.json").read_text())
+    summary["error_files"] = [str(out / name) for name in errors]  # where an earlier Sluice wrote them
+    (out / "summary.json").write_text(json.dumps(summary))
+    (out / "_summary.json").unlink()
     return out, command, errors
 
 
@@ -184,7 +194,8 @@ def test_resume_over_the_earlier_layout_moves_its_files(tmp_path: Path, models, 
     assert {p.name: p.read_text() for p in sorted((out / "_errors").iterdir())} == errors
     assert (out / "part-00000.parquet").stat().st_mtime_ns == kept  # skipped, its error file kept
     summary = json.loads((out / "_summary.json").read_text())
-    assert (summary["shards_skipped"], summary["rows"], summary["rows_failed"]) == (1, 2, 1)
+    assert (summary["shards_skipped"], summary["rows"], summary["rows_failed"]) == (1, 4, 2)
+    assert summary["error_files"] == [str(out / "_errors" / name) for name in errors]
     assert f"{out} was written by an earlier Sluice: moved errors-00000.jsonl to _errors/errors-00000.jsonl, " in (
         caplog.text
     )
@@ -199,8 +210,10 @@ def test_rerun_of_a_complete_earlier_layout_output_only_renames(tmp_path: Path, 
     assert result.exit_code == 0, result.output
     assert {p.name: p.read_text() for p in sorted((out / "_errors").iterdir())} == errors
     assert not [p.name for p in out.iterdir() if p.name in ("summary.json", *errors)]
-    summary = json.loads((out / "_summary.json").read_text())
-    assert (summary["shards_skipped"], summary["rows"]) == (2, 0)
+    summary = json.loads((out / "_summary.json").read_text())  # the finished run's, kept
+    assert (summary["shards_skipped"], summary["rows"], summary["rows_failed"]) == (0, 4, 2)
+    assert summary["error_files"] == [str(out / "_errors" / name) for name in errors]  # by their new names
+    assert (out / "_SUCCESS").exists()
 
 
 def test_overwrite_removes_the_earlier_layouts_files(tmp_path: Path, models) -> None:

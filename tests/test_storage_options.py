@@ -31,3 +31,18 @@ def test_local_run_reads_and_writes_s3_through_storage_options(tmp_path: Path, m
     rows, written = read_back(s3, "s3://local-bucket/out", shards=3)
     assert rows == expected_rows(models.onnx, table)
     assert (written["rows"], written["backend"]) == (1500, "local")
+
+
+def test_resumed_run_on_s3_counts_the_parts_it_skipped(tmp_path: Path, models: Any, s3: S3Server) -> None:
+    upload_inputs(s3, tmp_path, "resume-bucket", files=3, rows=200)
+    options = {"key_column": "id", "batch_size": 64, "storage_options": s3.options}
+    first = sluice.predict(str(models.onnx), "s3://resume-bucket/in/", "s3://resume-bucket/out", **options)
+    fs = s3.filesystem()
+    fs.rm("resume-bucket/out/part-00001.parquet")  # as a run stopped before part 1 committed leaves it
+    fs.invalidate_cache()
+    resumed = sluice.predict(str(models.onnx), "s3://resume-bucket/in/", "s3://resume-bucket/out", **options)
+    assert (first.rows, resumed.rows, resumed.rows_failed, resumed.shards_skipped) == (600, 600, 0, 2)
+    again = sluice.predict(str(models.onnx), "s3://resume-bucket/in/", "s3://resume-bucket/out", **options)
+    assert (again.rows, again.rows_per_second, again.shards_skipped) == (600, resumed.rows_per_second, 3)
+    _, written = read_back(s3, "s3://resume-bucket/out", shards=3)
+    assert (written["rows"], written["rows_per_second"]) == (600, resumed.rows_per_second)

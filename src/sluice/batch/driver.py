@@ -14,19 +14,28 @@ A run flows in five steps, each written once here:
 5. **summary** — the figures of the run (:func:`summarize`), written beside the parts, then
    ``_SUCCESS`` unless too many records failed (:func:`finish_run`).
 
+A resumed run's summary and verdict cover the whole job: its counts and error files add those
+of the parts it skipped (:func:`~sluice.batch.counts.committed_counts`), so a re-run ends as
+the uninterrupted run would have; its time and throughput are this run's. A re-run that finds
+every part complete runs nothing and keeps the summary of the run that wrote them
+(:func:`kept_summary`), judging it again.
+
 The job service's :class:`~sluice.batch.shardrun.ShardRunner` reuses steps 1-3 and runs one
 shard at a time; its store writes the summary when the last shard is done.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from sluice.batch.autotune import BatchSizeChoice, choose_batch_size
+from sluice.batch.counts import PartCounts, committed_counts
 from sluice.batch.engine import Engine, EngineRun, PlannedRun, WorkerSetup
-from sluice.batch.layout import ERROR_FILES, SUMMARY, OutputLayout
+from sluice.batch.layout import ERROR_FILES, SUMMARY, OutputLayout, current_name
 from sluice.batch.plan import JobPlan, plan_job
 from sluice.batch.progress import NullProgress, ProgressListener
 from sluice.batch.spec import DEFAULT_BATCH_SIZE, JobSpec
@@ -40,6 +49,7 @@ from sluice.tune.cost import cost_per_million
 __all__ = [
     "estimated_rows",
     "finish_run",
+    "kept_summary",
     "output_layout",
     "pick_batch_size",
     "plan_run",
@@ -47,6 +57,8 @@ __all__ = [
     "summarize",
     "with_defaults",
 ]
+
+log = logging.getLogger(__name__)
 
 
 def with_defaults(spec: JobSpec, engine: Engine) -> tuple[JobSpec, Model, WorkerSetup]:
@@ -92,11 +104,15 @@ def plan_run(spec: JobSpec, engine: Engine) -> PlannedRun:
         layout = output_layout(spec)
         done = layout.prepare(plan.fingerprint(), spec.overwrite)
         pending = tuple(s for s in plan.shards if s.index not in done)
+        layout.remove_orphan_errors(s.index for s in pending)
+        resumed = committed_counts(layout, done & {s.index for s in plan.shards})
         batch = pick_batch_size(spec, plan, pending, setup.predict_threads)
     except BaseException:
         model.close()
         raise
-    return PlannedRun(spec, plan, layout, pending, len(done), estimated_rows(pending), batch, setup.predict_threads)
+    return PlannedRun(
+        spec, plan, layout, pending, len(done), estimated_rows(pending), batch, setup.predict_threads, resumed
+    )
 
 
 @dataclass(frozen=True)
@@ -124,6 +140,12 @@ def run_on_engine(spec: JobSpec, engine: Engine, *, progress: ProgressListener |
     """
     progress = progress or NullProgress()
     run = plan_run(spec, engine)
+    kept = kept_summary(run)
+    if kept is not None:
+        run.plan.model.close()
+        progress.start(run.total_rows, len(run.plan.shards), run.skipped)
+        progress.finish()
+        return finish_run(run.spec, run.layout, kept, write=False)
     monitor = ResourceMonitor()
     monitor.start()
     progress.start(run.total_rows, len(run.plan.shards), run.skipped)
@@ -140,10 +162,10 @@ def run_on_engine(spec: JobSpec, engine: Engine, *, progress: ProgressListener |
 
 def summarize(run: PlannedRun, backend: str, result: EngineRun, seconds: float, usage: ResourceUsage) -> RunSummary:
     """The run's summary: counts, speed, batch size, busy fractions, resources and cost."""
-    rate = (result.rows + result.rows_failed) / seconds if seconds > 0 else 0.0
+    rate = (result.rows + result.rows_failed) / seconds if seconds > 0 else 0.0  # this run's speed
     return RunSummary(
-        rows=result.rows,
-        rows_failed=result.rows_failed,
+        rows=result.rows + run.resumed.rows,
+        rows_failed=result.rows_failed + run.resumed.rows_failed,
         seconds=round(seconds, 3),
         rows_per_second=round(rate, 1),
         batch_size=run.batch.batch_size,
@@ -161,17 +183,60 @@ def summarize(run: PlannedRun, backend: str, result: EngineRun, seconds: float, 
         output=run.layout.root.url,
         shards=len(run.plan.shards),
         shards_skipped=run.skipped,
-        error_files=sorted(result.error_files),
+        error_files=sorted([*result.error_files, *run.resumed.error_files]),
         backend=backend,
     )
 
 
-def finish_run(spec: JobSpec, layout: OutputLayout, summary: RunSummary) -> RunSummary:
-    """Write the summary; then raise :class:`ErrorFractionExceeded` or mark the output ``_SUCCESS``.
+def kept_summary(run: PlannedRun) -> RunSummary | None:
+    """The summary of the run that completed every part, when ``run`` has nothing left to do.
+
+    None when a part is pending, or when ``_summary.json`` is missing, unreadable or does not
+    match the parts (then the run writes a fresh one from the parts' counts). The figures are
+    the earlier run's; the cost is worked out again when this run names a price.
+    """
+    if run.pending:
+        return None
+    try:
+        with run.layout.root.child(SUMMARY).open("rb") as fh:
+            earlier = RunSummary.from_dict(json.load(fh))
+    except (OSError, ValueError, TypeError) as exc:
+        log.warning("%s: every part is complete but its summary cannot be kept (%s)", run.layout.root.url, exc)
+        return None
+    counted = run.resumed
+    if not _describes(earlier, counted):
+        return None  # e.g. the 0-row summary an earlier Sluice wrote when re-run over a complete output
+    if run.layout.adopted:  # the error files it names were moved to their current names
+        run.layout.write_json(SUMMARY, replace(earlier, error_files=list(counted.error_files)).to_dict())
+    cost = earlier.cost_per_million_usd
+    if run.spec.price_per_hour is not None:
+        cost = cost_per_million(run.spec.price_per_hour, earlier.rows_per_second)
+    return replace(
+        earlier,
+        shards_skipped=run.skipped,
+        error_files=list(counted.error_files),
+        cost_per_million_usd=cost,
+        complete_before=True,
+    )
+
+
+def _describes(summary: RunSummary, counted: PartCounts) -> bool:
+    """Whether ``summary`` counts what the committed parts hold (error files by their current names)."""
+    named = sorted(current_name(f) for f in summary.error_files)
+    return (summary.rows, summary.rows_failed, named) == (
+        counted.rows,
+        counted.rows_failed,
+        sorted(counted.error_files),
+    )
+
+
+def finish_run(spec: JobSpec, layout: OutputLayout, summary: RunSummary, *, write: bool = True) -> RunSummary:
+    """Write the summary (unless ``write`` is false); then raise :class:`ErrorFractionExceeded` or mark ``_SUCCESS``.
 
     Every engine ends its run here, so the summary and the success rule are the same on each.
     """
-    layout.write_json(SUMMARY, summary.to_dict())
+    if write:
+        layout.write_json(SUMMARY, summary.to_dict())
     if summary.error_fraction > spec.max_error_fraction:
         raise ErrorFractionExceeded(
             f"{summary.rows_failed} of {summary.rows + summary.rows_failed} records failed "

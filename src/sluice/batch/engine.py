@@ -14,6 +14,7 @@ from typing import Protocol
 
 from sluice import errors
 from sluice.batch.autotune import BatchSizeChoice
+from sluice.batch.counts import PartCounts
 from sluice.batch.layout import OutputLayout
 from sluice.batch.plan import JobPlan
 from sluice.batch.progress import ProgressListener
@@ -39,7 +40,7 @@ class WorkerSetup:
 
 @dataclass(frozen=True)
 class PlannedRun:
-    """A job ready to run: its plan (model loaded), output, pending shards and batch size."""
+    """A job ready to run: its plan (model loaded), output, pending shards, skipped parts and batch size."""
 
     spec: JobSpec
     plan: JobPlan
@@ -49,6 +50,7 @@ class PlannedRun:
     total_rows: int | None
     batch: BatchSizeChoice
     predict_threads: int
+    resumed: PartCounts = field(default_factory=PartCounts)  # what the skipped parts, committed by an earlier run, hold
 
     def shard_job(self) -> ShardJob:
         """The pending shards as picklable work for another process: the model's source, not the model."""

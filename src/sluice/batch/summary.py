@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import psutil
@@ -129,6 +130,9 @@ class RunSummary:
     error_files: list[str] = field(default_factory=list)
     backend: str = "local"
     engine_start_seconds: float = 0.0  # starting Spark or Ray, not part of ``seconds``
+    # this run found every part complete and kept the summary of the run that wrote them;
+    # not a key of ``_summary.json``
+    complete_before: bool = field(default=False, repr=False)
 
     @property
     def error_fraction(self) -> float:
@@ -136,4 +140,15 @@ class RunSummary:
         return self.rows_failed / total if total else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        del data["complete_before"]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunSummary:
+        """The summary ``to_dict`` gave; keys it does not know are ignored.
+
+        Raises :class:`TypeError` when a key without a default is missing.
+        """
+        known = {f.name for f in fields(cls)} - {"complete_before"}
+        return cls(**{k: v for k, v in data.items() if k in known})

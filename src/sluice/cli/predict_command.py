@@ -148,7 +148,8 @@ def predict(
 
     Writes OUTPUT/part-NNNNN.parquet (or .csv, .jsonl; one per input shard, rows in input order),
     _errors/errors-NNNNN.jsonl for records the model could not take, _summary.json and _SUCCESS.
-    Re-running the same command resumes: complete parts are skipped; --overwrite starts over.
+    Re-running the same command resumes: complete parts are skipped, and the summary and exit code
+    cover the whole job; --overwrite starts over.
 
     With --backend spark or ray the same job runs on that engine with the same output (see docs/cluster.md).
 

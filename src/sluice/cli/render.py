@@ -23,6 +23,12 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.0%}"
 
 
+def _skipped_note(s: RunSummary) -> str:
+    if s.complete_before:
+        return "  (output already complete: nothing to run; figures of the run that wrote it)"
+    return f"  ({s.shards_skipped} already complete, skipped)" if s.shards_skipped else ""
+
+
 def summary_table(s: RunSummary) -> Table:
     table = Table(title="sluice predict", show_header=False, title_justify="left")
     table.add_column(style="bold")
@@ -37,7 +43,7 @@ def summary_table(s: RunSummary) -> Table:
             "rows failed",
             f"{s.rows_failed:,}" + (f"  (see {len(s.error_files)} _errors/errors-*.jsonl)" if s.error_files else ""),
         ),
-        ("parts", f"{s.shards}" + (f"  ({s.shards_skipped} already complete, skipped)" if s.shards_skipped else "")),
+        ("parts", f"{s.shards}{_skipped_note(s)}"),
         ("time", f"{s.seconds:.2f} s"),
         ("throughput", f"{s.rows_per_second:,.0f} rows/s"),
         ("batch size × workers", f"{s.batch_size} × {s.workers}"),
