@@ -9,10 +9,11 @@ results back to the loop as it goes: a loop busy reading requests never leaves t
 between batches.
 
 Each request is checked on its own against the model's signature, when the dispatcher has one
-(:func:`~sluice.models.checks.check_inputs`), and queued under its shape key: the shape of each
-tensor past the batch dimension, and its dtype. Only requests of one key are concatenated into
-a batch; a request of another shape waits in its own group and runs in its own batch. Every
-output is checked to have as many rows as the inputs
+(:func:`~sluice.models.checks.check_inputs`) and the request was not already checked against it
+(the protocol decoder checks every HTTP request), and queued under its shape key
+(:func:`shape_key_of`): what its tensors may differ in past the batch dimension. Only requests
+of one key are concatenated into a batch; a request of another shape waits in its own group
+and runs in its own batch. Every output is checked to have as many rows as the inputs
 (:func:`~sluice.models.checks.check_outputs`), and row slices go back to each waiter. If
 ``predict`` raises or returns the wrong number of rows, every waiter of that batch gets the same
 :class:`~sluice.errors.PredictError`; nobody hangs.
@@ -37,7 +38,7 @@ from sluice.models.signature import Signature
 from sluice.serve.batcher import Batch, Batcher, PendingRequest
 from sluice.serve.policy import BatchPolicy
 
-__all__ = ["DispatchMetrics", "Dispatcher", "PredictFn"]
+__all__ = ["DispatchMetrics", "Dispatcher", "PredictFn", "shape_key_of"]
 
 Arrays = dict[str, np.ndarray]
 PredictFn = Callable[[Arrays], Mapping[str, np.ndarray]]
@@ -103,6 +104,7 @@ class Dispatcher:
     ) -> None:
         self._predict = predict
         self._signature = signature
+        self._shape_key = shape_key_of(signature)
         self._model_name = model_name
         self._allow_inline = allow_inline
         self._clock = clock
@@ -132,22 +134,33 @@ class Dispatcher:
             self.metrics.shed += 1
             raise
 
-    async def submit(self, inputs: Mapping[str, np.ndarray], rows: int, timeout_s: float | None = None) -> Arrays:
+    async def submit(
+        self,
+        inputs: Mapping[str, np.ndarray],
+        rows: int,
+        timeout_s: float | None = None,
+        *,
+        checked_against: Signature | None = None,
+    ) -> Arrays:
         """Queue ``rows`` rows and return this request's slice of the outputs.
 
-        Raises :class:`~sluice.errors.ProtocolError` (400) when the inputs do not fit the
+        ``checked_against`` is the signature the inputs were already checked against (the
+        protocol decoder checks every request): when it is this dispatcher's, the inputs are
+        not checked again. Raises :class:`~sluice.errors.ProtocolError` (400) when the inputs do not fit the
         signature, :class:`~sluice.errors.DataError` when they do not have ``rows`` rows,
         :class:`Overloaded` (503) at once when shed, :class:`RequestTimeout` (504) when
         ``timeout_s`` passes first, :class:`~sluice.errors.PredictError` when the batch fails.
         """
         if self._closing:
             raise Overloaded("the server is shutting down", retry_after_s=1.0)
-        arrays = self._check_inputs(inputs, rows)
+        checked = checked_against is not None and checked_against is self._signature
+        arrays = self._check_inputs(inputs, rows, checked=checked)
+        key = self._shape_key(arrays)
         self.start()
         future: asyncio.Future[Arrays] = asyncio.get_running_loop().create_future()
         try:
             with self._lock:
-                request = self.batcher.add(_Job(arrays, future), rows, self._clock(), timeout_s, key=_shape_key(arrays))
+                request = self.batcher.add(_Job(arrays, future), rows, self._clock(), timeout_s, key=key)
         except Overloaded:
             self.metrics.shed += 1
             raise
@@ -163,9 +176,9 @@ class Dispatcher:
         finally:  # a waiter that gave up (timeout or cancelled) leaves a future nobody reads
             future.cancel()
 
-    def _check_inputs(self, inputs: Mapping[str, np.ndarray], rows: int) -> Arrays:
+    def _check_inputs(self, inputs: Mapping[str, np.ndarray], rows: int, *, checked: bool) -> Arrays:
         arrays = {name: np.asarray(value) for name, value in inputs.items()}
-        if self._signature is not None:
+        if self._signature is not None and not checked:
             check_inputs(self._signature, arrays, model_name=self._model_name, error=ProtocolError)
         for name, array in arrays.items():
             if array.ndim == 0 or array.shape[0] != rows:
@@ -289,8 +302,28 @@ def _predict_failed(exc: Exception, batch: Batch[_Job]) -> PredictError:
     return error
 
 
-def _shape_key(arrays: Arrays) -> Hashable:
-    """What requests must share to be concatenated: names, and each tensor's row shape and dtype."""
+def shape_key_of(signature: Signature | None) -> Callable[[Arrays], Hashable]:
+    """The key of a request's tensors: what requests must share to be concatenated.
+
+    Without a signature: names, and each tensor's row shape and dtype. With one, only what
+    checked inputs may differ in: the row shape of an input with a dynamic dimension past the
+    batch one, and the dtype of a ``BYTES`` input (held as objects or as strings). When no
+    input has either, every checked request concatenates with every other and the key is one
+    constant, which costs nothing per request.
+    """
+    if signature is None:
+        return _full_shape_key
+    varying = tuple(s.name for s in signature.inputs if s.dtype.kind in "OUS" or any(d < 0 for d in s.shape[1:]))
+    if not varying:
+        return _one_key
+    return lambda arrays: tuple((arrays[name].shape[1:], arrays[name].dtype.str) for name in varying)
+
+
+def _one_key(arrays: Arrays) -> Hashable:
+    return ()
+
+
+def _full_shape_key(arrays: Arrays) -> Hashable:
     return tuple(sorted((name, array.shape[1:], array.dtype.str) for name, array in arrays.items()))
 
 
