@@ -141,7 +141,9 @@ class Batcher(Generic[P]):
         # once, and counting its retries would make the queue look busier and shed even more
         self.policy.observe_arrival(now, rows)
         self._key_arrivals(key).observe(now, rows)
-        group = self._groups.setdefault(key, _Group())
+        group = self._groups.get(key)
+        if group is None:  # not setdefault: that would build a group for every request
+            group = self._groups[key] = _Group()
         group.requests.append(request)
         group.rows += rows
         self._queued += 1
@@ -202,12 +204,13 @@ class Batcher(Generic[P]):
         busy_s = max(0.0, self._busy_until_s - now) if self._in_flight is not None else 0.0
         if not self.policy.latency.fitted or self._queued_rows + extra_rows == 0:
             return busy_s
+        limit = self.policy.batch_limit()
         if key is not _ANY_KEY:
-            return busy_s + self._own_group_s(now, extra_rows, key)
-        return busy_s + min(self._own_group_s(now, extra_rows, k) for k in [*self._groups, _ANY_KEY])
+            return busy_s + self._own_group_s(now, extra_rows, key, limit)
+        return busy_s + min(self._own_group_s(now, extra_rows, k, limit) for k in [*self._groups, _ANY_KEY])
 
-    def _own_group_s(self, now: float, extra_rows: int, key: Hashable) -> float:
-        latency, limit = self.policy.latency, self.policy.batch_limit()
+    def _own_group_s(self, now: float, extra_rows: int, key: Hashable, limit: int) -> float:
+        latency = self.policy.latency
         ahead_s, rows = 0.0, extra_rows
         for other, group in self._groups.items():
             if other == key:
