@@ -202,7 +202,8 @@ class Dispatcher:
             while True:
                 now = self._clock()
                 expired = self.batcher.pop_expired(now)
-                _fail_all(expired, RequestTimeout("the request's timeout passed while it was queued"))
+                if expired:
+                    _fail_all(expired, RequestTimeout("the request's timeout passed while it was queued"))
                 batch = self.batcher.next_batch(now, drain=self._closing)
                 if batch is not None:
                     await self._execute(batch)
