@@ -52,7 +52,7 @@ class _Job:
 
 @dataclass(frozen=True, slots=True)
 class _Timed:
-    outputs: Mapping[str, np.ndarray]
+    outputs: Arrays
     wall_s: float
     cpu_s: float
 
@@ -254,18 +254,11 @@ class Dispatcher:
         jobs = [request.payload for request in batch.requests]
         try:
             inputs = {name: np.concatenate([job.inputs[name] for job in jobs]) for name in jobs[0].inputs}
-            timed = self._timed_predict(inputs)
-            outputs = check_outputs(
-                timed.outputs,
-                batch.rows,
-                signature=self._signature,
-                source=f"model '{self._model_name}'",
-                context=f" from {len(batch.requests)} requests; every request in the batch fails",
-            )
+            timed = self._timed_predict(inputs, batch)
         except Exception as exc:  # noqa: BLE001 — user model code; every waiter gets one typed error
             error = exc if isinstance(exc, PredictError) else _predict_failed(exc, batch)
             return _Outcome(started_s, self._clock(), error=error)
-        return _Outcome(started_s, self._clock(), timed, outputs)
+        return _Outcome(started_s, self._clock(), timed, timed.outputs)
 
     def _finish(self, batch: Batch[_Job], outcome: _Outcome, *, inline: bool) -> None:
         timed = outcome.timed
@@ -289,11 +282,19 @@ class Dispatcher:
                 request.payload.future.set_result(part)
             self.metrics.total.record(outcome.done_s - request.arrival_s)
 
-    def _timed_predict(self, inputs: Arrays) -> _Timed:
+    def _timed_predict(self, inputs: Arrays, batch: Batch[_Job]) -> _Timed:
         # timed where it runs: the wait for the thread and for the loop to resume is overhead,
-        # not compute, and must not teach the latency model that bigger batches are needed
+        # not compute, and must not teach the latency model that bigger batches are needed.
+        # The output check is timed with predict: it runs on the same thread, and is part of
+        # what a batch costs there when deciding whether it may run on the event loop.
         started_s, started_cpu_s = self._clock(), time.thread_time()
-        outputs = self._predict(inputs)
+        outputs = check_outputs(
+            self._predict(inputs),
+            batch.rows,
+            signature=self._signature,
+            source=f"model '{self._model_name}'",
+            context=f" from {len(batch.requests)} requests; every request in the batch fails",
+        )
         return _Timed(outputs, self._clock() - started_s, time.thread_time() - started_cpu_s)
 
 
