@@ -9,12 +9,14 @@ import pytest
 from sluice.errors import BindError, PredictError, ProtocolError
 from sluice.models.checks import (
     check_complete,
+    check_fits,
     check_input,
     check_inputs,
     check_outputs,
     common_rows,
     datatype_name,
     dims,
+    input_spec,
 )
 from sluice.models.signature import Signature, TensorSpec
 
@@ -46,6 +48,17 @@ def test_datatype_names_and_dims() -> None:
 def test_a_request_that_fits_returns_its_rows() -> None:
     assert check_inputs(SIGNATURE, _good(), model_name="m") == 3
     assert check_input(SIGNATURE, "m", "INT64", (1, 9, 2)) is SIGNATURE.inputs[2]  # -1 takes any size
+
+
+def test_the_spec_lookup_and_the_fit_check_are_the_two_halves_of_check_input() -> None:
+    assert input_spec(SIGNATURE, "s") is SIGNATURE.inputs[1]
+    with pytest.raises(ProtocolError) as unknown:
+        input_spec(SIGNATURE, "q", model_name="m", error=ProtocolError)
+    assert str(unknown.value) == "unexpected inference input 'q' for model 'm'"
+    check_fits(SIGNATURE.inputs[2], "INT64", (1, 9, 2))
+    with pytest.raises(BindError) as shape:
+        check_fits(SIGNATURE.inputs[2], "INT64", (1, 9), model_name="m")
+    assert str(shape.value) == "unexpected shape for input 'm' for model 'm'. Expected [-1,-1,2], got [1,9]"
 
 
 @pytest.mark.parametrize(

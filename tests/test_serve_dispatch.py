@@ -17,7 +17,7 @@ import pytest
 from serve_support import GUARD_S, Gate, ManualClock, run
 from sluice.errors import DataError, Overloaded, PredictError, ProtocolError, RequestTimeout
 from sluice.models.signature import Signature, TensorSpec
-from sluice.serve.dispatch import Dispatcher, PredictFn
+from sluice.serve.dispatch import Dispatcher, PredictFn, shape_key_of
 from sluice.serve.policy import AdaptivePolicy, FixedPolicy
 
 
@@ -271,6 +271,36 @@ def test_each_request_is_checked_against_the_signature() -> None:
         await fixed.close()
 
     run(main(), clock)
+
+
+def test_inputs_the_decoder_checked_are_not_checked_again() -> None:
+    clock = ManualClock()
+
+    async def main() -> None:
+        fixed = Dispatcher(_row_sums, FixedPolicy(4, 0), clock=clock, signature=FOUR_WIDE, model_name="sums")
+        # checked against this dispatcher's own signature: trusted as they are
+        trusted = await fixed.submit({"x": np.ones((1, 7), np.float32)}, rows=1, checked_against=FOUR_WIDE)
+        assert trusted["y"].tolist() == [7.0]
+        # checked against another signature (a shadow copy for another version): checked here
+        with pytest.raises(ProtocolError) as info:
+            await fixed.submit({"x": np.ones((1, 7), np.float32)}, rows=1, checked_against=ROW_SUM)
+        assert str(info.value) == "unexpected shape for input 'x' for model 'sums'. Expected [-1,4], got [1,7]"
+        await fixed.close()
+
+    run(main(), clock)
+
+
+def test_the_shape_key_is_constant_when_every_row_dimension_is_fixed() -> None:
+    def key(signature: Signature | None, **inputs: np.ndarray) -> object:
+        return shape_key_of(signature)(inputs)
+
+    one, two = np.ones((1, 4), np.float32), np.ones((2, 4), np.float32)
+    assert key(FOUR_WIDE, x=one) == key(FOUR_WIDE, x=two) == ()
+    assert key(ROW_SUM, x=one) == key(ROW_SUM, x=two) == (((4,), "<f4"),)
+    assert key(ROW_SUM, x=np.ones((1, 7), np.float32)) == (((7,), "<f4"),)
+    words = Signature((TensorSpec("w", np.dtype(object), (-1,)),), (TensorSpec("y", np.dtype(np.float32), (-1,)),))
+    assert key(words, w=np.array(["a"], dtype=object)) != key(words, w=np.array(["a"]))
+    assert key(None, x=one, b=np.ones((1,), np.int64)) == (("b", (), "<i8"), ("x", (4,), "<f4"))
 
 
 def test_outputs_are_checked_against_the_signature() -> None:

@@ -24,12 +24,14 @@ from sluice.models.signature import Signature, TensorSpec
 __all__ = [
     "DATATYPES",
     "check_complete",
+    "check_fits",
     "check_input",
     "check_inputs",
     "check_outputs",
     "common_rows",
     "datatype_name",
     "dims",
+    "input_spec",
 ]
 
 DATATYPES: dict[str, np.dtype[np.generic]] = {
@@ -79,23 +81,44 @@ def check_input(
 ) -> TensorSpec:
     """The spec of input ``name``, once a tensor of ``datatype`` and ``shape`` is known to fit it.
 
-    The name must be one of the signature's inputs, the datatype its datatype, and the shape
-    of its rank with every fixed dimension equal (``-1`` dimensions take any size).
+    The name must be one of the signature's inputs (:func:`input_spec`), the datatype its
+    datatype, and the shape of its rank with every fixed dimension equal (``-1`` dimensions
+    take any size; :func:`check_fits`).
     """
-    spec = next((s for s in signature.inputs if s.name == name), None)
-    if spec is None:
-        raise error(f"unexpected inference input '{name}' for model '{model_name}'")
+    spec = input_spec(signature, name, model_name=model_name, error=error)
+    check_fits(spec, datatype, shape, model_name=model_name, error=error)
+    return spec
+
+
+def input_spec(
+    signature: Signature, name: str, *, model_name: str = "model", error: _ErrorType = BindError
+) -> TensorSpec:
+    """The spec of input ``name``; raise if the signature has no such input."""
+    for spec in signature.inputs:  # a loop, not next(generator): this runs for every request
+        if spec.name == name:
+            return spec
+    raise error(f"unexpected inference input '{name}' for model '{model_name}'")
+
+
+def check_fits(
+    spec: TensorSpec, datatype: str, shape: tuple[int, ...], *, model_name: str = "model", error: _ErrorType = BindError
+) -> None:
+    """Raise unless a tensor of ``datatype`` and ``shape`` fits input ``spec`` (see :func:`check_input`)."""
     expected = datatype_name(spec.dtype) or spec.dtype.name
     if datatype != expected:
         raise error(
-            f"inference input '{name}' data-type is '{datatype}', but model '{model_name}' expects '{expected}'"
+            f"inference input '{spec.name}' data-type is '{datatype}', but model '{model_name}' expects '{expected}'"
         )
-    if len(spec.shape) != len(shape) or any(m >= 0 and m != r for m, r in zip(spec.shape, shape, strict=True)):
-        raise error(
-            f"unexpected shape for input '{name}' for model '{model_name}'. "
-            f"Expected {dims(spec.shape)}, got {dims(shape)}"
-        )
-    return spec
+    if len(spec.shape) == len(shape):
+        for wanted, sent in zip(spec.shape, shape, strict=True):
+            if wanted >= 0 and wanted != sent:
+                break
+        else:
+            return
+    raise error(
+        f"unexpected shape for input '{spec.name}' for model '{model_name}'. "
+        f"Expected {dims(spec.shape)}, got {dims(shape)}"
+    )
 
 
 def check_complete(

@@ -170,6 +170,9 @@ class ServeApp:
 
     def _route(self, request: Request) -> Handler:
         parts = request.parts
+        # inference is nearly every request: routed before the tables below are built
+        if parts[-1:] == ["infer"] and parts[:2] == ["v2", "models"] and _is_infer_path(parts):
+            return _method(request, "POST", self._infer)
         routes: dict[tuple[str, ...], tuple[str, Handler]] = {
             ("v2",): ("GET", self._server_metadata),
             ("v2", "health", "live"): ("GET", self._live),
@@ -299,6 +302,11 @@ class ServeApp:
 def _method(request: Request, method: str, handler: Handler) -> Handler:
     require_method(request, method)
     return handler
+
+
+def _is_infer_path(parts: list[str]) -> bool:
+    """``/v2/models/NAME/infer`` or ``/v2/models/NAME/versions/V/infer``."""
+    return len(parts) == 4 or (len(parts) == 6 and parts[3] == "versions")
 
 
 def _model_selector(request: Request) -> tuple[str, str | None]:

@@ -105,6 +105,7 @@ class Batcher(Generic[P]):
         self._arrivals: OrderedDict[Hashable, ArrivalRate] = OrderedDict()
         self._queued = 0
         self._queued_rows = 0
+        self._timed = 0  # queued requests with a timeout: without any, there is nothing to expire
         self._next_id = 0
         self._in_flight: Batch[P] | None = None
         self._busy_until_s = 0.0
@@ -141,11 +142,15 @@ class Batcher(Generic[P]):
         # once, and counting its retries would make the queue look busier and shed even more
         self.policy.observe_arrival(now, rows)
         self._key_arrivals(key).observe(now, rows)
-        group = self._groups.setdefault(key, _Group())
+        group = self._groups.get(key)
+        if group is None:  # not setdefault: that would build a group for every request
+            group = self._groups[key] = _Group()
         group.requests.append(request)
         group.rows += rows
         self._queued += 1
         self._queued_rows += rows
+        if timeout_s is not None:
+            self._timed += 1
         return request
 
     def _key_arrivals(self, key: Hashable) -> ArrivalRate:
@@ -202,12 +207,13 @@ class Batcher(Generic[P]):
         busy_s = max(0.0, self._busy_until_s - now) if self._in_flight is not None else 0.0
         if not self.policy.latency.fitted or self._queued_rows + extra_rows == 0:
             return busy_s
+        limit = self.policy.batch_limit()
         if key is not _ANY_KEY:
-            return busy_s + self._own_group_s(now, extra_rows, key)
-        return busy_s + min(self._own_group_s(now, extra_rows, k) for k in [*self._groups, _ANY_KEY])
+            return busy_s + self._own_group_s(now, extra_rows, key, limit)
+        return busy_s + min(self._own_group_s(now, extra_rows, k, limit) for k in [*self._groups, _ANY_KEY])
 
-    def _own_group_s(self, now: float, extra_rows: int, key: Hashable) -> float:
-        latency, limit = self.policy.latency, self.policy.batch_limit()
+    def _own_group_s(self, now: float, extra_rows: int, key: Hashable, limit: int) -> float:
+        latency = self.policy.latency
         ahead_s, rows = 0.0, extra_rows
         for other, group in self._groups.items():
             if other == key:
@@ -241,7 +247,7 @@ class Batcher(Generic[P]):
         for key, group in self._groups.items():
             _, rows, full = group.head(limit)
             closes.append(now if full else self._close_at(now, key, group, rows))
-        deadlines = [r.deadline_s for r in self._requests() if r.deadline_s is not None]
+        deadlines = [r.deadline_s for r in self._requests() if r.deadline_s is not None] if self._timed else []
         return min(closes + deadlines)
 
     def next_batch(self, now: float, *, drain: bool = False) -> Batch[P] | None:
@@ -284,6 +290,8 @@ class Batcher(Generic[P]):
             del self._groups[key]
         self._queued -= count
         self._queued_rows -= rows
+        if self._timed:
+            self._timed -= sum(1 for r in requests if r.deadline_s is not None)
         return requests
 
     def batch_done(
@@ -306,6 +314,8 @@ class Batcher(Generic[P]):
 
     def pop_expired(self, now: float) -> list[PendingRequest[P]]:
         """Remove and return queued requests whose timeout has passed, in arrival order."""
+        if not self._timed:
+            return []
 
         def passed(request: PendingRequest[P]) -> bool:
             return request.deadline_s is not None and request.deadline_s <= now
@@ -322,13 +332,14 @@ class Batcher(Generic[P]):
             expired += gone
         self._queued -= len(expired)
         self._queued_rows -= sum(r.rows for r in expired)
+        self._timed -= len(expired)
         return sorted(expired, key=lambda r: r.request_id)
 
     def remove_all(self) -> list[PendingRequest[P]]:
         """Empty the queue and return what it held, in arrival order (for a driver that stops)."""
         removed = sorted(self._requests(), key=lambda r: r.request_id)
         self._groups.clear()
-        self._queued = self._queued_rows = 0
+        self._queued = self._queued_rows = self._timed = 0
         return removed
 
     def _requests(self) -> Iterator[PendingRequest[P]]:

@@ -9,10 +9,11 @@ results back to the loop as it goes: a loop busy reading requests never leaves t
 between batches.
 
 Each request is checked on its own against the model's signature, when the dispatcher has one
-(:func:`~sluice.models.checks.check_inputs`), and queued under its shape key: the shape of each
-tensor past the batch dimension, and its dtype. Only requests of one key are concatenated into
-a batch; a request of another shape waits in its own group and runs in its own batch. Every
-output is checked to have as many rows as the inputs
+(:func:`~sluice.models.checks.check_inputs`) and the request was not already checked against it
+(the protocol decoder checks every HTTP request), and queued under its shape key
+(:func:`shape_key_of`): what its tensors may differ in past the batch dimension. Only requests
+of one key are concatenated into a batch; a request of another shape waits in its own group
+and runs in its own batch. Every output is checked to have as many rows as the inputs
 (:func:`~sluice.models.checks.check_outputs`), and row slices go back to each waiter. If
 ``predict`` raises or returns the wrong number of rows, every waiter of that batch gets the same
 :class:`~sluice.errors.PredictError`; nobody hangs.
@@ -37,7 +38,7 @@ from sluice.models.signature import Signature
 from sluice.serve.batcher import Batch, Batcher, PendingRequest
 from sluice.serve.policy import BatchPolicy
 
-__all__ = ["DispatchMetrics", "Dispatcher", "PredictFn"]
+__all__ = ["DispatchMetrics", "Dispatcher", "PredictFn", "shape_key_of"]
 
 Arrays = dict[str, np.ndarray]
 PredictFn = Callable[[Arrays], Mapping[str, np.ndarray]]
@@ -51,7 +52,7 @@ class _Job:
 
 @dataclass(frozen=True, slots=True)
 class _Timed:
-    outputs: Mapping[str, np.ndarray]
+    outputs: Arrays
     wall_s: float
     cpu_s: float
 
@@ -103,6 +104,7 @@ class Dispatcher:
     ) -> None:
         self._predict = predict
         self._signature = signature
+        self._shape_key = shape_key_of(signature)
         self._model_name = model_name
         self._allow_inline = allow_inline
         self._clock = clock
@@ -127,27 +129,41 @@ class Dispatcher:
             raise Overloaded("the server is shutting down", retry_after_s=1.0)
         try:
             with self._lock:
-                self.batcher.check_admission(1, self._clock(), timeout_s)
+                if self._shape_key is _one_key:  # every request joins the one group: estimate that
+                    self.batcher.check_admission(1, self._clock(), timeout_s, key=_ONE_KEY)
+                else:
+                    self.batcher.check_admission(1, self._clock(), timeout_s)
         except Overloaded:
             self.metrics.shed += 1
             raise
 
-    async def submit(self, inputs: Mapping[str, np.ndarray], rows: int, timeout_s: float | None = None) -> Arrays:
+    async def submit(
+        self,
+        inputs: Mapping[str, np.ndarray],
+        rows: int,
+        timeout_s: float | None = None,
+        *,
+        checked_against: Signature | None = None,
+    ) -> Arrays:
         """Queue ``rows`` rows and return this request's slice of the outputs.
 
-        Raises :class:`~sluice.errors.ProtocolError` (400) when the inputs do not fit the
+        ``checked_against`` is the signature the inputs were already checked against (the
+        protocol decoder checks every request): when it is this dispatcher's, the inputs are
+        not checked again. Raises :class:`~sluice.errors.ProtocolError` (400) when the inputs do not fit the
         signature, :class:`~sluice.errors.DataError` when they do not have ``rows`` rows,
         :class:`Overloaded` (503) at once when shed, :class:`RequestTimeout` (504) when
         ``timeout_s`` passes first, :class:`~sluice.errors.PredictError` when the batch fails.
         """
         if self._closing:
             raise Overloaded("the server is shutting down", retry_after_s=1.0)
-        arrays = self._check_inputs(inputs, rows)
+        checked = checked_against is not None and checked_against is self._signature
+        arrays = self._check_inputs(inputs, rows, checked=checked)
+        key = self._shape_key(arrays)
         self.start()
         future: asyncio.Future[Arrays] = asyncio.get_running_loop().create_future()
         try:
             with self._lock:
-                request = self.batcher.add(_Job(arrays, future), rows, self._clock(), timeout_s, key=_shape_key(arrays))
+                request = self.batcher.add(_Job(arrays, future), rows, self._clock(), timeout_s, key=key)
         except Overloaded:
             self.metrics.shed += 1
             raise
@@ -163,9 +179,9 @@ class Dispatcher:
         finally:  # a waiter that gave up (timeout or cancelled) leaves a future nobody reads
             future.cancel()
 
-    def _check_inputs(self, inputs: Mapping[str, np.ndarray], rows: int) -> Arrays:
+    def _check_inputs(self, inputs: Mapping[str, np.ndarray], rows: int, *, checked: bool) -> Arrays:
         arrays = {name: np.asarray(value) for name, value in inputs.items()}
-        if self._signature is not None:
+        if self._signature is not None and not checked:
             check_inputs(self._signature, arrays, model_name=self._model_name, error=ProtocolError)
         for name, array in arrays.items():
             if array.ndim == 0 or array.shape[0] != rows:
@@ -186,7 +202,8 @@ class Dispatcher:
             while True:
                 now = self._clock()
                 expired = self.batcher.pop_expired(now)
-                _fail_all(expired, RequestTimeout("the request's timeout passed while it was queued"))
+                if expired:
+                    _fail_all(expired, RequestTimeout("the request's timeout passed while it was queued"))
                 batch = self.batcher.next_batch(now, drain=self._closing)
                 if batch is not None:
                     await self._execute(batch)
@@ -237,18 +254,11 @@ class Dispatcher:
         jobs = [request.payload for request in batch.requests]
         try:
             inputs = {name: np.concatenate([job.inputs[name] for job in jobs]) for name in jobs[0].inputs}
-            timed = self._timed_predict(inputs)
-            outputs = check_outputs(
-                timed.outputs,
-                batch.rows,
-                signature=self._signature,
-                source=f"model '{self._model_name}'",
-                context=f" from {len(batch.requests)} requests; every request in the batch fails",
-            )
+            timed = self._timed_predict(inputs, batch)
         except Exception as exc:  # noqa: BLE001 — user model code; every waiter gets one typed error
             error = exc if isinstance(exc, PredictError) else _predict_failed(exc, batch)
             return _Outcome(started_s, self._clock(), error=error)
-        return _Outcome(started_s, self._clock(), timed, outputs)
+        return _Outcome(started_s, self._clock(), timed, timed.outputs)
 
     def _finish(self, batch: Batch[_Job], outcome: _Outcome, *, inline: bool) -> None:
         timed = outcome.timed
@@ -272,11 +282,19 @@ class Dispatcher:
                 request.payload.future.set_result(part)
             self.metrics.total.record(outcome.done_s - request.arrival_s)
 
-    def _timed_predict(self, inputs: Arrays) -> _Timed:
+    def _timed_predict(self, inputs: Arrays, batch: Batch[_Job]) -> _Timed:
         # timed where it runs: the wait for the thread and for the loop to resume is overhead,
-        # not compute, and must not teach the latency model that bigger batches are needed
+        # not compute, and must not teach the latency model that bigger batches are needed.
+        # The output check is timed with predict: it runs on the same thread, and is part of
+        # what a batch costs there when deciding whether it may run on the event loop.
         started_s, started_cpu_s = self._clock(), time.thread_time()
-        outputs = self._predict(inputs)
+        outputs = check_outputs(
+            self._predict(inputs),
+            batch.rows,
+            signature=self._signature,
+            source=f"model '{self._model_name}'",
+            context=f" from {len(batch.requests)} requests; every request in the batch fails",
+        )
         return _Timed(outputs, self._clock() - started_s, time.thread_time() - started_cpu_s)
 
 
@@ -289,8 +307,31 @@ def _predict_failed(exc: Exception, batch: Batch[_Job]) -> PredictError:
     return error
 
 
-def _shape_key(arrays: Arrays) -> Hashable:
-    """What requests must share to be concatenated: names, and each tensor's row shape and dtype."""
+def shape_key_of(signature: Signature | None) -> Callable[[Arrays], Hashable]:
+    """The key of a request's tensors: what requests must share to be concatenated.
+
+    Without a signature: names, and each tensor's row shape and dtype. With one, only what
+    checked inputs may differ in: the row shape of an input with a dynamic dimension past the
+    batch one, and the dtype of a ``BYTES`` input (held as objects or as strings). When no
+    input has either, every checked request concatenates with every other and the key is one
+    constant, which costs nothing per request.
+    """
+    if signature is None:
+        return _full_shape_key
+    varying = tuple(s.name for s in signature.inputs if s.dtype.kind in "OUS" or any(d < 0 for d in s.shape[1:]))
+    if not varying:
+        return _one_key
+    return lambda arrays: tuple((arrays[name].shape[1:], arrays[name].dtype.str) for name in varying)
+
+
+_ONE_KEY: Hashable = ()
+
+
+def _one_key(arrays: Arrays) -> Hashable:
+    return _ONE_KEY
+
+
+def _full_shape_key(arrays: Arrays) -> Hashable:
     return tuple(sorted((name, array.shape[1:], array.dtype.str) for name, array in arrays.items()))
 
 

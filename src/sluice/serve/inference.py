@@ -101,7 +101,9 @@ class InferencePath:
             max_batch_size=served.max_batch_size,
         )
         timeout = timeout_s(headers, decoded.timeout_us)
-        outputs = await served.dispatcher.submit(decoded.inputs, decoded.batch_size, timeout)
+        outputs = await served.dispatcher.submit(
+            decoded.inputs, decoded.batch_size, timeout, checked_against=served.signature
+        )
         payload, answer_headers = encode_response(
             served.name, served.version, decoded.id, outputs, decoded.outputs, decoded.binary_data_output
         )

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from sluice.errors import ProtocolError
-from sluice.models.checks import check_complete, check_input, common_rows
-from sluice.models.signature import Signature
+from sluice.models.checks import check_complete, check_fits, common_rows, input_spec
+from sluice.models.signature import Signature, TensorSpec
 from sluice.serve.binary import serialize_bytes, tensor_bytes
 from sluice.serve.tensors import (
     from_binary,
@@ -87,8 +87,9 @@ def decode_request(
     offset = 0
     for raw in raw_inputs:
         name, datatype, sent_shape, parameters = _input_header(raw)
-        shape = _model_shape(signature, name, sent_shape)
-        check_input(signature, name, datatype, shape, model_name=model_name, error=ProtocolError)
+        spec = input_spec(signature, name, model_name=model_name, error=ProtocolError)
+        shape = _model_shape(spec, sent_shape)
+        check_fits(spec, datatype, shape, model_name=model_name, error=ProtocolError)
         size = parameters.get("binary_data_size")
         if size is None:
             if "data" not in raw:
@@ -108,7 +109,8 @@ def decode_request(
             inputs[name] = inputs[name].reshape(shape)
     if offset != len(blobs):
         raise ProtocolError(f"unexpected additional input data for model '{model_name}'")
-    check_complete(signature, inputs.keys(), model_name=model_name, error=ProtocolError)
+    if len(inputs) != len(signature.inputs):  # every name is known by now: as many means all
+        check_complete(signature, inputs.keys(), model_name=model_name, error=ProtocolError)
     _check_batch(inputs, model_name, max_batch_size)
     parameters = _parameters(document)
     return InferRequest(
@@ -170,11 +172,10 @@ def _input_header(raw: Mapping[str, Any]) -> tuple[str, str, tuple[int, ...], Ma
     return name, datatype, tuple(shape), parameters
 
 
-def _model_shape(signature: Signature, name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+def _model_shape(spec: TensorSpec, shape: tuple[int, ...]) -> tuple[int, ...]:
     # A 1-D batched tensor is configured as dims [1] reshaped to [] (as Triton does), so
     # clients that follow the configuration send [batch, 1]: that is the model's [batch].
-    spec = next((s for s in signature.inputs if s.name == name), None)
-    if spec is not None and len(spec.shape) == 1 and len(shape) == 2 and shape[1] == 1:
+    if len(spec.shape) == 1 and len(shape) == 2 and shape[1] == 1:
         return shape[:1]
     return shape
 
