@@ -37,10 +37,11 @@ def committed_counts(layout: OutputLayout, indices: Iterable[int]) -> PartCounts
     """The counts of the committed parts ``indices`` of ``layout``, read from their files."""
     rows = failed = 0
     error_files: list[str] = []
+    present = layout.error_file_names()  # one listing, not a request per part
     for index in sorted(indices):
         rows += part_rows(layout.part(index), layout.format)
         errors = layout.errors(index)
-        if errors.exists():
+        if errors.path.rsplit("/", 1)[-1] in present:
             with errors.open("rb") as fh:
                 failed += _lines(fh)
             error_files.append(errors.url)

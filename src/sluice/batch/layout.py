@@ -191,13 +191,17 @@ class OutputLayout:
         for name in sorted(names):
             self.root.fs.rm(self.root.child(name).path)
 
+    def error_file_names(self) -> set[str]:
+        """The names in the error folder, from one listing (one request on an object store)."""
+        return self._names(ERRORS_DIR)
+
     def remove_orphan_errors(self, indices: Iterable[int]) -> list[str]:
         """Remove the error files of parts ``indices``, which are not committed; returns their names.
 
         An error file is committed just before its part, so a run stopped between the two leaves
         one that no part owns; the part's next run writes it again only if records fail again.
         """
-        present = self._names(ERRORS_DIR)
+        present = self.error_file_names()
         names = [error_name(i) for i in sorted(indices) if error_name(i).rsplit("/", 1)[-1] in present]
         self._remove(names)
         return names
