@@ -44,9 +44,10 @@ Phase = Literal["head", "body"]
 
 
 class SlowClient(Protocol):
-    """A connection the guard can refuse: answer ``status`` with ``message`` and close."""
+    """A connection the guard can refuse: answer ``status`` with ``message`` and close; ``phase``
+    says whether its request was still sending its head or its body."""
 
-    def refuse(self, status: int, message: str) -> None: ...
+    def refuse(self, status: int, message: str, phase: Phase) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ class Refusal:
     status: int  # 408: out of time; 503: made room for a newer connection
     kind: str
     message: str
+    phase: Phase
 
 
 class IncompleteRequests:
@@ -85,14 +87,15 @@ class IncompleteRequests:
         self._heads[client] = now_s
         if len(self) <= self.max_connections:
             return None
-        waiting = self._heads if len(self._heads) > 1 else self._bodies
+        phase: Phase = "head" if len(self._heads) > 1 else "body"
+        waiting = self._heads if phase == "head" else self._bodies
         oldest = next(iter(waiting))
         del waiting[oldest]
         message = (
             f"{self.max_connections} connections are still sending their requests, the server's limit; "
             "this one had waited longest"
         )
-        return Refusal(oldest, 503, "too many incomplete requests", message)
+        return Refusal(oldest, 503, "too many incomplete requests", message, phase)
 
     def body_started(self, client: SlowClient, now_s: float) -> None:
         """``client``'s request head is complete; its body (if any) follows."""
@@ -112,14 +115,14 @@ class IncompleteRequests:
 
     def expired(self, now_s: float) -> list[Refusal]:
         """Remove and return the connections whose head or body is overdue at ``now_s``."""
+        head = f"no complete request head within {self.header_timeout_s:g} s"
+        body = f"no complete request body within {self.body_timeout_s:g} s"
         late = [
-            Refusal(
-                client, 408, "request head too slow", f"no complete request head within {self.header_timeout_s:g} s"
-            )
+            Refusal(client, 408, "request head too slow", head, "head")
             for client in _pop_older(self._heads, now_s - self.header_timeout_s)
         ]
         late += [
-            Refusal(client, 408, "request body too slow", f"no complete request body within {self.body_timeout_s:g} s")
+            Refusal(client, 408, "request body too slow", body, "body")
             for client in _pop_older(self._bodies, now_s - self.body_timeout_s)
         ]
         return late
@@ -179,7 +182,7 @@ class SlowClientGuard:
             self._check = loop.call_later(self.requests.next_check_s(), self._sweep)
 
     def _refuse(self, refusal: Refusal) -> None:
-        refusal.client.refuse(refusal.status, refusal.message)
+        refusal.client.refuse(refusal.status, refusal.message, refusal.phase)
         self.notices.note(refusal.kind, f"closed a slow client's connection ({refusal.status}): {refusal.message}")
 
 
@@ -213,12 +216,12 @@ def guarded_protocol(http_parser: Literal["httptools", "h11"], guard: SlowClient
     return _h11_protocol(guard)
 
 
-def _refuse(protocol: Any, status: int, message: str) -> None:
+def _refuse(protocol: Any, status: int, message: str, phase: Phase) -> None:
     transport = protocol.transport
     if transport is None or transport.is_closing():
         return
-    cycle = protocol.cycle
-    if cycle is None or not cycle.response_started:
+    cycle = protocol.cycle  # while a head arrives: the previous request's, if any
+    if cycle is None or (cycle.response_complete if phase == "head" else not cycle.response_started):
         transport.write(refusal_bytes(status, message))
     if cycle is not None and not cycle.response_complete:
         # the app reading the body sees the client gone, and what it sends is dropped
@@ -251,8 +254,8 @@ def _httptools_protocol(guard: SlowClientGuard) -> type[asyncio.Protocol]:
             guard.finished(self)
             super().on_message_complete()
 
-        def refuse(self, status: int, message: str) -> None:
-            _refuse(self, status, message)
+        def refuse(self, status: int, message: str, phase: Phase) -> None:
+            _refuse(self, status, message, phase)
 
     return GuardedHttpTools
 
@@ -282,7 +285,7 @@ def _h11_protocol(guard: SlowClientGuard) -> type[asyncio.Protocol]:
             else:
                 guard.finished(self)
 
-        def refuse(self, status: int, message: str) -> None:
-            _refuse(self, status, message)
+        def refuse(self, status: int, message: str, phase: Phase) -> None:
+            _refuse(self, status, message, phase)
 
     return GuardedH11
