@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +20,9 @@ from pathlib import Path
 
 import pytest
 
+from sluice.http import Receive, RepeatedNotices, Scope, Send
 from sluice.serve.server import ServerThread, ServeSettings
+from sluice.serve.slowclients import IncompleteRequests, SlowClientGuard, guarded_protocol
 
 GUARD_S = 30.0  # socket timeout: a broken guard fails the test instead of hanging it
 
@@ -156,6 +159,40 @@ def test_past_the_cap_the_connection_waiting_longest_makes_room(repository: Path
         finally:
             for sock in stalled:
                 sock.close()
+
+
+async def _echo_app(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] != "http":
+        return
+    while (await receive()).get("more_body"):
+        pass
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+def test_the_h11_parser_is_guarded_alike() -> None:
+    import uvicorn
+
+    guard = SlowClientGuard(IncompleteRequests(0.5, 0.5, 100), RepeatedNotices(logging.getLogger("test.h11")))
+    config = uvicorn.Config(
+        _echo_app, host="127.0.0.1", port=0, http=guarded_protocol("h11", guard), lifespan="off", log_level="warning"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    _wait_for(lambda: server.started)
+    port = int(server.servers[0].sockets[0].getsockname()[1])
+    slow_head = _connect(port, b"GET / HTTP/1.1\r\nHost: x\r\nX: ")
+    slow_body = _connect(port, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n12")
+    try:
+        assert _request(port, "POST", "/", b"0123456789")[::2] == (200, b"ok")
+        assert _read_to_close(slow_head) == _refusal("408 Request Timeout", "no complete request head within 0.5 s")
+        assert _read_to_close(slow_body) == _refusal("408 Request Timeout", "no complete request body within 0.5 s")
+    finally:
+        slow_head.close()
+        slow_body.close()
+        server.should_exit = True
+        thread.join(GUARD_S)
 
 
 def _free_port() -> int:
