@@ -66,8 +66,8 @@ class ServeApp:
     ``mounts`` adds ASGI apps by path prefix (``{"/v1/jobs": app}``): HTTP requests under a
     prefix go to its app once the bearer token is checked; they do not see lifespan events.
     ``non_finite`` says how JSON outputs carry NaN and infinity
-    (:data:`~sluice.serve.protocol.NonFinite`). ``notices`` logs requests refused at a limit,
-    internal errors and slow clients as the first of each kind and then as counts.
+    (:data:`~sluice.serve.protocol.NonFinite`). The app's ``notices`` log requests refused at a
+    limit, internal errors and slow clients as the first of each kind and then as counts.
     """
 
     def __init__(
