@@ -190,7 +190,7 @@ def test_the_edge_imports_neither_app() -> None:
         "print(sorted(m for m in set(sys.modules) - before if m.startswith('sluice')))"
     )
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    edge = ["sluice.http", "sluice.http.request", "sluice.http.response", "sluice.http.routing"]
+    edge = ["sluice.http", "sluice.http.notices", "sluice.http.request", "sluice.http.response", "sluice.http.routing"]
     assert loaded.strip() in (str(edge), str(sorted(["sluice.errors", *edge])))
 
 

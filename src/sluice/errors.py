@@ -17,6 +17,7 @@ __all__ = [
     "Interrupted",
     "JobNotFound",
     "JobStateError",
+    "LimitExceeded",
     "MissingDependency",
     "ModelError",
     "ModelLoadError",
@@ -152,6 +153,16 @@ class ProtocolError(SluiceError):
     """A request breaks the protocol or the model's signature (HTTP 400)."""
 
     http_status = 400
+
+
+class LimitExceeded(ProtocolError):
+    """A request passes a limit of the parser or the server (JSON nested too deeply, a number with
+    too many digits) (HTTP 400). ``kind`` names the limit: the server logs the first request of each
+    kind and counts the rest, so a flood of them cannot flood the log."""
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 class HttpError(SluiceError):

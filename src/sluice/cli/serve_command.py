@@ -80,6 +80,36 @@ def serve(
         float,
         typer.Option(metavar="SECONDS", help="On SIGTERM/Ctrl-C, how long in-flight requests may take to finish."),
     ] = 30.0,
+    header_timeout: Annotated[
+        float,
+        typer.Option(
+            metavar="SECONDS",
+            help="A connection must send a request's whole head within this long of connecting (or of the "
+            "request's first byte), else it gets 408 and is closed.",
+        ),
+    ] = 10.0,
+    body_timeout: Annotated[
+        float,
+        typer.Option(metavar="SECONDS", help="A request's body must arrive within this long of its head (else 408)."),
+    ] = 60.0,
+    max_incomplete_requests: Annotated[
+        int | None,
+        typer.Option(
+            metavar="N",
+            help="Most connections still sending a request; one more and the one waiting longest gets 503 "
+            "(default: half of 'ulimit -n', at most 1024).",
+            show_default=False,
+        ),
+    ] = None,
+    json_non_finite: Annotated[
+        str,
+        typer.Option(
+            metavar="triton|null",
+            help="NaN and infinity in JSON outputs: 'triton' writes NaN, Infinity and -Infinity as Triton does "
+            "(tritonclient reads them; strict JSON parsers refuse them); 'null' writes null, valid JSON that "
+            "loses which of the three it was (binary outputs are always exact).",
+        ),
+    ] = "triton",
     jobs: Annotated[
         bool,
         typer.Option(
@@ -104,7 +134,8 @@ def serve(
     Requests are batched per model version to stay within --target-p99-ms. A request may set a
     timeout with the 'timeout' parameter (microseconds) or a Sluice-Timeout-Ms header (504 when
     it passes). Stop with Ctrl-C or SIGTERM: readiness turns false at once, in-flight requests
-    finish (up to --drain-timeout), then it exits 0.
+    finish (up to --drain-timeout; what is still queued then gets 503 with Retry-After), then it
+    exits 0.
     """
     from sluice.models import default_repository
     from sluice.serve.server import ServeSettings, run
@@ -131,6 +162,10 @@ def serve(
                     "watch": watch,
                     "watch_interval_s": watch_interval,
                     "drain_timeout_s": drain_timeout,
+                    "header_timeout_s": header_timeout,
+                    "body_timeout_s": body_timeout,
+                    "max_incomplete_requests": max_incomplete_requests,
+                    "json_non_finite": json_non_finite,
                 }
             )
         except ValidationError as exc:

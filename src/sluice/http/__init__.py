@@ -9,6 +9,7 @@ gRPC edge can call the same way. Importing it imports only the standard library.
 
 from __future__ import annotations
 
+from sluice.http.notices import RepeatedNotices
 from sluice.http.request import (
     ASGIApp,
     Message,
@@ -16,6 +17,7 @@ from sluice.http.request import (
     Request,
     Scope,
     Send,
+    json_limit_error,
     parse_json,
     parse_json_object,
     read_body,
@@ -39,6 +41,7 @@ __all__ = [
     "Handler",
     "Message",
     "Receive",
+    "RepeatedNotices",
     "Request",
     "Response",
     "Scope",
@@ -47,6 +50,7 @@ __all__ = [
     "error_body",
     "error_response",
     "find_mount",
+    "json_limit_error",
     "no_route",
     "parse_json",
     "parse_json_object",

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
-from sluice.errors import HttpError, ProtocolError
+from sluice.errors import HttpError, LimitExceeded, ProtocolError
 
 __all__ = [
     "ASGIApp",
@@ -17,6 +18,7 @@ __all__ = [
     "Request",
     "Scope",
     "Send",
+    "json_limit_error",
     "parse_json",
     "parse_json_object",
     "read_body",
@@ -95,6 +97,22 @@ def parse_json(body: bytes, *, invalid: str = "the request body is not valid JSO
         return json.loads(body or b"null")
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"{invalid}: {exc}") from None
+    except (RecursionError, ValueError) as exc:
+        raise json_limit_error(exc, invalid) from None
+
+
+def json_limit_error(exc: RecursionError | ValueError, invalid: str) -> ProtocolError:
+    """The 400 for a JSON document Python's parser gives up on without a syntax error: nesting
+    deeper than the interpreter's recursion limit, or an integer longer than its digit limit.
+    Catching these only after a failed parse keeps every good request free of any depth check."""
+    if isinstance(exc, RecursionError):
+        levels = sys.getrecursionlimit()
+        message = f"{invalid}: arrays or objects are nested too deeply (the server parses fewer than {levels} levels)"
+        return LimitExceeded(message, "JSON nested too deeply")
+    if "integer string conversion" in str(exc):
+        digits = sys.get_int_max_str_digits()
+        return LimitExceeded(f"{invalid}: a number has more than {digits} digits", "JSON number too long")
+    return ProtocolError(f"{invalid}: {exc}")
 
 
 def parse_json_object(body: bytes, *, invalid: str = "the request body is not valid JSON") -> dict[str, Any]:

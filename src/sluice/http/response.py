@@ -2,7 +2,8 @@
 
 Every :class:`~sluice.errors.SluiceError` becomes ``{"error": message}`` with the error's
 ``http_status`` and, for an :class:`~sluice.errors.HttpError`, its headers; anything else is a
-500 that names the exception, and is logged with its traceback.
+500 that names the exception, and is logged with its traceback (with
+:class:`~sluice.http.RepeatedNotices`: the first of each kind, the rest as a count).
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
-from sluice.errors import HttpError, SluiceError
+from sluice.errors import HttpError, LimitExceeded, SluiceError
+from sluice.http.notices import RepeatedNotices
 from sluice.http.request import Request, Send
 
 __all__ = [
@@ -64,14 +66,29 @@ def error_response(exc: SluiceError, extra_headers: Mapping[str, str] | None = N
     return Response(exc.http_status, error_body(str(exc)), headers)
 
 
-async def answer(request: Request, handler: Handler, error_headers: ErrorHeaders | None = None) -> Response:
-    """``handler``'s answer to ``request``, with every error translated to its response."""
+async def answer(
+    request: Request,
+    handler: Handler,
+    error_headers: ErrorHeaders | None = None,
+    notices: RepeatedNotices | None = None,
+) -> Response:
+    """``handler``'s answer to ``request``, with every error translated to its response.
+
+    With ``notices``, a request refused for passing a limit and an internal error are logged as
+    the first of their kind and then counted; without, each internal error logs its traceback.
+    """
     try:
         return await handler(request)
     except SluiceError as exc:
+        if notices is not None and isinstance(exc, LimitExceeded):
+            notices.note(exc.kind, f"refused {request.method} {request.path}: {exc}")
         return error_response(exc, error_headers(exc) if error_headers is not None else None)
     except Exception as exc:
-        log.exception("internal error on %s %s", request.method, request.path)
+        if notices is None:
+            log.exception("internal error on %s %s", request.method, request.path)
+        else:
+            kind = f"internal error {type(exc).__name__}"
+            notices.note(kind, f"internal error on {request.method} {request.path}", exc_info=exc)
         return Response(500, error_body(f"internal error: {type(exc).__name__}: {exc}"), dict(JSON_HEADERS))
 
 

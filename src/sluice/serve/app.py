@@ -13,6 +13,7 @@ bearer token when one is set. ``GET /metrics`` is Prometheus text. With an
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import Counter
 from collections.abc import Mapping
@@ -23,6 +24,7 @@ from sluice.http import (
     ASGIApp,
     Handler,
     Receive,
+    RepeatedNotices,
     Request,
     Response,
     Scope,
@@ -45,10 +47,13 @@ from sluice.serve.host import ModelHost, ServedVersion
 from sluice.serve.inference import TIMEOUT_HEADER, InferencePath
 from sluice.serve.metadata import model_config, model_metadata, server_metadata, version_policy
 from sluice.serve.prometheus import render_metrics
+from sluice.serve.protocol import NonFinite
 from sluice.serve.traffic import TrafficRouter
 from sluice.serve.watch import RepositoryWatcher
 
 __all__ = ["EXTENSIONS", "TIMEOUT_HEADER", "ASGIApp", "Response", "ServeApp"]
+
+log = logging.getLogger(__name__)
 
 EXTENSIONS = ("binary_tensor_data", "model_configuration", "model_repository", "schedule_policy")
 
@@ -60,6 +65,9 @@ class ServeApp:
 
     ``mounts`` adds ASGI apps by path prefix (``{"/v1/jobs": app}``): HTTP requests under a
     prefix go to its app once the bearer token is checked; they do not see lifespan events.
+    ``non_finite`` says how JSON outputs carry NaN and infinity
+    (:data:`~sluice.serve.protocol.NonFinite`). The app's ``notices`` log requests refused at a
+    limit, internal errors and slow clients as the first of each kind and then as counts.
     """
 
     def __init__(
@@ -71,8 +79,10 @@ class ServeApp:
         watcher: RepositoryWatcher | None = None,
         access_log: AccessLog | None = None,
         mounts: Mapping[str, ASGIApp] | None = None,
+        non_finite: NonFinite = "triton",
     ) -> None:
         self.host = host
+        self.notices = RepeatedNotices(log)
         self.access_log = access_log
         self.mounts = {prefix.rstrip("/"): app for prefix, app in (mounts or {}).items()}
         self.watcher = watcher
@@ -80,7 +90,7 @@ class ServeApp:
         self.max_body_bytes = max_body_bytes
         self._loading: asyncio.Task[None] | None = None
         self.traffic = TrafficRouter(host)
-        self.inference = InferencePath(host, self.traffic)
+        self.inference = InferencePath(host, self.traffic, non_finite=non_finite)
 
     @property
     def auth_token(self) -> str | None:
@@ -105,7 +115,14 @@ class ServeApp:
             request = Request.from_scope(scope, receive)
             mounted = find_mount(self.mounts, request.path)
             if mounted is None:
-                response = await self._answer(request)
+                try:
+                    response = await self._answer(request)
+                except asyncio.CancelledError:
+                    # the drain's time ran out while this request waited for its batch
+                    if not self.host.draining:
+                        raise
+                    _uncancel()
+                    response = _cut_off_response()
             else:
                 denied = self._deny(request)
                 if denied is None:
@@ -147,13 +164,14 @@ class ServeApp:
         await self.host.close()
         if self.access_log is not None:
             self.access_log.close()
+        self.notices.flush()
 
     async def handle(self, scope: Scope, receive: Receive) -> Response:
         """Route one HTTP request and answer it; errors become ``{"error": …}`` responses."""
         return await self._answer(Request.from_scope(scope, receive))
 
     async def _answer(self, request: Request) -> Response:
-        return await answer(request, self._dispatch, _shed_headers)
+        return await answer(request, self._dispatch, _shed_headers, self.notices)
 
     async def _dispatch(self, request: Request) -> Response:
         return await self._route(request)(request)
@@ -317,6 +335,17 @@ def _model_selector(request: Request) -> tuple[str, str | None]:
 
 def _shed_headers(exc: SluiceError) -> dict[str, str]:
     return {"Retry-After": retry_after_header(exc)} if isinstance(exc, Overloaded) else {}
+
+
+def _uncancel() -> None:
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
+
+
+def _cut_off_response() -> Response:
+    error = Overloaded("the server is shutting down: its drain timeout passed before this request finished", 1.0)
+    return error_response(error, _shed_headers(error))
 
 
 def _log_access(log: AccessLog, scope: Scope, response: Response, started_s: float) -> None:

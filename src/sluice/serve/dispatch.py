@@ -188,6 +188,14 @@ class Dispatcher:
                 raise DataError(f"input '{name}' has shape {array.shape}; expected {rows} rows")
         return arrays
 
+    def shed_queued(self, error: SluiceError) -> int:
+        """Fail every queued request with ``error`` (a drain ran out of time); returns how many.
+        A batch already running finishes."""
+        with self._lock:
+            queued = self.batcher.remove_all()
+        _fail_all(queued, error)
+        return len(queued)
+
     async def close(self) -> None:
         """Stop admitting, run every queued request to completion, stop the task."""
         self._closing = True

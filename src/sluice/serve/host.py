@@ -116,6 +116,19 @@ class ModelHost:
         """Report not ready from now on (shutdown has begun); requests are still answered."""
         self._draining = True
 
+    @property
+    def draining(self) -> bool:
+        """Shutdown has begun (:meth:`begin_drain`)."""
+        return self._draining
+
+    def cut_off_drain(self) -> int:
+        """The drain ran out of time: answer every queued request 503 with ``Retry-After``, so the
+        server stops without running them; batches already running finish. Returns how many."""
+        error = Overloaded("the server is shutting down: its drain timeout passed before this request ran", 1.0)
+        return sum(
+            served.dispatcher.shed_queued(error) for versions in self._served.values() for served in versions.values()
+        )
+
     def state(self, name: str, version: int) -> VersionState | None:
         """The state of ``name`` version ``version`` (None: never loaded)."""
         return self._states.get((name, version))

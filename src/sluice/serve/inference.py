@@ -17,7 +17,7 @@ from typing import Any
 
 from sluice.errors import ProtocolError, SluiceError
 from sluice.serve.host import ModelHost, ServedVersion
-from sluice.serve.protocol import HEADER_LENGTH, InferRequest, decode_request, encode_response
+from sluice.serve.protocol import HEADER_LENGTH, InferRequest, NonFinite, decode_request, encode_response
 from sluice.serve.traffic import VERSION_HEADER, RouteChoice, TrafficRouter
 
 __all__ = ["TIMEOUT_HEADER", "InferAnswer", "InferencePath"]
@@ -35,11 +35,13 @@ class InferAnswer:
 
 
 class InferencePath:
-    """Answers inference requests for ``host``'s models, routed by ``traffic``."""
+    """Answers inference requests for ``host``'s models, routed by ``traffic``; ``non_finite`` says
+    how JSON outputs carry NaN and infinity (:data:`~sluice.serve.protocol.NonFinite`)."""
 
-    def __init__(self, host: ModelHost, traffic: TrafficRouter) -> None:
+    def __init__(self, host: ModelHost, traffic: TrafficRouter, *, non_finite: NonFinite = "triton") -> None:
         self.host = host
         self.traffic = traffic
+        self.non_finite: NonFinite = non_finite
         self.requests: Counter[tuple[str, str]] = Counter()
         self.failures: Counter[tuple[str, str, int]] = Counter()
 
@@ -105,7 +107,13 @@ class InferencePath:
             decoded.inputs, decoded.batch_size, timeout, checked_against=served.signature
         )
         payload, answer_headers = encode_response(
-            served.name, served.version, decoded.id, outputs, decoded.outputs, decoded.binary_data_output
+            served.name,
+            served.version,
+            decoded.id,
+            outputs,
+            decoded.outputs,
+            decoded.binary_data_output,
+            self.non_finite,
         )
         answer_headers[VERSION_HEADER] = str(served.version)
         return InferAnswer(payload, answer_headers), decoded, outputs

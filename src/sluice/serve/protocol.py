@@ -10,13 +10,15 @@ there.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from sluice.errors import ProtocolError
+from sluice.http import json_limit_error
 from sluice.models.checks import check_complete, check_fits, common_rows, input_spec
 from sluice.models.signature import Signature, TensorSpec
 from sluice.serve.binary import serialize_bytes, tensor_bytes
@@ -27,9 +29,27 @@ from sluice.serve.tensors import (
     output_datatype,
 )
 
-__all__ = ["HEADER_LENGTH", "InferRequest", "RequestedOutput", "decode_request", "encode_response", "error_body"]
+__all__ = [
+    "HEADER_LENGTH",
+    "InferRequest",
+    "NonFinite",
+    "RequestedOutput",
+    "decode_request",
+    "encode_response",
+    "error_body",
+]
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
+
+NonFinite = Literal["triton", "null"]
+"""How JSON ``data`` carries NaN and ±infinity, which JSON has no numbers for: ``triton`` (the
+bare ``NaN``, ``Infinity``, ``-Infinity`` that Triton writes and tritonclient, Python's ``json``
+and rapidjson's lenient mode read back exactly) or ``null`` (valid JSON for strict parsers,
+which cannot tell the three apart)."""
+
+_INVALID_JSON = "failed to parse the request JSON buffer"  # Triton's words
+_STRICT_JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+_LENIENT_JSON = json.JSONEncoder(separators=(",", ":"))
 
 
 @dataclass(frozen=True)
@@ -137,9 +157,11 @@ def _parse_json(header: memoryview) -> dict[str, Any]:
     try:
         document = json.loads(bytes(header))
     except json.JSONDecodeError as exc:
-        raise ProtocolError(f"failed to parse the request JSON buffer: {exc.msg} at {exc.pos}") from None
+        raise ProtocolError(f"{_INVALID_JSON}: {exc.msg} at {exc.pos}") from None
     except UnicodeDecodeError:
-        raise ProtocolError("failed to parse the request JSON buffer: it is not UTF-8") from None
+        raise ProtocolError(f"{_INVALID_JSON}: it is not UTF-8") from None
+    except (RecursionError, ValueError) as exc:
+        raise json_limit_error(exc, _INVALID_JSON) from None
     if not isinstance(document, dict):
         raise ProtocolError("the request JSON must be an object")
     return document
@@ -182,6 +204,12 @@ def _model_shape(spec: TensorSpec, shape: tuple[int, ...]) -> tuple[int, ...]:
 
 def _check_batch(inputs: Mapping[str, np.ndarray], model_name: str, max_batch_size: int | None) -> None:
     batch = common_rows({n: v.shape for n, v in inputs.items()}, model_name=model_name, error=ProtocolError)
+    if batch == 0 and inputs:
+        name, values = next(iter(inputs.items()))
+        raise ProtocolError(
+            f"inference request batch-size must be >= 1 for '{model_name}': input '{name}' has shape "
+            f"{list(values.shape)}, which holds no rows"
+        )
     if max_batch_size is not None and max_batch_size > 0 and batch > max_batch_size:
         raise ProtocolError(f"inference request batch-size must be <= {max_batch_size} for '{model_name}'")
 
@@ -239,13 +267,14 @@ def encode_response(
     outputs: Mapping[str, np.ndarray],
     requested: Sequence[RequestedOutput],
     binary_default: bool,
+    non_finite: NonFinite = "triton",
 ) -> tuple[bytes, dict[str, str]]:
     """The body and headers of an inference response.
 
     ``requested`` selects and orders the outputs (empty: all of ``outputs``); each goes back as
     binary data when its ``binary_data`` flag says so, else when ``binary_default`` does.
-    JSON ``data`` is flat and row-major. A requested output the model did not produce raises
-    :class:`ProtocolError`.
+    JSON ``data`` is flat and row-major; NaN and ±infinity in it follow ``non_finite`` (see
+    :data:`NonFinite`). A requested output the model did not produce raises :class:`ProtocolError`.
     """
     selection = list(requested) or [RequestedOutput(name) for name in outputs]
     entries: list[dict[str, Any]] = []
@@ -267,11 +296,23 @@ def encode_response(
     if request_id is not None:
         document["id"] = request_id
     document["outputs"] = entries
-    header = json.dumps(document, separators=(",", ":")).encode("utf-8")
+    header = _encode_json(document, entries, non_finite).encode("utf-8")
     if not blobs:
         return header, {"Content-Type": "application/json"}
     headers = {"Content-Type": "application/octet-stream", HEADER_LENGTH: str(len(header))}
     return b"".join([header, *blobs]), headers
+
+
+def _encode_json(document: dict[str, Any], entries: list[dict[str, Any]], non_finite: NonFinite) -> str:
+    if non_finite == "triton":
+        return _LENIENT_JSON.encode(document)
+    try:
+        return _STRICT_JSON.encode(document)
+    except ValueError:  # a NaN or infinity in some float output: only then are the values scanned
+        for entry in entries:
+            if entry["datatype"].startswith("FP") and "data" in entry:
+                entry["data"] = [v if math.isfinite(v) else None for v in entry["data"]]
+        return _STRICT_JSON.encode(document)
 
 
 def error_body(message: str) -> bytes:

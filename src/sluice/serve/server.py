@@ -2,14 +2,17 @@
 
 :class:`ServeSettings` is the one validated settings object; :func:`run` serves until
 SIGINT/SIGTERM; :class:`ServerThread` starts the same server in-process on a background
-thread (tests, notebooks) and stops it again. uvicorn is imported only here, when serving.
+thread (tests, notebooks) and stops it again. uvicorn is imported only here (and by
+:mod:`sluice.serve.slowclients`, whose protocol guards it against slow clients), when serving.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import signal
+import socket
 import sys
 import threading
 import time
@@ -33,6 +36,8 @@ __all__ = ["ServeSettings", "ServerThread", "build_app", "run"]
 log = logging.getLogger(__name__)
 
 SWITCH_INTERVAL_S = 0.0005
+CUT_OFF_GRACE_S = 1
+"""Seconds past the drain timeout that a batch already running may take before its requests are cut off."""
 
 
 class ServeSettings(BaseModel):
@@ -67,6 +72,26 @@ class ServeSettings(BaseModel):
     drain_timeout_s: float = Field(
         default=30.0, ge=0, description="On shutdown, how long in-flight requests may take to finish."
     )
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds a connection may take to send a request's head (408 beyond), counted from the "
+        "connection or the request's first byte.",
+    )
+    body_timeout_s: float = Field(
+        default=60.0, gt=0, description="Seconds a request's body may take to arrive after its head (408 beyond)."
+    )
+    max_incomplete_requests: int | None = Field(
+        default=None,
+        ge=1,
+        description="Most connections still sending a request; past it the one waiting longest gets 503 "
+        "(None: half the open-file limit, at most 1024).",
+    )
+    json_non_finite: Literal["null", "triton"] = Field(
+        default="triton",
+        description="NaN and infinity in JSON outputs: triton (bare NaN, Infinity, -Infinity, as Triton "
+        "writes them and tritonclient reads them) or null (strict JSON; the values become null).",
+    )
 
 
 def build_app(settings: ServeSettings, *, mounts: Mapping[str, ASGIApp] | None = None) -> ServeApp:
@@ -98,6 +123,7 @@ def build_app(settings: ServeSettings, *, mounts: Mapping[str, ASGIApp] | None =
         watcher=watcher,
         access_log=access_log,
         mounts=mounts,
+        non_finite=settings.json_non_finite,
     )
 
 
@@ -114,22 +140,18 @@ def _uvicorn_server(settings: ServeSettings, app: ServeApp, *, foreground: bool 
             loop = "uvloop"
         except ImportError:
             pass
-    try:
-        import httptools  # noqa: F401 — the faster HTTP parser, when installed
-
-        http: Literal["httptools", "h11"] = "httptools"
-    except ImportError:
-        http = "h11"
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
-        http=http,
+        http=_guarded_protocol(settings, app),
         loop=loop,
         lifespan="on",
         access_log=False,
         log_level=settings.log_level,
-        timeout_graceful_shutdown=math.ceil(settings.drain_timeout_s),
+        # past the drain timeout the app answers what is still queued 503 itself (cut_off_drain);
+        # uvicorn cancels what still runs a little later, and the app answers those 503 too
+        timeout_graceful_shutdown=math.ceil(settings.drain_timeout_s) + CUT_OFF_GRACE_S,
     )
 
     class DrainingServer(uvicorn.Server):
@@ -138,7 +160,38 @@ def _uvicorn_server(settings: ServeSettings, app: ServeApp, *, foreground: bool 
             log.info("shutting down: not ready; draining in-flight requests (up to %.0f s)", settings.drain_timeout_s)
             super().handle_exit(sig, frame)
 
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            app.host.begin_drain()
+            cut_off = asyncio.get_running_loop().call_later(settings.drain_timeout_s, _cut_off, app)
+            try:
+                await super().shutdown(sockets)
+            finally:
+                cut_off.cancel()
+
     return DrainingServer(config)
+
+
+def _guarded_protocol(settings: ServeSettings, app: ServeApp) -> type[asyncio.Protocol]:
+    from sluice.serve.slowclients import IncompleteRequests, SlowClientGuard, default_max_incomplete, guarded_protocol
+
+    try:
+        import httptools  # noqa: F401 — the faster HTTP parser, when installed
+
+        http: Literal["httptools", "h11"] = "httptools"
+    except ImportError:
+        http = "h11"
+    requests = IncompleteRequests(
+        settings.header_timeout_s,
+        settings.body_timeout_s,
+        settings.max_incomplete_requests or default_max_incomplete(),
+    )
+    return guarded_protocol(http, SlowClientGuard(requests, app.notices))
+
+
+def _cut_off(app: ServeApp) -> None:
+    shed = app.host.cut_off_drain()
+    if shed:
+        log.warning("drain timeout passed: answered %d queued request(s) 503", shed)
 
 
 def run(settings: ServeSettings, *, mounts: Mapping[str, ASGIApp] | None = None) -> None:
