@@ -355,6 +355,7 @@ def bench_sluice(mode: str, models: dict[str, Path], duration_s: float, target_m
     url = f"http://{HOST}:{port}"
     sluice = Path(sys.executable).parent / "sluice"
     cmd = [str(sluice), "serve", "--repository", str(repo), "--port", str(port), "--target-p99-ms", str(target_ms)]
+    cmd += ["--grpc-port", str(free_port())]
     log = WORK / "logs" / f"sluice-{mode}.log"
     proc = start([*cmd, "--log-level", "warning"], {}, repo, log)
     rows = [Row("sluice", name, mode) for name in models]

@@ -16,7 +16,7 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sluice.errors import HttpError, Overloaded, SluiceError
 from sluice.http import (
@@ -48,6 +48,10 @@ from sluice.serve.prometheus import render_metrics
 from sluice.serve.traffic import TrafficRouter
 from sluice.serve.watch import RepositoryWatcher
 
+if TYPE_CHECKING:
+    from sluice.serve.grpc_config import GrpcEndpoint
+    from sluice.serve.grpc_edge import GrpcEdge
+
 __all__ = ["EXTENSIONS", "TIMEOUT_HEADER", "ASGIApp", "Response", "ServeApp"]
 
 EXTENSIONS = ("binary_tensor_data", "model_configuration", "model_repository", "schedule_policy")
@@ -60,6 +64,8 @@ class ServeApp:
 
     ``mounts`` adds ASGI apps by path prefix (``{"/v1/jobs": app}``): HTTP requests under a
     prefix go to its app once the bearer token is checked; they do not see lifespan events.
+    With ``grpc``, the same models are served over gRPC too (:mod:`sluice.serve.grpc_edge`),
+    started and stopped with the server.
     """
 
     def __init__(
@@ -71,8 +77,12 @@ class ServeApp:
         watcher: RepositoryWatcher | None = None,
         access_log: AccessLog | None = None,
         mounts: Mapping[str, ASGIApp] | None = None,
+        grpc: GrpcEndpoint | None = None,
     ) -> None:
         self.host = host
+        self.grpc_endpoint = grpc
+        self.grpc: GrpcEdge | None = None
+        self.startup_error: SluiceError | None = None  # why the server could not start
         self.access_log = access_log
         self.mounts = {prefix.rstrip("/"): app for prefix, app in (mounts or {}).items()}
         self.watcher = watcher
@@ -120,6 +130,12 @@ class ServeApp:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                try:
+                    await self._start_grpc()
+                except SluiceError as exc:
+                    self.startup_error = exc
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
                 if self.access_log is not None:
                     self.access_log.start()
                 # load in the background: live answers at once, ready once every model is warm
@@ -130,6 +146,16 @@ class ServeApp:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
+    async def _start_grpc(self) -> None:
+        if self.grpc_endpoint is None:
+            return
+        from sluice.serve.grpc_edge import GrpcEdge, InferenceService  # grpcio only when gRPC is on
+
+        service = InferenceService(self.host, self.inference, self.auth, EXTENSIONS)
+        edge = GrpcEdge(service, self.grpc_endpoint)
+        await edge.start()
+        self.grpc = edge
+
     async def _load_and_watch(self) -> None:
         if self.watcher is not None:
             self.watcher.prime()  # before loading: a change made meanwhile is seen on the first poll
@@ -139,6 +165,8 @@ class ServeApp:
 
     async def _shut_down(self) -> None:
         self.host.begin_drain()
+        if self.grpc is not None:
+            await self.grpc.stop()
         if self._loading is not None:
             await self._loading
         if self.watcher is not None:
