@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import shutil
 import socket
+import time
 import urllib.request
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -32,9 +34,14 @@ AUTH = {"authorization": f"Bearer {TOKEN}"}
 
 TEXT_MODULE = """\
 import time
+from pathlib import Path
 import numpy as np
 
+SEEN = Path(__file__).parent / "seen.txt"
+
 def predict(text):
+    with SEEN.open("ab") as seen:  # what the model computed, for the cancellation test
+        seen.write(b"".join(v + b"\\n" for v in text.tolist() if isinstance(v, bytes)))
     if any(v == b"slow" for v in text.tolist()):
         time.sleep(1.0)
     out = np.empty(len(text), dtype=object)
@@ -61,6 +68,10 @@ def repository(models, tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "text" / "1").mkdir(parents=True)
     (root / "text" / "1" / "grpc_text_mod.py").write_text(TEXT_MODULE)
     (root / "text" / "model.yaml").write_text(TEXT_YAML)
+    # a fixed batching window sheds nothing by latency: the cancellation test queues behind a slow batch
+    (root / "queue" / "1").mkdir(parents=True)
+    (root / "queue" / "1" / "grpc_text_mod.py").write_text(TEXT_MODULE)
+    (root / "queue" / "model.yaml").write_text(TEXT_YAML.replace("target_p99_ms: 5000", "max_queue_delay_us: 1000"))
     return root
 
 
@@ -244,6 +255,7 @@ def test_repository_index_unload_and_load(client: grpcclient.InferenceServerClie
         ("clf", "1", "READY"),
         ("clf", "2", "READY"),
         ("text", "1", "READY"),
+        ("queue", "1", "READY"),
     }
     client.unload_model("clf", headers=dict(AUTH))
     assert not client.is_model_ready("clf")
@@ -291,3 +303,52 @@ def test_a_grpc_port_in_use_is_a_clear_error(repository: Path) -> None:
         settings = ServeSettings(repository=repository, port=0, grpc_port=port, log_level="critical")
         with pytest.raises(ConfigError, match=rf"could not serve gRPC on 127\.0\.0\.1:{port} \(is the port in use\?\)"):
             ServerThread(settings).start()
+
+
+# -- cancellation ------------------------------------------------------------------------------------
+
+
+def _metric(server: ServerThread, name: str, model: str) -> float:
+    text = urllib.request.urlopen(f"http://{server.url}/metrics", timeout=10).read().decode()
+    for line in text.splitlines():
+        if line.startswith(f"{name}{{") and f'model="{model}"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} for {model} not in /metrics")
+
+
+async def _until(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 30  # a guard against hanging, not a timing assertion
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting until {what}")
+        await asyncio.sleep(0.01)
+
+
+def test_a_cancelled_call_leaves_the_queue_unrun(server: ServerThread, repository: Path) -> None:
+    seen = repository / "queue" / "1" / "seen.txt"
+    marker = f"busy-{uuid.uuid4().hex}".encode()
+    cancelled_before = _metric(server, "sluice_cancelled_total", "queue")
+
+    def queued() -> float:
+        return _metric(server, "sluice_queue_depth_requests", "queue")
+
+    def text(*values: bytes) -> list[grpcclient.InferInput]:
+        return [_input(np.array(values, dtype=object), "text", "BYTES")]
+
+    async def main() -> list[bytes]:
+        triton = grpcaio.InferenceServerClient(url=f"127.0.0.1:{server.grpc_port}")
+        try:
+            busy = asyncio.ensure_future(triton.infer("queue", text(b"slow", marker), headers=dict(AUTH)))
+            await _until(lambda: seen.exists() and marker in seen.read_bytes(), "the slow batch runs")
+            doomed = asyncio.ensure_future(triton.infer("queue", text(b"doomed"), headers=dict(AUTH)))
+            await _until(lambda: queued() == 1, "the second request is queued behind it")
+            doomed.cancel()
+            await _until(lambda: queued() == 0, "the server takes it out of the queue")
+            result = await busy
+        finally:
+            await triton.close()
+        return result.as_numpy("upper").tolist()
+
+    assert asyncio.run(main()) == [b"SLOW", marker.upper()]
+    assert _metric(server, "sluice_cancelled_total", "queue") == cancelled_before + 1
+    assert b"doomed" not in seen.read_bytes()  # never computed

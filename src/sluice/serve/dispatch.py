@@ -79,6 +79,7 @@ class DispatchMetrics:
     batch_rows: LatencyHistogram = field(default_factory=LatencyHistogram)
     shed: int = 0
     timed_out: int = 0
+    cancelled: int = 0  # requests whose client gave up while they were queued, never run
     failed_batches: int = 0
 
 
@@ -168,14 +169,21 @@ class Dispatcher:
             self.metrics.shed += 1
             raise
         self._wakeup.set()
-        if request.deadline_s is None:
-            return await future
         try:
+            if request.deadline_s is None:
+                return await future
             return await asyncio.wait_for(asyncio.shield(future), max(0.0, request.deadline_s - self._clock()))
         except TimeoutError:
             self.metrics.timed_out += 1
-            waited_ms = (request.deadline_s - request.arrival_s) * 1000
+            waited_ms = (request.deadline_s - request.arrival_s) * 1000 if request.deadline_s is not None else 0.0
             raise RequestTimeout(f"no result within the request's timeout of {waited_ms:.0f} ms") from None
+        except asyncio.CancelledError:
+            # the client cancelled or hung up: a request not started yet leaves the queue, so
+            # the model never computes an answer nobody will read
+            with self._lock:
+                if self.batcher.cancel(request):
+                    self.metrics.cancelled += 1
+            raise
         finally:  # a waiter that gave up (timeout or cancelled) leaves a future nobody reads
             future.cancel()
 
