@@ -8,6 +8,7 @@ for both protocols.
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import socket
 import time
@@ -352,3 +353,47 @@ def test_a_cancelled_call_leaves_the_queue_unrun(server: ServerThread, repositor
     assert asyncio.run(main()) == [b"SLOW", marker.upper()]
     assert _metric(server, "sluice_cancelled_total", "queue") == cancelled_before + 1
     assert b"doomed" not in seen.read_bytes()  # never computed
+
+
+def test_an_http_client_that_hangs_up_leaves_the_queue_unrun(server: ServerThread, repository: Path) -> None:
+    seen = repository / "queue" / "1" / "seen.txt"
+    marker = f"busy-{uuid.uuid4().hex}".encode()
+    cancelled_before = _metric(server, "sluice_cancelled_total", "queue")
+
+    def queued() -> float:
+        return _metric(server, "sluice_queue_depth_requests", "queue")
+
+    def post(word: bytes) -> socket.socket:
+        body = json.dumps(
+            {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": [word.decode()]}]}
+        ).encode()
+        head = (
+            f"POST /v2/models/queue/infer HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+        sock.sendall(head + body)
+        return sock
+
+    async def main() -> None:
+        triton = grpcaio.InferenceServerClient(url=f"127.0.0.1:{server.grpc_port}")
+        try:
+            values = np.array([b"slow", marker], dtype=object)
+            busy = asyncio.ensure_future(triton.infer("queue", [_input(values, "text", "BYTES")], headers=dict(AUTH)))
+            await _until(lambda: seen.exists() and marker in seen.read_bytes(), "the slow batch runs")
+            doomed = post(b"hung-up")
+            await _until(lambda: queued() == 1, "the HTTP request is queued behind it")
+            doomed.close()
+            await _until(lambda: queued() == 0, "the server takes it out of the queue")
+            await busy
+        finally:
+            await triton.close()
+
+    asyncio.run(main())
+    assert _metric(server, "sluice_cancelled_total", "queue") == cancelled_before + 1
+    assert b"hung-up" not in seen.read_bytes()  # never computed
+    answered = post(b"still-serving")  # the server goes on serving
+    try:
+        assert answered.recv(4096).startswith(b"HTTP/1.1 200")
+    finally:
+        answered.close()

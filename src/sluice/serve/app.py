@@ -282,7 +282,9 @@ class ServeApp:
     async def _infer(self, request: Request) -> Response:
         self._authorize(request)
         name, selector = _model_selector(request)
-        answered = await self.inference.infer(name, selector, request.headers, lambda: self._body(request))
+        answered = await self.inference.infer(
+            name, selector, request.headers, lambda: self._body(request), request.receive
+        )
         return Response(200, answered.body, answered.headers)
 
     async def _traffic(self, request: Request) -> Response:

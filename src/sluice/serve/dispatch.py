@@ -145,6 +145,7 @@ class Dispatcher:
         timeout_s: float | None = None,
         *,
         checked_against: Signature | None = None,
+        on_queued: Callable[[], object] | None = None,
     ) -> Arrays:
         """Queue ``rows`` rows and return this request's slice of the outputs.
 
@@ -154,6 +155,10 @@ class Dispatcher:
         signature, :class:`~sluice.errors.DataError` when they do not have ``rows`` rows,
         :class:`Overloaded` (503) at once when shed, :class:`RequestTimeout` (504) when
         ``timeout_s`` passes first, :class:`~sluice.errors.PredictError` when the batch fails.
+        ``on_queued`` is called when the request has to wait behind others (a batch in flight,
+        requests ahead of it): the moment to start watching its client, which an idle server's
+        requests never pay for. A cancelled wait takes a request that has not started out of
+        the queue.
         """
         if self._closing:
             raise Overloaded("the server is shutting down", retry_after_s=1.0)
@@ -169,6 +174,8 @@ class Dispatcher:
             self.metrics.shed += 1
             raise
         self._wakeup.set()
+        if on_queued is not None and (len(self.batcher) > 1 or self.batcher.in_flight is not None):
+            on_queued()
         try:
             if request.deadline_s is None:
                 return await future

@@ -86,6 +86,9 @@ class _GrpcCall:
         timeouts = [t for t in (self.early_timeout_s(), (decoded.timeout_us or 0) / 1e6 or None) if t is not None]
         return min(timeouts) if timeouts else None
 
+    def watch_client(self) -> None:
+        return None  # grpc cancels the call's task itself when the client cancels or goes away
+
     def encode(self, served: ServedVersion, decoded: InferRequest, outputs: Mapping[str, Any]) -> Any:
         return encode_infer(
             service_pb2.ModelInferResponse(), served.name, served.version, decoded.id, outputs, decoded.outputs

@@ -10,23 +10,27 @@ encodes in that edge's terms.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from sluice.errors import ProtocolError, SluiceError
+from sluice.errors import HttpError, ProtocolError, SluiceError
 from sluice.serve.host import ModelHost, ServedVersion
 from sluice.serve.protocol import HEADER_LENGTH, InferRequest, decode_request, encode_response
 from sluice.serve.traffic import VERSION_HEADER, RouteChoice, TrafficRouter, sticky_key
 
-__all__ = ["TIMEOUT_HEADER", "InferAnswer", "InferCall", "InferencePath"]
+__all__ = ["CLIENT_GONE", "TIMEOUT_HEADER", "ClientWatch", "InferAnswer", "InferCall", "InferencePath"]
 
 TIMEOUT_HEADER = "Sluice-Timeout-Ms"
 """Request header with a timeout in milliseconds (the ``timeout`` parameter takes microseconds)."""
 
 Answer = TypeVar("Answer", covariant=True)
+
+CLIENT_GONE = 499
+"""The status recorded for a request whose HTTP client hung up before its answer (nginx's)."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,19 @@ class InferCall(Protocol[Answer]):
     def encode(self, served: ServedVersion, decoded: InferRequest, outputs: Mapping[str, Any]) -> Answer:
         """The edge's answer for ``outputs``."""
 
+    def watch_client(self) -> ClientWatch | None:
+        """Start watching for the client to go away while the request waits behind others
+        (None: the edge cancels the request itself, as gRPC does)."""
+
+
+class ClientWatch(Protocol):
+    """Watches one waiting request's client; cancels the request's task when the client leaves."""
+
+    gone: bool
+
+    def stop(self) -> None:
+        """Stop watching (the answer is ready)."""
+
 
 class InferencePath:
     """Answers inference requests for ``host``'s models, routed by ``traffic``."""
@@ -78,10 +95,13 @@ class InferencePath:
         selector: str | None,
         headers: Mapping[str, str],
         read_body: Callable[[], Awaitable[bytes]],
+        receive: Callable[[], Awaitable[Mapping[str, Any]]] | None = None,
     ) -> InferAnswer:
         """Answer one HTTP request for model ``name`` (``selector``: a version or label, None to route);
-        ``headers`` are keyed in lower case. Errors raise :class:`~sluice.errors.SluiceError`."""
-        return await self.run(name, selector, _HttpCall(headers, read_body))
+        ``headers`` are keyed in lower case. With the ASGI ``receive``, a client that hangs up
+        while its request waits takes it out of the queue (:data:`CLIENT_GONE`). Errors raise
+        :class:`~sluice.errors.SluiceError`."""
+        return await self.run(name, selector, _HttpCall(headers, read_body, receive))
 
     async def run(self, name: str, selector: str | None, call: InferCall[Answer]) -> Answer:
         """Answer one request of any edge; errors raise :class:`~sluice.errors.SluiceError`."""
@@ -91,9 +111,7 @@ class InferencePath:
         started_s = self.traffic.clock()
         try:
             decoded = call.decode(served)
-            outputs = await served.dispatcher.submit(
-                decoded.inputs, decoded.batch_size, call.timeout_s(decoded), checked_against=served.signature
-            )
+            outputs = await self._wait(served, decoded, call)
             answer = call.encode(served, decoded, outputs)
         except SluiceError as exc:
             self.failures[(*key, exc.http_status)] += 1
@@ -101,6 +119,34 @@ class InferencePath:
             raise
         self.traffic.answered(choice, served, decoded.id, decoded.inputs, outputs, started_s)
         return answer
+
+    async def _wait(self, served: ServedVersion, decoded: InferRequest, call: InferCall[Answer]) -> dict[str, Any]:
+        watches: list[ClientWatch] = []
+
+        def watch() -> None:
+            started = call.watch_client()
+            if started is not None:
+                watches.append(started)
+
+        try:
+            return await served.dispatcher.submit(
+                decoded.inputs,
+                decoded.batch_size,
+                call.timeout_s(decoded),
+                checked_against=served.signature,
+                on_queued=watch,
+            )
+        except asyncio.CancelledError:
+            if not watches or not watches[0].gone:
+                raise
+            # the watch cancelled the wait; the task itself goes on to answer nobody, quietly
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            raise HttpError("the client closed the connection before the answer", CLIENT_GONE) from None
+        finally:
+            for started in watches:
+                started.stop()
 
     async def _admit(
         self, name: str, selector: str | None, call: InferCall[Answer]
@@ -127,12 +173,24 @@ class InferencePath:
 class _HttpCall:
     """An HTTP request: OIP JSON, or a JSON header followed by binary tensors."""
 
-    __slots__ = ("body", "headers", "read_body")
+    __slots__ = ("body", "headers", "read_body", "receive")
 
-    def __init__(self, headers: Mapping[str, str], read_body: Callable[[], Awaitable[bytes]]) -> None:
+    def __init__(
+        self,
+        headers: Mapping[str, str],
+        read_body: Callable[[], Awaitable[bytes]],
+        receive: Callable[[], Awaitable[Mapping[str, Any]]] | None,
+    ) -> None:
         self.headers = headers
         self.read_body = read_body
+        self.receive = receive
         self.body = b""
+
+    def watch_client(self) -> ClientWatch | None:
+        task = asyncio.current_task()
+        if self.receive is None or task is None:
+            return None
+        return _DisconnectWatch(self.receive, task)
 
     def early_timeout_s(self) -> float | None:
         return timeout_s(self.headers, None)
@@ -161,6 +219,30 @@ class _HttpCall:
         )
         answer_headers[VERSION_HEADER] = str(served.version)
         return InferAnswer(payload, answer_headers)
+
+
+class _DisconnectWatch:
+    """Once the body is read, the ASGI server's next message is ``http.disconnect`` when the
+    client hangs up (or when the answer is sent, by which time the watch has stopped)."""
+
+    __slots__ = ("_task", "_watcher", "gone")
+
+    def __init__(self, receive: Callable[[], Awaitable[Mapping[str, Any]]], task: asyncio.Task[Any]) -> None:
+        self.gone = False
+        self._task = task
+        self._watcher = asyncio.get_running_loop().create_task(self._watch(receive))
+
+    async def _watch(self, receive: Callable[[], Awaitable[Mapping[str, Any]]]) -> None:
+        try:
+            message = await receive()
+        except Exception:  # noqa: BLE001 — an ASGI server with nothing more to say: nothing to watch
+            return
+        if message.get("type") == "http.disconnect":
+            self.gone = True
+            self._task.cancel()
+
+    def stop(self) -> None:
+        self._watcher.cancel()
 
 
 def header_length(headers: Mapping[str, str]) -> int | None:
