@@ -73,6 +73,16 @@ def repository(models, tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "queue" / "1").mkdir(parents=True)
     (root / "queue" / "1" / "grpc_text_mod.py").write_text(TEXT_MODULE)
     (root / "queue" / "model.yaml").write_text(TEXT_YAML.replace("target_p99_ms: 5000", "max_queue_delay_us: 1000"))
+    (root / "tiny" / "1").mkdir(parents=True)
+    (root / "tiny" / "1" / "grpc_text_mod.py").write_text(TEXT_MODULE)
+    tiny = "max_queue_delay_us: 1000, max_queue_rows: 1"
+    (root / "tiny" / "model.yaml").write_text(TEXT_YAML.replace("target_p99_ms: 5000", tiny))
+    for version in (1, 2):
+        (root / "ab" / str(version)).mkdir(parents=True)
+        shutil.copy(models.onnx, root / "ab" / str(version) / "model.onnx")
+    (root / "ab" / "model.yaml").write_text(
+        "versions: all\nrouting: {weights: {1: 50, 2: 50}, sticky_key: parameters.user}\n"
+    )
     return root
 
 
@@ -257,6 +267,9 @@ def test_repository_index_unload_and_load(client: grpcclient.InferenceServerClie
         ("clf", "2", "READY"),
         ("text", "1", "READY"),
         ("queue", "1", "READY"),
+        ("tiny", "1", "READY"),
+        ("ab", "1", "READY"),
+        ("ab", "2", "READY"),
     }
     client.unload_model("clf", headers=dict(AUTH))
     assert not client.is_model_ready("clf")
@@ -397,3 +410,50 @@ def test_an_http_client_that_hangs_up_leaves_the_queue_unrun(server: ServerThrea
         assert answered.recv(4096).startswith(b"HTTP/1.1 200")
     finally:
         answered.close()
+
+
+# -- routing and shedding: the same decisions as over HTTP ---------------------------------------
+
+
+def test_a_sticky_key_in_the_request_parameters_routes_as_over_http(client: grpcclient.InferenceServerClient) -> None:
+    chosen: dict[str, set[str]] = {}
+    for user in (f"user-{i}" for i in range(20)):
+        for _ in range(4):
+            response = client.infer("ab", [_input(_x(1))], headers=dict(AUTH), parameters={"user": user})
+            chosen.setdefault(user, set()).add(response.get_response().model_version)
+    assert all(len(versions) == 1 for versions in chosen.values()), chosen  # sticky
+    assert set().union(*chosen.values()) == {"1", "2"}  # split between the variants
+
+
+def test_shed_requests_are_unavailable_with_retry_after(server: ServerThread, repository: Path) -> None:
+    seen = repository / "tiny" / "1" / "seen.txt"
+    marker = f"busy-{uuid.uuid4().hex}".encode()
+
+    def text(*values: bytes) -> list[grpcclient.InferInput]:
+        return [_input(np.array(values, dtype=object), "text", "BYTES")]
+
+    shed = service_pb2.ModelInferRequest(model_name="tiny")
+    shed.inputs.add(name="text", datatype="BYTES", shape=[1]).contents.bytes_contents.append(b"shed")
+
+    async def main() -> grpc.aio.AioRpcError:
+        triton = grpcaio.InferenceServerClient(url=f"127.0.0.1:{server.grpc_port}")
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}")
+        try:
+            busy = asyncio.ensure_future(triton.infer("tiny", text(b"slow", marker), headers=dict(AUTH)))
+            await _until(lambda: seen.exists() and marker in seen.read_bytes(), "the slow batch runs")
+            queued = asyncio.ensure_future(triton.infer("tiny", text(b"queued"), headers=dict(AUTH)))
+            await _until(lambda: _metric(server, "sluice_queue_depth_requests", "tiny") == 1, "one request waits")
+            with pytest.raises(grpc.aio.AioRpcError) as exc_info:
+                await service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(shed, metadata=tuple(AUTH.items()))
+            assert (await queued).as_numpy("upper").tolist() == [b"QUEUED"]
+            await busy
+        finally:
+            await channel.close()
+            await triton.close()
+        return exc_info.value
+
+    error = asyncio.run(main())
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    assert error.details() == "queue full: 1 rows queued, limit 1, request has 1"
+    assert ("retry-after", "1") in tuple(error.trailing_metadata() or ())
+    assert b"shed" not in seen.read_bytes()
