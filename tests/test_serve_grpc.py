@@ -142,6 +142,18 @@ def test_health_metadata_and_config(client: grpcclient.InferenceServerClient) ->
     assert not client.is_model_ready("clf", "7") and not client.is_model_ready("nope")
 
 
+def test_rpcs_sluice_does_not_offer_are_unimplemented(client: grpcclient.InferenceServerClient) -> None:
+    with pytest.raises(InferenceServerException) as exc_info:
+        client.get_inference_statistics("clf")
+    assert _status(exc_info) == (
+        "StatusCode.UNIMPLEMENTED",
+        "ModelStatistics: sluice serve does not offer per-model statistics (see GET /metrics)",
+    )
+    with pytest.raises(InferenceServerException) as exc_info:
+        client.get_system_shared_memory_status()
+    assert _status(exc_info)[0] == "StatusCode.UNIMPLEMENTED"
+
+
 def test_metadata_of_an_unknown_model_is_not_found(client: grpcclient.InferenceServerClient) -> None:
     with pytest.raises(InferenceServerException) as exc_info:
         client.get_model_metadata("nope")

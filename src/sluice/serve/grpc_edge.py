@@ -201,6 +201,32 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: 
             await _abort(context, exc)
 
 
+_UNSUPPORTED = {
+    "ModelStreamInfer": "streaming inference",
+    "ModelStatistics": "per-model statistics (see GET /metrics)",
+    "SystemSharedMemoryStatus": "system shared memory",
+    "SystemSharedMemoryRegister": "system shared memory",
+    "SystemSharedMemoryUnregister": "system shared memory",
+    "CudaSharedMemoryStatus": "CUDA shared memory",
+    "CudaSharedMemoryRegister": "CUDA shared memory",
+    "CudaSharedMemoryUnregister": "CUDA shared memory",
+    "TraceSetting": "trace settings",
+    "LogSettings": "log settings",
+}
+
+
+def _unsupported(rpc: str, what: str) -> Any:
+    async def refuse(self: InferenceService, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{rpc}: sluice serve does not offer {what}")
+
+    refuse.__name__ = rpc
+    return refuse
+
+
+for _rpc, _what in _UNSUPPORTED.items():  # the RPCs of Triton's service that Sluice does not offer
+    setattr(InferenceService, _rpc, _unsupported(_rpc, _what))
+
+
 def _metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
     return {key.lower(): value for key, value in (context.invocation_metadata() or ()) if isinstance(value, str)}
 
