@@ -90,7 +90,7 @@ def start_server(root: Path) -> tuple[subprocess.Popen[bytes], str]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    command = [sys.executable, "-m", "sluice", "serve", "--repository", str(root), "--port", str(port)]
+    command = [sys.executable, "-m", "sluice", "serve", "--repository", str(root), "--port", str(port), "--no-grpc"]
     command += ["--auth-token", TOKEN, "--log-level", "warning"]
     process = subprocess.Popen(command, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     url = f"http://127.0.0.1:{port}"

@@ -355,6 +355,8 @@ def bench_sluice(mode: str, models: dict[str, Path], duration_s: float, target_m
     url = f"http://{HOST}:{port}"
     sluice = Path(sys.executable).parent / "sluice"
     cmd = [str(sluice), "serve", "--repository", str(repo), "--port", str(port), "--target-p99-ms", str(target_ms)]
+    grpc_port = free_port()
+    cmd += ["--grpc-port", str(grpc_port)]
     log = WORK / "logs" / f"sluice-{mode}.log"
     proc = start([*cmd, "--log-level", "warning"], {}, repo, log)
     rows = [Row("sluice", name, mode) for name in models]
@@ -379,8 +381,9 @@ def bench_sluice(mode: str, models: dict[str, Path], duration_s: float, target_m
             body = request.payload.split(b"\r\n\r\n", 1)[1]
             measure(row, request, proc, lambda p=path, b=body, r=request: post_once(r, p, b), duration_s)
             if mode == "adaptive" and PERF_ANALYZER.enabled:
-                for concurrency in PERF_CONCURRENCY:
-                    PERF_ROWS.append(perf_analyzer(row.model, port, concurrency))
+                for protocol, at in (("http", port), ("grpc", grpc_port)):
+                    for concurrency in PERF_CONCURRENCY:
+                        PERF_ROWS.append(perf_analyzer(row.model, protocol, at, concurrency))
     finally:
         stop(proc)
     return rows
@@ -399,6 +402,7 @@ class PerfAnalyzer:
 @dataclass
 class PerfRow:
     model: str
+    protocol: str
     concurrency: int
     throughput_per_s: float = 0.0
     p50_us: float = 0.0
@@ -437,15 +441,15 @@ def ensure_perf_analyzer() -> None:
     PERF_ANALYZER.binary = binary
 
 
-def perf_analyzer(model: str, port: int, concurrency: int) -> PerfRow:
-    row = PerfRow(model, concurrency)
+def perf_analyzer(model: str, protocol: str, port: int, concurrency: int) -> PerfRow:
+    row = PerfRow(model, protocol, concurrency)
     if PERF_ANALYZER.binary is None:
         row.note = f"not measured: {PERF_ANALYZER.why_not}"
         return row
     cudart = next(PERF_VENV.glob("lib/python*/site-packages/nvidia/cuda_runtime/lib"), None)
     env = {**os.environ, "LD_LIBRARY_PATH": str(cudart or "")}
-    csv = WORK / f"perf-{model}-c{concurrency}.csv"
-    cmd = [str(PERF_ANALYZER.binary), "-m", model, "-u", f"{HOST}:{port}", "-i", "http"]
+    csv = WORK / f"perf-{model}-{protocol}-c{concurrency}.csv"
+    cmd = [str(PERF_ANALYZER.binary), "-m", model, "-u", f"{HOST}:{port}", "-i", protocol]
     cmd += ["--concurrency-range", str(concurrency), "--measurement-mode", "count_windows"]
     cmd += ["--measurement-request-count", "3000", "-s", "50", "--percentile", "99", "-f", str(csv)]
     try:
@@ -462,8 +466,8 @@ def perf_analyzer(model: str, port: int, concurrency: int) -> PerfRow:
     row.throughput_per_s = float(fields["Inferences/Second"])
     row.p50_us, row.p99_us = float(fields["p50 latency"]), float(fields["p99 latency"])
     print(
-        f"[perf_analyzer/{model}] c{concurrency}: {row.throughput_per_s:,.0f} infer/s p50 {row.p50_us:.0f} µs "
-        f"p99 {row.p99_us:.0f} µs",
+        f"[perf_analyzer/{model}/{protocol}] c{concurrency}: {row.throughput_per_s:,.0f} infer/s "
+        f"p50 {row.p50_us:.0f} µs p99 {row.p99_us:.0f} µs",
         flush=True,
     )
     return row
@@ -472,14 +476,14 @@ def perf_analyzer(model: str, port: int, concurrency: int) -> PerfRow:
 def print_perf_table() -> None:
     if not PERF_ROWS:
         return
-    print("\nperf_analyzer -i http (binary tensors, closed loop) against sluice adaptive:")
-    print(f"{'model':<5} {'c':>3} {'infer/s':>9} {'p50 ms':>7} {'p99 ms':>7}")
+    print("\nperf_analyzer -i http|grpc (binary/raw tensors, closed loop) against sluice adaptive:")
+    print(f"{'model':<5} {'proto':<5} {'c':>3} {'infer/s':>9} {'p50 ms':>7} {'p99 ms':>7}")
     for r in PERF_ROWS:
         if r.note:
-            print(f"{r.model:<5} {r.concurrency:>3} {r.note}")
+            print(f"{r.model:<5} {r.protocol:<5} {r.concurrency:>3} {r.note}")
         else:
             latency = f"{r.p50_us / 1000:>7.3f} {r.p99_us / 1000:>7.3f}"
-            print(f"{r.model:<5} {r.concurrency:>3} {r.throughput_per_s:>9,.0f} {latency}")
+            print(f"{r.model:<5} {r.protocol:<5} {r.concurrency:>3} {r.throughput_per_s:>9,.0f} {latency}")
 
 
 def bench_peer(name: str, models: dict[str, Path], duration_s: float) -> list[Row]:

@@ -62,6 +62,7 @@ def demo_server(tmp_path: Path) -> Iterator[int]:
         fh.write(ROUTING)
     port = _free_port()
     command = [sys.executable, "-m", "sluice", "serve", "--repository", str(repository), "--port", str(port)]
+    command.append("--no-grpc")
     env = {**os.environ, "SLUICE_AUTH_TOKEN": TOKEN}
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

@@ -120,3 +120,18 @@ def test_each_group_is_judged_by_its_own_arrival_rate() -> None:
     batch = batcher.next_batch(now)
     assert batch is not None and batch.key == "B" and batch.reason == "policy"
     assert [r.payload for r in batcher.remove_all()] == ["a"]  # A goes on waiting for more rows
+
+
+def test_a_cancelled_request_leaves_its_group_and_the_counts() -> None:
+    batcher: Batcher[str] = Batcher(FixedPolicy(max_batch_size=8, max_queue_delay_us=1000))
+    first = batcher.add("a1", 1, 0.0, key="A")
+    doomed = batcher.add("a2", 3, 0.0001, 5.0, key="A")
+    lone = batcher.add("b1", 2, 0.0002, key="B")
+    assert batcher.cancel(doomed) and not batcher.cancel(doomed)  # once only
+    assert len(batcher) == 2 and batcher.queued_rows == 3
+    assert batcher.cancel(lone) and len(batcher) == 1  # the last of its group: the group goes
+    assert batcher.next_deadline(0.0002) == pytest.approx(0.001)
+    batch = batcher.next_batch(0.001)
+    assert batch is not None and [r.payload for r in batch.requests] == ["a1"] and batch.rows == 1
+    assert not batcher.cancel(first)  # in a batch already: too late
+    assert batcher.pop_expired(10.0) == []  # the cancelled request's timeout no longer counts

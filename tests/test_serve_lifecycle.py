@@ -221,7 +221,7 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(tmp_path: Path) -> None:
     (tmp_path / "drain" / "1" / "lifecycle_drain.py").write_text(SLOW_PREDICT_MODULE.format(seconds=1.0))
     (tmp_path / "drain" / "model.yaml").write_text(PYTHON_YAML.format(module="lifecycle_drain:predict"))
     port = _free_port()
-    command = [sys.executable, "-m", "sluice", "serve", "--repository", str(tmp_path), "--port", str(port)]
+    command = [sys.executable, "-m", "sluice", "serve", "--repository", str(tmp_path), "--port", str(port), "--no-grpc"]
     process = subprocess.Popen(
         [*command, "--drain-timeout", "10", "--log-level", "info"],
         stdout=subprocess.PIPE,

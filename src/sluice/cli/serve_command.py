@@ -1,4 +1,4 @@
-"""``sluice serve``: the Open Inference Protocol (KServe v2 / Triton) HTTP server."""
+"""``sluice serve``: the Open Inference Protocol (KServe v2 / Triton) server, over HTTP and gRPC."""
 
 from __future__ import annotations
 
@@ -18,6 +18,18 @@ def serve(
         str, typer.Option(help="Address to bind. Use 0.0.0.0 only behind a firewall, with --auth-token.")
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port (0: any free port).")] = 8000,
+    grpc_port: Annotated[
+        int,
+        typer.Option(
+            metavar="PORT",
+            help="Port of the gRPC service (Triton's inference.GRPCInferenceService) on the same address "
+            "(0: any free port).",
+        ),
+    ] = 8001,
+    grpc: Annotated[
+        bool,
+        typer.Option("--grpc/--no-grpc", help="Serve gRPC beside HTTP, with the same models, batcher and token."),
+    ] = True,
     auth_token: Annotated[
         str | None,
         typer.Option(
@@ -119,7 +131,7 @@ def serve(
         ),
     ] = False,
 ) -> None:
-    """Serve the repository's models over HTTP with the Open Inference Protocol v2 (Triton-compatible).
+    """Serve the repository's models with the Open Inference Protocol v2 (Triton-compatible) over HTTP and gRPC.
 
     Serves the versions each model.yaml's 'versions:' policy names (default: the latest) plus every
     labelled or routed version; a label works where a version goes in a URL
@@ -130,6 +142,10 @@ def serve(
     /v2/models/NAME/feedback|experiment|routes[/promote|/rollback], /v2/repository/index,
     /v2/repository/models/NAME/load|unload, /metrics (Prometheus).
     With --jobs: POST/GET /v1/jobs, GET /v1/jobs/ID, POST /v1/jobs/ID:cancel (see docs/jobs.md).
+    gRPC (--grpc-port, default 8001 as Triton's): ServerLive, ServerReady, ModelReady,
+    ServerMetadata, ModelMetadata, ModelConfig, ModelInfer, RepositoryIndex,
+    RepositoryModelLoad/Unload, for tritonclient.grpc and perf_analyzer -i grpc; the token goes
+    in 'authorization: Bearer TOKEN' metadata; errors carry Triton's status codes.
 
     Requests are batched per model version to stay within --target-p99-ms. A request may set a
     timeout with the 'timeout' parameter (microseconds) or a Sluice-Timeout-Ms header (504 when
@@ -152,6 +168,7 @@ def serve(
                     "repository": repository or default_repository(),
                     "host": host,
                     "port": port,
+                    "grpc_port": grpc_port if grpc else None,
                     "auth_token": auth_token or None,
                     "max_body_bytes": max_body_bytes,
                     "target_p99_ms": target_p99_ms,

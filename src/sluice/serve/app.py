@@ -17,7 +17,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sluice.errors import HttpError, Overloaded, SluiceError
 from sluice.http import (
@@ -51,6 +51,10 @@ from sluice.serve.protocol import NonFinite
 from sluice.serve.traffic import TrafficRouter
 from sluice.serve.watch import RepositoryWatcher
 
+if TYPE_CHECKING:
+    from sluice.serve.grpc_config import GrpcEndpoint
+    from sluice.serve.grpc_edge import GrpcEdge
+
 __all__ = ["EXTENSIONS", "TIMEOUT_HEADER", "ASGIApp", "Response", "ServeApp"]
 
 log = logging.getLogger(__name__)
@@ -68,6 +72,8 @@ class ServeApp:
     ``non_finite`` says how JSON outputs carry NaN and infinity
     (:data:`~sluice.serve.protocol.NonFinite`). The app's ``notices`` log requests refused at a
     limit, internal errors and slow clients as the first of each kind and then as counts.
+    With ``grpc``, the same models are served over gRPC too (:mod:`sluice.serve.grpc_edge`),
+    started and stopped with the server.
     """
 
     def __init__(
@@ -80,9 +86,13 @@ class ServeApp:
         access_log: AccessLog | None = None,
         mounts: Mapping[str, ASGIApp] | None = None,
         non_finite: NonFinite = "triton",
+        grpc: GrpcEndpoint | None = None,
     ) -> None:
         self.host = host
         self.notices = RepeatedNotices(log)
+        self.grpc_endpoint = grpc
+        self.grpc: GrpcEdge | None = None
+        self.startup_error: SluiceError | None = None  # why the server could not start
         self.access_log = access_log
         self.mounts = {prefix.rstrip("/"): app for prefix, app in (mounts or {}).items()}
         self.watcher = watcher
@@ -137,6 +147,12 @@ class ServeApp:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                try:
+                    await self._start_grpc()
+                except SluiceError as exc:
+                    self.startup_error = exc
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
                 if self.access_log is not None:
                     self.access_log.start()
                 # load in the background: live answers at once, ready once every model is warm
@@ -147,6 +163,16 @@ class ServeApp:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
+    async def _start_grpc(self) -> None:
+        if self.grpc_endpoint is None:
+            return
+        from sluice.serve.grpc_edge import GrpcEdge, InferenceService  # grpcio only when gRPC is on
+
+        service = InferenceService(self.host, self.inference, self.auth, EXTENSIONS)
+        edge = GrpcEdge(service, self.grpc_endpoint)
+        await edge.start()
+        self.grpc = edge
+
     async def _load_and_watch(self) -> None:
         if self.watcher is not None:
             self.watcher.prime()  # before loading: a change made meanwhile is seen on the first poll
@@ -156,6 +182,8 @@ class ServeApp:
 
     async def _shut_down(self) -> None:
         self.host.begin_drain()
+        if self.grpc is not None:
+            await self.grpc.stop()
         if self._loading is not None:
             await self._loading
         if self.watcher is not None:
@@ -272,7 +300,9 @@ class ServeApp:
     async def _infer(self, request: Request) -> Response:
         self._authorize(request)
         name, selector = _model_selector(request)
-        answered = await self.inference.infer(name, selector, request.headers, lambda: self._body(request))
+        answered = await self.inference.infer(
+            name, selector, request.headers, lambda: self._body(request), request.receive
+        )
         return Response(200, answered.body, answered.headers)
 
     async def _traffic(self, request: Request) -> Response:

@@ -153,6 +153,26 @@ class Batcher(Generic[P]):
             self._timed += 1
         return request
 
+    def cancel(self, request: PendingRequest[P]) -> bool:
+        """Take ``request`` out of the queue (its client gave up); False when it is not queued
+        any more (it is in a batch already, done, or expired)."""
+        group = self._groups.get(request.key)
+        if group is None:
+            return False
+        # by identity: requests compare their payloads otherwise
+        index = next((i for i, queued in enumerate(group.requests) if queued is request), None)
+        if index is None:
+            return False
+        del group.requests[index]
+        group.rows -= request.rows
+        if not group.requests:
+            del self._groups[request.key]
+        self._queued -= 1
+        self._queued_rows -= request.rows
+        if request.deadline_s is not None:
+            self._timed -= 1
+        return True
+
     def _key_arrivals(self, key: Hashable) -> ArrivalRate:
         arrivals = self._arrivals.get(key)
         if arrivals is None:

@@ -79,6 +79,7 @@ class DispatchMetrics:
     batch_rows: LatencyHistogram = field(default_factory=LatencyHistogram)
     shed: int = 0
     timed_out: int = 0
+    cancelled: int = 0  # requests whose client gave up while they were queued, never run
     failed_batches: int = 0
 
 
@@ -144,6 +145,7 @@ class Dispatcher:
         timeout_s: float | None = None,
         *,
         checked_against: Signature | None = None,
+        on_queued: Callable[[], object] | None = None,
     ) -> Arrays:
         """Queue ``rows`` rows and return this request's slice of the outputs.
 
@@ -153,6 +155,10 @@ class Dispatcher:
         signature, :class:`~sluice.errors.DataError` when they do not have ``rows`` rows,
         :class:`Overloaded` (503) at once when shed, :class:`RequestTimeout` (504) when
         ``timeout_s`` passes first, :class:`~sluice.errors.PredictError` when the batch fails.
+        ``on_queued`` is called when the request has to wait behind others (a batch in flight,
+        requests ahead of it): the moment to start watching its client, which an idle server's
+        requests never pay for. A cancelled wait takes a request that has not started out of
+        the queue.
         """
         if self._closing:
             raise Overloaded("the server is shutting down", retry_after_s=1.0)
@@ -168,14 +174,23 @@ class Dispatcher:
             self.metrics.shed += 1
             raise
         self._wakeup.set()
-        if request.deadline_s is None:
-            return await future
+        if on_queued is not None and (len(self.batcher) > 1 or self.batcher.in_flight is not None):
+            on_queued()
         try:
+            if request.deadline_s is None:
+                return await future
             return await asyncio.wait_for(asyncio.shield(future), max(0.0, request.deadline_s - self._clock()))
         except TimeoutError:
             self.metrics.timed_out += 1
-            waited_ms = (request.deadline_s - request.arrival_s) * 1000
+            waited_ms = (request.deadline_s - request.arrival_s) * 1000 if request.deadline_s is not None else 0.0
             raise RequestTimeout(f"no result within the request's timeout of {waited_ms:.0f} ms") from None
+        except asyncio.CancelledError:
+            # the client cancelled or hung up: a request not started yet leaves the queue, so
+            # the model never computes an answer nobody will read
+            with self._lock:
+                if self.batcher.cancel(request):
+                    self.metrics.cancelled += 1
+            raise
         finally:  # a waiter that gave up (timeout or cancelled) leaves a future nobody reads
             future.cancel()
 

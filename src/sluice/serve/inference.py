@@ -2,28 +2,35 @@
 
 :class:`InferencePath` is the single path that decides: it refuses early under overload, routes
 the request to a version (:class:`~sluice.serve.traffic.TrafficRouter`), decodes it against that
-version's signature, queues it on the version's dispatcher and encodes the answer. The HTTP app
-hands it the model named in the URL, the request's headers and a way to read the body; it
-counts requests and failures per version for ``/metrics``.
+version's signature, queues it on the version's dispatcher and encodes the answer; it counts
+requests and failures per version for ``/metrics``. Each edge (the HTTP app, the gRPC service)
+hands it the model named in the request and an :class:`InferCall` that reads, decodes and
+encodes in that edge's terms.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
-from sluice.errors import ProtocolError, SluiceError
+from sluice.errors import HttpError, ProtocolError, SluiceError
 from sluice.serve.host import ModelHost, ServedVersion
 from sluice.serve.protocol import HEADER_LENGTH, InferRequest, NonFinite, decode_request, encode_response
-from sluice.serve.traffic import VERSION_HEADER, RouteChoice, TrafficRouter
+from sluice.serve.traffic import VERSION_HEADER, RouteChoice, TrafficRouter, sticky_key
 
-__all__ = ["TIMEOUT_HEADER", "InferAnswer", "InferencePath"]
+__all__ = ["CLIENT_GONE", "TIMEOUT_HEADER", "ClientWatch", "InferAnswer", "InferCall", "InferencePath"]
 
 TIMEOUT_HEADER = "Sluice-Timeout-Ms"
 """Request header with a timeout in milliseconds (the ``timeout`` parameter takes microseconds)."""
+
+Answer = TypeVar("Answer", covariant=True)
+
+CLIENT_GONE = 499
+"""The status recorded for a request whose HTTP client hung up before its answer (nginx's)."""
 
 
 @dataclass(frozen=True)
@@ -32,6 +39,45 @@ class InferAnswer:
 
     body: bytes
     headers: dict[str, str]
+
+
+class InferCall(Protocol[Answer]):
+    """What an edge hands :class:`InferencePath` for one request: how to read, route, decode and answer it.
+
+    The HTTP app and the gRPC service each translate their request into one of these; the
+    path decides everything else (admission, routing, the queue, counting), once for both.
+    """
+
+    def early_timeout_s(self) -> float | None:
+        """The timeout known before the request is read (a header or the call's deadline)."""
+
+    async def read(self) -> None:
+        """Read the request's payload (the HTTP body; nothing on gRPC, which has it already)."""
+
+    def sticky_key(self, spec: str) -> str | None:
+        """The value an experiment's ``sticky_key`` names (``header:NAME`` or ``parameters.PATH``)."""
+
+    def decode(self, served: ServedVersion) -> InferRequest:
+        """Decode and check the request against the version it was routed to."""
+
+    def timeout_s(self, decoded: InferRequest) -> float | None:
+        """The request's timeout once decoded."""
+
+    def encode(self, served: ServedVersion, decoded: InferRequest, outputs: Mapping[str, Any]) -> Answer:
+        """The edge's answer for ``outputs``."""
+
+    def watch_client(self) -> ClientWatch | None:
+        """Start watching for the client to go away while the request waits behind others
+        (None: the edge cancels the request itself, as gRPC does)."""
+
+
+class ClientWatch(Protocol):
+    """Watches one waiting request's client; cancels the request's task when the client leaves."""
+
+    gone: bool
+
+    def stop(self) -> None:
+        """Stop watching (the answer is ready)."""
 
 
 class InferencePath:
@@ -51,15 +97,24 @@ class InferencePath:
         selector: str | None,
         headers: Mapping[str, str],
         read_body: Callable[[], Awaitable[bytes]],
+        receive: Callable[[], Awaitable[Mapping[str, Any]]] | None = None,
     ) -> InferAnswer:
-        """Answer one request for model ``name`` (``selector``: a version or label, None to route);
-        ``headers`` are keyed in lower case. Errors raise :class:`~sluice.errors.SluiceError`."""
-        choice, served, body = await self._admit(name, selector, headers, read_body)
+        """Answer one HTTP request for model ``name`` (``selector``: a version or label, None to route);
+        ``headers`` are keyed in lower case. With the ASGI ``receive``, a client that hangs up
+        while its request waits takes it out of the queue (:data:`CLIENT_GONE`). Errors raise
+        :class:`~sluice.errors.SluiceError`."""
+        return await self.run(name, selector, _HttpCall(headers, read_body, receive, self.non_finite))
+
+    async def run(self, name: str, selector: str | None, call: InferCall[Answer]) -> Answer:
+        """Answer one request of any edge; errors raise :class:`~sluice.errors.SluiceError`."""
+        choice, served = await self._admit(name, selector, call)
         key = (served.name, str(served.version))
         self.requests[key] += 1
         started_s = self.traffic.clock()
         try:
-            answer, decoded, outputs = await self._run(body, headers, served)
+            decoded = call.decode(served)
+            outputs = await self._wait(served, decoded, call)
+            answer = call.encode(served, decoded, outputs)
         except SluiceError as exc:
             self.failures[(*key, exc.http_status)] += 1
             self.traffic.failed(choice, served, started_s, exc.http_status)
@@ -67,13 +122,37 @@ class InferencePath:
         self.traffic.answered(choice, served, decoded.id, decoded.inputs, outputs, started_s)
         return answer
 
+    async def _wait(self, served: ServedVersion, decoded: InferRequest, call: InferCall[Answer]) -> dict[str, Any]:
+        watches: list[ClientWatch] = []
+
+        def watch() -> None:
+            started = call.watch_client()
+            if started is not None:
+                watches.append(started)
+
+        try:
+            return await served.dispatcher.submit(
+                decoded.inputs,
+                decoded.batch_size,
+                call.timeout_s(decoded),
+                checked_against=served.signature,
+                on_queued=watch,
+            )
+        except asyncio.CancelledError:
+            if not watches or not watches[0].gone:
+                raise
+            # the watch cancelled the wait; the task itself goes on to answer nobody, quietly
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            raise HttpError("the client closed the connection before the answer", CLIENT_GONE) from None
+        finally:
+            for started in watches:
+                started.stop()
+
     async def _admit(
-        self,
-        name: str,
-        selector: str | None,
-        headers: Mapping[str, str],
-        read_body: Callable[[], Awaitable[bytes]],
-    ) -> tuple[RouteChoice, ServedVersion, bytes]:
+        self, name: str, selector: str | None, call: InferCall[Answer]
+    ) -> tuple[RouteChoice, ServedVersion]:
         key = ("", "")
         try:
             admitting = self.host.get(name, selector)
@@ -82,30 +161,63 @@ class InferencePath:
             # read, the cheapest answer under overload (a routed request's version is known
             # only from its body)
             if selector is not None or self.traffic.experiment(name) is None:
-                admitting.dispatcher.refuse_early(timeout_s(headers, None))
-            body = await read_body()
+                admitting.dispatcher.refuse_early(call.early_timeout_s())
+            await call.read()
             # resolved again after the last await: a version swapped out meanwhile is closing,
             # and from here to the dispatcher's queue nothing yields to the loop
-            choice = self.traffic.choose(name, selector, body, headers)
-            return choice, self.host.get(name, choice.selector), body
+            choice = self.traffic.choose_by(name, selector, call.sticky_key)
+            return choice, self.host.get(name, choice.selector)
         except SluiceError as exc:
             self.failures[(*key, exc.http_status)] += 1
             raise
 
-    async def _run(
-        self, body: bytes, headers: Mapping[str, str], served: ServedVersion
-    ) -> tuple[InferAnswer, InferRequest, dict[str, Any]]:
-        decoded = decode_request(
-            body,
-            header_length(headers),
+
+class _HttpCall:
+    """An HTTP request: OIP JSON, or a JSON header followed by binary tensors."""
+
+    __slots__ = ("body", "headers", "non_finite", "read_body", "receive")
+
+    def __init__(
+        self,
+        headers: Mapping[str, str],
+        read_body: Callable[[], Awaitable[bytes]],
+        receive: Callable[[], Awaitable[Mapping[str, Any]]] | None,
+        non_finite: NonFinite,
+    ) -> None:
+        self.headers = headers
+        self.read_body = read_body
+        self.receive = receive
+        self.non_finite: NonFinite = non_finite
+        self.body = b""
+
+    def watch_client(self) -> ClientWatch | None:
+        task = asyncio.current_task()
+        if self.receive is None or task is None:
+            return None
+        return _DisconnectWatch(self.receive, task)
+
+    def early_timeout_s(self) -> float | None:
+        return timeout_s(self.headers, None)
+
+    async def read(self) -> None:
+        self.body = await self.read_body()
+
+    def sticky_key(self, spec: str) -> str | None:
+        return sticky_key(spec, self.body, self.headers)
+
+    def decode(self, served: ServedVersion) -> InferRequest:
+        return decode_request(
+            self.body,
+            header_length(self.headers),
             served.signature,
             model_name=served.name,
             max_batch_size=served.max_batch_size,
         )
-        timeout = timeout_s(headers, decoded.timeout_us)
-        outputs = await served.dispatcher.submit(
-            decoded.inputs, decoded.batch_size, timeout, checked_against=served.signature
-        )
+
+    def timeout_s(self, decoded: InferRequest) -> float | None:
+        return timeout_s(self.headers, decoded.timeout_us)
+
+    def encode(self, served: ServedVersion, decoded: InferRequest, outputs: Mapping[str, Any]) -> InferAnswer:
         payload, answer_headers = encode_response(
             served.name,
             served.version,
@@ -116,7 +228,31 @@ class InferencePath:
             self.non_finite,
         )
         answer_headers[VERSION_HEADER] = str(served.version)
-        return InferAnswer(payload, answer_headers), decoded, outputs
+        return InferAnswer(payload, answer_headers)
+
+
+class _DisconnectWatch:
+    """Once the body is read, the ASGI server's next message is ``http.disconnect`` when the
+    client hangs up (or when the answer is sent, by which time the watch has stopped)."""
+
+    __slots__ = ("_task", "_watcher", "gone")
+
+    def __init__(self, receive: Callable[[], Awaitable[Mapping[str, Any]]], task: asyncio.Task[Any]) -> None:
+        self.gone = False
+        self._task = task
+        self._watcher = asyncio.get_running_loop().create_task(self._watch(receive))
+
+    async def _watch(self, receive: Callable[[], Awaitable[Mapping[str, Any]]]) -> None:
+        try:
+            message = await receive()
+        except Exception:  # noqa: BLE001 — an ASGI server with nothing more to say: nothing to watch
+            return
+        if message.get("type") == "http.disconnect":
+            self.gone = True
+            self._task.cancel()
+
+    def stop(self) -> None:
+        self._watcher.cancel()
 
 
 def header_length(headers: Mapping[str, str]) -> int | None:

@@ -53,6 +53,12 @@ def render_metrics(
             lambda s: s.dispatcher.metrics.shed,
         ),
         ("sluice_timeouts_total", "counter", "Requests answered 504.", lambda s: s.dispatcher.metrics.timed_out),
+        (
+            "sluice_cancelled_total",
+            "counter",
+            "Requests taken out of the queue unrun because their client cancelled or hung up.",
+            lambda s: s.dispatcher.metrics.cancelled,
+        ),
     )
     for name, kind, help_text, value in gauges:
         lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]

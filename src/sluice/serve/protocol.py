@@ -34,9 +34,11 @@ __all__ = [
     "InferRequest",
     "NonFinite",
     "RequestedOutput",
+    "check_batch",
     "decode_request",
     "encode_response",
     "error_body",
+    "model_shape",
 ]
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -108,7 +110,7 @@ def decode_request(
     for raw in raw_inputs:
         name, datatype, sent_shape, parameters = _input_header(raw)
         spec = input_spec(signature, name, model_name=model_name, error=ProtocolError)
-        shape = _model_shape(spec, sent_shape)
+        shape = model_shape(spec, sent_shape)
         check_fits(spec, datatype, shape, model_name=model_name, error=ProtocolError)
         size = parameters.get("binary_data_size")
         if size is None:
@@ -131,7 +133,7 @@ def decode_request(
         raise ProtocolError(f"unexpected additional input data for model '{model_name}'")
     if len(inputs) != len(signature.inputs):  # every name is known by now: as many means all
         check_complete(signature, inputs.keys(), model_name=model_name, error=ProtocolError)
-    _check_batch(inputs, model_name, max_batch_size)
+    check_batch(inputs, model_name, max_batch_size)
     parameters = _parameters(document)
     return InferRequest(
         id=_request_id(document),
@@ -194,7 +196,8 @@ def _input_header(raw: Mapping[str, Any]) -> tuple[str, str, tuple[int, ...], Ma
     return name, datatype, tuple(shape), parameters
 
 
-def _model_shape(spec: TensorSpec, shape: tuple[int, ...]) -> tuple[int, ...]:
+def model_shape(spec: TensorSpec, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape the model takes for a tensor sent with ``shape``."""
     # A 1-D batched tensor is configured as dims [1] reshaped to [] (as Triton does), so
     # clients that follow the configuration send [batch, 1]: that is the model's [batch].
     if len(spec.shape) == 1 and len(shape) == 2 and shape[1] == 1:
@@ -202,7 +205,8 @@ def _model_shape(spec: TensorSpec, shape: tuple[int, ...]) -> tuple[int, ...]:
     return shape
 
 
-def _check_batch(inputs: Mapping[str, np.ndarray], model_name: str, max_batch_size: int | None) -> None:
+def check_batch(inputs: Mapping[str, np.ndarray], model_name: str, max_batch_size: int | None) -> None:
+    """Every input has the same number of rows, and no more than ``max_batch_size`` (when > 0)."""
     batch = common_rows({n: v.shape for n, v in inputs.items()}, model_name=model_name, error=ProtocolError)
     if batch == 0 and inputs:
         name, values = next(iter(inputs.items()))

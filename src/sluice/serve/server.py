@@ -9,6 +9,7 @@ thread (tests, notebooks) and stops it again. uvicorn is imported only here (and
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import math
 import signal
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 
     from sluice.http import ASGIApp
     from sluice.serve.app import ServeApp
+    from sluice.serve.grpc_config import GrpcEndpoint
 
 __all__ = ["ServeSettings", "ServerThread", "build_app", "run"]
 
@@ -48,6 +50,13 @@ class ServeSettings(BaseModel):
     repository: Path = Field(description="Model repository directory.")
     host: str = Field(default="127.0.0.1", description="Address to bind; other hosts can reach only 0.0.0.0 or an IP.")
     port: int = Field(default=8000, ge=0, le=65535, description="TCP port (0: any free port).")
+    grpc_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="Port of the gRPC service on the same address (0: any free port; None: no gRPC). "
+        "`sluice serve` listens on 8001 unless told --no-grpc.",
+    )
     auth_token: SecretStr | None = Field(
         default=None, description="Bearer token required for inference and repository control."
     )
@@ -124,6 +133,25 @@ def build_app(settings: ServeSettings, *, mounts: Mapping[str, ASGIApp] | None =
         access_log=access_log,
         mounts=mounts,
         non_finite=settings.json_non_finite,
+        grpc=_grpc_endpoint(settings),
+    )
+
+
+def _grpc_endpoint(settings: ServeSettings) -> GrpcEndpoint | None:
+    if settings.grpc_port is None:
+        return None
+    from sluice.serve.grpc_config import GrpcEndpoint
+
+    for module in ("grpc", "tritonclient.grpc"):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            raise MissingDependency(module.split(".")[0], "serve", "serving gRPC (or pass --no-grpc)") from None
+    return GrpcEndpoint(
+        host=settings.host,
+        port=settings.grpc_port,
+        max_message_bytes=settings.max_body_bytes,
+        drain_timeout_s=settings.drain_timeout_s,
     )
 
 
@@ -201,16 +229,29 @@ def run(settings: ServeSettings, *, mounts: Mapping[str, ASGIApp] | None = None)
     # its batch waits up to the switch interval (5 ms by default) to hand results back. A
     # 0.5 ms interval keeps that hand-over well under the latency targets.
     sys.setswitchinterval(SWITCH_INTERVAL_S)
-    server = _uvicorn_server(settings, build_app(settings, mounts=mounts), foreground=True)
+    app = build_app(settings, mounts=mounts)
+    server = _uvicorn_server(settings, app, foreground=True)
     # uvicorn re-raises the signal it stopped on once it is done; a SIGTERM handler that does
     # nothing turns that into the clean exit 0 a supervisor expects after a drain
     previous = signal.signal(signal.SIGTERM, _ignore_signal)
     try:
-        server.run()
+        _serve(server)
     finally:
         signal.signal(signal.SIGTERM, previous)
     if not server.started:
+        if app.startup_error is not None:
+            raise app.startup_error
         raise ConfigError(f"could not serve on {settings.host}:{settings.port} (is the port in use?)")
+
+
+def _serve(server: uvicorn.Server) -> None:
+    # uvicorn exits the process (status 3) when it cannot start: a port in use, a failed
+    # startup. The caller tells why instead, with the server's own exit codes.
+    try:
+        server.run()
+    except SystemExit:
+        if server.started:
+            raise
 
 
 def _log_to_stderr(level: str) -> None:
@@ -236,13 +277,18 @@ class ServerThread:
         self.settings = settings
         self.app = build_app(settings, mounts=mounts)
         self._server = _uvicorn_server(settings, self.app)
-        self._thread = threading.Thread(target=self._server.run, name="sluice-serve", daemon=True)
+        self._thread = threading.Thread(target=_serve, args=(self._server,), name="sluice-serve", daemon=True)
 
     @property
     def port(self) -> int:
         """The bound port (the real one when the settings asked for port 0)."""
         sockets = [sock for server in self._server.servers for sock in server.sockets]
         return int(sockets[0].getsockname()[1]) if sockets else self.settings.port
+
+    @property
+    def grpc_port(self) -> int | None:
+        """The bound gRPC port, once started (None without gRPC)."""
+        return self.app.grpc.port if self.app.grpc is not None else None
 
     @property
     def url(self) -> str:
@@ -254,6 +300,8 @@ class ServerThread:
         deadline = time.monotonic() + timeout_s
         while not self._server.started:
             if not self._thread.is_alive() or time.monotonic() > deadline:
+                if self.app.startup_error is not None:
+                    raise self.app.startup_error
                 raise ConfigError(f"the server did not start on {self.settings.host}:{self.settings.port}")
             time.sleep(0.01)
         return self

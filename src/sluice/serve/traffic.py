@@ -28,7 +28,7 @@ from sluice.serve.experiment import Experiment, Prediction, prediction_summary
 from sluice.serve.host import ModelHost, ServedVersion
 from sluice.serve.route_control import RouteControl
 
-__all__ = ["VERSION_HEADER", "RouteChoice", "TrafficRouter"]
+__all__ = ["VERSION_HEADER", "RouteChoice", "TrafficRouter", "sticky_key"]
 
 log = logging.getLogger(__name__)
 
@@ -89,11 +89,16 @@ class TrafficRouter:
         return current
 
     def choose(self, name: str, selector: str | None, body: bytes, headers: Mapping[str, str]) -> RouteChoice:
-        """Route a request: a version or label in the URL bypasses routing."""
+        """Route an HTTP request: a version or label in the URL bypasses routing."""
+        return self.choose_by(name, selector, lambda spec: sticky_key(spec, body, headers))
+
+    def choose_by(self, name: str, selector: str | None, key_of: Callable[[str], str | None]) -> RouteChoice:
+        """Route a request whose sticky key ``key_of(spec)`` finds; a version or label bypasses routing."""
         experiment = self.experiment(name) if selector is None else None
         if experiment is None:
             return RouteChoice(selector)
-        key = _sticky_key(experiment.routing.sticky_key, body, headers)
+        spec = experiment.routing.sticky_key
+        key = None if spec is None else key_of(spec)
         return RouteChoice(experiment.route(key), experiment, key)
 
     def version_of(self, name: str, experiment: Experiment) -> dict[str, str]:
@@ -294,9 +299,8 @@ def _without(routing: dict[str, Any] | None, variant: str) -> dict[str, Any]:
     return {**routing, "weights": weights or {next(iter(routing["weights"])): 100.0}}
 
 
-def _sticky_key(spec: str | None, body: bytes, headers: Mapping[str, str]) -> str | None:
-    if spec is None:
-        return None
+def sticky_key(spec: str, body: bytes, headers: Mapping[str, str]) -> str | None:
+    """An HTTP request's sticky key: a header (``header:NAME``) or a request parameter (``parameters.PATH``)."""
     if spec.startswith("header:"):
         return headers.get(spec.removeprefix("header:").lower())
     declared = headers.get(_HEADER_LENGTH)
