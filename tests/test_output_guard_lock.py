@@ -14,6 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from gate_support import Gate, finish, gate_inputs, wait_until
+from s3_support import moto_s3
+from sluice.batch.layout import OutputLayout
 from sluice.batch.outputlock import LOCK, OutputLock
 from sluice.data.location import resolve_location
 from sluice.errors import OutputInUse
@@ -30,7 +32,7 @@ def gate(tmp_path: Path) -> Iterator[Gate]:
     opened.close()
 
 
-def _args(src: Path, out: Path, *extra: str) -> list[str]:
+def _args(src: Path, out: Path | str, *extra: str) -> list[str]:
     return [
         "predict", "-m", "gate_model:predict", "-i", str(src), "-o", str(out), "--key-column", "id",
         "--batch-size", "2", "--workers", "2", "-q", *extra,
@@ -106,3 +108,58 @@ def test_a_local_lock_is_exclusive_until_released(tmp_path: Path) -> None:
         assert second.held
         assert json.loads((tmp_path / LOCK).read_text())["token"] == second.owner["token"]
     assert listing(tmp_path) == []
+
+
+@pytest.mark.slow
+def test_on_an_object_store_the_later_run_takes_over_and_the_earlier_stops(
+    tmp_path: Path, gate: Gate, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with moto_s3(monkeypatch) as server:
+        fs = server.filesystem()
+        fs.mkdir("out")
+        options = [f"--storage-option={k}={v}" for k, v in server.options.items()]
+        gate_inputs(tmp_path / "in", SIZES)
+        first = gate.start(_args(tmp_path / "in", "s3://out/run", "--include", "f0", *options), tmp_path)
+        wait_until(gate.held, first, "a held model call")
+        owner = json.loads(fs.cat(f"out/run/{LOCK}"))
+        assert owner["pid"] == first.pid
+
+        second = gate.start(
+            _args(tmp_path / "in", "s3://out/run", "--include", "f1", "--overwrite", *options), tmp_path
+        )
+        wait_until(lambda: json.loads(fs.cat(f"out/run/{LOCK}"))["pid"] == second.pid, second, "the take-over")
+        gate.open()
+        first_code, first_err = finish(first)
+        second_code, second_err = finish(second)
+
+        assert first_code == 4, first_err
+        assert "Traceback" not in first_err
+        assert (
+            f"error: s3://out/run was taken over by another run (pid {second.pid} on host {socket.gethostname()}, "
+            in " ".join(first_err.split())
+        )
+        assert second_code == 0, second_err
+        names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls("out/run", detail=False))
+        assert names == ["_SUCCESS", "_sluice_job.json", "_summary.json"] + [f"part-{i:05d}.parquet" for i in range(3)]
+        for i in range(3):
+            with fs.open(f"out/run/part-{i:05d}.parquet", "rb") as fh:
+                assert pq.read_schema(fh).names == ["id", "f1", "prediction"]  # nothing of the first run's job
+
+
+def test_an_object_store_claim_is_checked_before_success(monkeypatch: pytest.MonkeyPatch) -> None:
+    with moto_s3(monkeypatch) as server:
+        fs = server.filesystem()
+        fs.mkdir("claims")
+        earlier = OutputLayout("s3://claims/run", "parquet", server.options)
+        later = OutputLayout("s3://claims/run", "parquet", server.options)
+        earlier.claim()
+        earlier.check_claim()  # still its own
+        later.claim()
+        with pytest.raises(OutputInUse, match=r"^s3://claims/run was taken over by another run \(pid "):
+            earlier.mark_success()
+        assert not fs.exists("claims/run/_SUCCESS")
+        earlier.release()  # the lock object is the later run's now: left alone
+        assert fs.exists(f"claims/run/{LOCK}")
+        later.mark_success()
+        later.release()
+        assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls("claims/run", detail=False)) == ["_SUCCESS"]

@@ -143,9 +143,10 @@ def _write_owner(target: Location, owner: dict[str, Any]) -> None:
 
 
 def _read_owner(target: Location) -> dict[str, Any]:
+    # never a cached listing or ETag: the point is to see what another run wrote since
+    target.fs.invalidate_cache(target.path)
     try:
-        with target.open("rb") as fh:
-            return _parse(fh.read())
+        return _parse(target.fs.cat_file(target.path))
     except FileNotFoundError:
         return {}
 
