@@ -156,9 +156,10 @@ def predict(
 
     With --backend spark or ray the same job runs on that engine with the same output (see docs/cluster.md).
 
-    Exit codes: 0 success, 1 model or engine failure, 2 usage error or unusable input or output, 3 error
-    fraction exceeded, 4 the output is being written by another run, 130 interrupted (Ctrl-C), 143
-    terminated (SIGTERM; stops as Ctrl-C does).
+    Exit codes: 0 success, 1 model or engine failure, 2 usage error or unusable input, 3 error fraction
+    exceeded, 4 the output is being written by another run, 130 interrupted (Ctrl-C), 143 terminated
+    (SIGTERM, which stops the run as Ctrl-C does). An output that cannot be written (read-only, a file,
+    a full disk) is a usage error.
     """
     fields = run_cli(lambda: spec_fields(ctx.params))
     with _terminate_as_interrupt() as terminated:
