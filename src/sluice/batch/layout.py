@@ -12,6 +12,11 @@ same job skips the parts that already exist; a different job is refused unless t
 asks to overwrite, and overwriting removes only files Sluice writes. A re-run over an output
 of the earlier layout (``summary.json`` and ``errors-00000.jsonl`` beside the parts) moves
 those files to their current names first.
+
+One run writes an output at a time: :meth:`OutputLayout.claim` locks it before anything is
+prepared (``_sluice_lock``, see :mod:`sluice.batch.outputlock`). Inputs inside the output are
+refused before any file is touched; an output path that is a file, a read-only directory or a
+full disk is one :class:`~sluice.errors.OutputError` naming the path and the problem.
 """
 
 from __future__ import annotations
