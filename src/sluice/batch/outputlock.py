@@ -95,7 +95,7 @@ class OutputLock:
         self._held = False
         if self._fd is not None:
             # removed while still locked, so a run that opened the old file sees it is gone and retries
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):  # gone already, or the directory became read-only
                 os.unlink(self.file.path)
             os.close(self._fd)
             self._fd = None

@@ -27,7 +27,7 @@ from sluice.batch.step import RowFailure, predict_step
 from sluice.data.readers import RecordFailure, SourceBatch, read_shard
 from sluice.data.shards import Shard
 from sluice.data.writers import ErrorWriter, PartWriter
-from sluice.errors import Interrupted
+from sluice.errors import Interrupted, OutputInUse
 from sluice.metrics import LatencyHistogram, StageTimer
 
 __all__ = ["Pipeline", "PipelineStats"]
@@ -131,7 +131,12 @@ class ShardRun:
 
     def _commit(self) -> None:
         start = time.perf_counter()
-        self.pipeline.layout.check_claim()  # an object store's output taken over by a later run
+        try:
+            self.pipeline.layout.check_claim()  # an object store's output taken over by a later run
+        except OutputInUse:
+            self.part.abort()
+            self.errors.abort()
+            raise
         self.errors.commit()
         self.part.commit(self.pipeline.output_schema)
         self.pipeline.stats.stages.add("write", time.perf_counter() - start)
