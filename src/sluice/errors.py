@@ -23,6 +23,8 @@ __all__ = [
     "ModelLoadError",
     "ModelNotFound",
     "OutputConflict",
+    "OutputError",
+    "OutputInUse",
     "Overloaded",
     "PredictError",
     "ProtocolError",
@@ -130,6 +132,19 @@ class EngineError(SluiceError):
 
 class OutputConflict(SluiceError):
     """The output location holds results of a different job."""
+
+
+class OutputInUse(OutputConflict):
+    """Another run is writing the same output location now; retry once it has ended (HTTP 409)."""
+
+    exit_code = 4
+    http_status = 409
+
+
+class OutputError(SluiceError):
+    """The output location cannot be written: read-only, a file, inside a file, or the disk is full."""
+
+    http_status = 500
 
 
 class ErrorFractionExceeded(SluiceError):

@@ -4,8 +4,11 @@ A run flows in five steps, each written once here:
 
 1. **plan** — resolve the model and fill in the engine's worker set-up (:func:`with_defaults`),
    load the model, list the input into shards and bind its columns (:func:`~sluice.batch.plan.plan_job`);
-2. **layout** — open the output directory with the job's storage options, check or write its
-   manifest and find the parts a previous run completed (:func:`output_layout`);
+2. **layout** — open the output directory with the job's storage options, check that the
+   output can hold the job's columns and lies outside its input (:func:`check_output`), lock it
+   for this run (:mod:`~sluice.batch.outputlock`: a second run on the same output stops with
+   :class:`~sluice.errors.OutputInUse`), check or write its manifest and find the parts a
+   previous run completed (:func:`output_layout`);
 3. **batch size** — the user's, a cached or freshly tuned one, or the default, for the worker
    set-up one task of the engine runs (:func:`pick_batch_size`);
 4. **engine** — start the engine and run the pending shards on it: this machine's pipeline
@@ -41,12 +44,14 @@ from sluice.batch.progress import NullProgress, ProgressListener
 from sluice.batch.spec import DEFAULT_BATCH_SIZE, JobSpec
 from sluice.batch.summary import ResourceMonitor, ResourceUsage, RunSummary
 from sluice.data.shards import Shard, estimate_rows
+from sluice.data.writers import check_writable
 from sluice.errors import ErrorFractionExceeded
 from sluice.models.base import Model
 from sluice.models.loader import load_source, resolve_model
 from sluice.tune.cost import cost_per_million
 
 __all__ = [
+    "check_output",
     "estimated_rows",
     "finish_run",
     "kept_summary",
@@ -82,6 +87,12 @@ def output_layout(spec: JobSpec) -> OutputLayout:
     return OutputLayout(spec.output, spec.output_format, spec.storage_options)
 
 
+def check_output(plan: JobPlan, layout: OutputLayout) -> None:
+    """Before any work: the output format can hold every output column, and no input file is in the output."""
+    check_writable(plan.output_schema(), plan.spec.output_format)
+    layout.check_outside(s.location for s in plan.shards)
+
+
 def estimated_rows(shards: Sequence[Shard]) -> int | None:
     """The rows in ``shards``, or None when a shard's count is not known before reading it."""
     estimates = [estimate_rows(s) for s in shards]
@@ -97,17 +108,23 @@ def pick_batch_size(spec: JobSpec, plan: JobPlan, shards: Sequence[Shard], predi
 
 
 def plan_run(spec: JobSpec, engine: Engine) -> PlannedRun:
-    """Steps 1-3: plan ``spec`` for ``engine``, prepare its output, choose its batch size."""
+    """Steps 1-3: plan ``spec`` for ``engine``, prepare its output, choose its batch size.
+
+    The output stays claimed by this run (:meth:`OutputLayout.claim`) until the caller releases it.
+    """
+    layout = output_layout(spec)
     spec, model, setup = with_defaults(spec, engine)
     try:
         plan = plan_job(spec, model)
-        layout = output_layout(spec)
+        check_output(plan, layout)
+        layout.claim()
         done = layout.prepare(plan.fingerprint(), spec.overwrite)
         pending = tuple(s for s in plan.shards if s.index not in done)
         layout.remove_orphan_errors(s.index for s in pending)
         resumed = committed_counts(layout, done & {s.index for s in plan.shards})
         batch = pick_batch_size(spec, plan, pending, setup.predict_threads)
     except BaseException:
+        layout.release()
         model.close()
         raise
     return PlannedRun(
@@ -140,6 +157,13 @@ def run_on_engine(spec: JobSpec, engine: Engine, *, progress: ProgressListener |
     """
     progress = progress or NullProgress()
     run = plan_run(spec, engine)
+    try:
+        return _run_planned(run, engine, progress)
+    finally:
+        run.layout.release()
+
+
+def _run_planned(run: PlannedRun, engine: Engine, progress: ProgressListener) -> RunSummary:
     kept = kept_summary(run)
     if kept is not None:
         run.plan.model.close()
@@ -234,7 +258,10 @@ def finish_run(spec: JobSpec, layout: OutputLayout, summary: RunSummary, *, writ
     """Write the summary (unless ``write`` is false); then raise :class:`ErrorFractionExceeded` or mark ``_SUCCESS``.
 
     Every engine ends its run here, so the summary and the success rule are the same on each.
+    A run whose output another run has taken over (object stores) raises
+    :class:`~sluice.errors.OutputInUse` instead of writing either.
     """
+    layout.check_claim()
     if write:
         layout.write_json(SUMMARY, summary.to_dict())
     if summary.error_fraction > spec.max_error_fraction:

@@ -12,6 +12,11 @@ same job skips the parts that already exist; a different job is refused unless t
 asks to overwrite, and overwriting removes only files Sluice writes. A re-run over an output
 of the earlier layout (``summary.json`` and ``errors-00000.jsonl`` beside the parts) moves
 those files to their current names first.
+
+One run writes an output at a time: :meth:`OutputLayout.claim` locks it before anything is
+prepared (``_sluice_lock``, see :mod:`sluice.batch.outputlock`). Inputs inside the output are
+refused before any file is touched; an output path that is a file, a read-only directory or a
+full disk is one :class:`~sluice.errors.OutputError` naming the path and the problem.
 """
 
 from __future__ import annotations
@@ -23,13 +28,15 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from sluice.batch.outputlock import LOCK, OutputLock
 from sluice.data.location import Location, resolve_location
-from sluice.data.writers import AtomicFile, OutputFormat, error_name, part_name
-from sluice.errors import OutputConflict
+from sluice.data.writers import AtomicFile, OutputFormat, error_name, output_error, part_name
+from sluice.errors import OutputConflict, OutputError
 
 __all__ = [
     "ERRORS_DIR",
     "ERROR_FILES",
+    "LOCK",
     "MANIFEST",
     "SUCCESS",
     "SUMMARY",
@@ -96,6 +103,7 @@ class OutputLayout:
         self.root = resolve_location(uri, storage_options)
         self.format = fmt
         self.adopted: list[str] = []  # files of the earlier layout that were moved, by their new name
+        self._lock: OutputLock | None = None
 
     def part(self, index: int) -> Location:
         return self.root.child(part_name(index, self.format))
@@ -103,9 +111,69 @@ class OutputLayout:
     def errors(self, index: int) -> Location:
         return self.root.child(error_name(index))
 
+    def create(self) -> None:
+        """Make the output directory; an :class:`OutputError` names what stands in the way."""
+        fs, path = self.root.fs, self.root.path
+        if fs.isfile(path):
+            raise OutputError(f"the output {self.root.url} is a file; name a directory, which will hold the parts")
+        try:
+            fs.makedirs(path, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            blocker = _file_above(path) if self.root.is_local else None
+            raise OutputError(
+                f"cannot create the output directory {self.root.url}: "
+                + (f"{blocker} is a file" if blocker else "a file stands in its way")
+            ) from None
+        except OSError as exc:
+            raise output_error(exc, self.root.url) from None
+
+    def check_outside(self, inputs: Iterable[Location]) -> None:
+        """Refuse input files inside the output directory, which preparing the output could delete."""
+        root = _comparable(self.root)
+        for location in inputs:
+            found = _comparable(location)
+            if found == root or found.startswith(root.rstrip("/") + "/"):
+                raise OutputConflict(
+                    f"the input file {location.url} is inside the output directory {self.root.url}; "
+                    "the output would replace or mix with the input (`overwrite=True` deletes such "
+                    "files). Choose an output directory outside the input",
+                    params=("overwrite",),
+                )
+
+    def claim(self) -> OutputLock:
+        """Make the directory and lock it for this run (see :mod:`sluice.batch.outputlock`).
+
+        Raises :class:`~sluice.errors.OutputInUse` when another run is writing it. Release with
+        :meth:`release`; :meth:`check_claim` tells whether another run has taken the output over.
+        """
+        self.create()
+        lock = self._lock or OutputLock(self.root)
+        try:
+            lock.acquire()
+        except OSError as exc:
+            raise output_error(exc, self.root.url) from None
+        self._lock = lock
+        return lock
+
+    def check_claim(self) -> None:
+        """Raise :class:`~sluice.errors.OutputInUse` if another run took the claimed output over."""
+        if self._lock is not None:
+            self._lock.check()
+
+    def release(self) -> None:
+        """Give up this run's claim on the output (a no-op without one)."""
+        if self._lock is not None:
+            self._lock.release()
+
     def prepare(self, fingerprint: dict[str, Any], overwrite: bool) -> set[int]:
         """Make the directory ready; returns the indices of parts already complete."""
-        self.root.fs.makedirs(self.root.path, exist_ok=True)
+        self.create()
+        try:
+            return self._prepare(fingerprint, overwrite)
+        except OSError as exc:
+            raise output_error(exc, self.root.url) from None
+
+    def _prepare(self, fingerprint: dict[str, Any], overwrite: bool) -> set[int]:
         existing = self._names()
         # temporary files of a run that crashed
         self._remove(n for n in existing if _LEFTOVER.match(n))
@@ -227,10 +295,32 @@ class OutputLayout:
 
     def write_json(self, name: str, data: dict[str, Any]) -> None:
         target = AtomicFile(self.root.child(name))
-        target.open().write((json.dumps(data, indent=2, sort_keys=False) + "\n").encode())
-        target.commit()
+        try:
+            target.open().write((json.dumps(data, indent=2, sort_keys=False) + "\n").encode())
+            target.commit()
+        except OSError as exc:
+            target.abort()
+            raise output_error(exc, target.target.url) from None
 
     def mark_success(self) -> None:
+        self.check_claim()
         target = AtomicFile(self.root.child(SUCCESS))
-        target.open()
-        target.commit()
+        try:
+            target.open()
+            target.commit()
+        except OSError as exc:
+            target.abort()
+            raise output_error(exc, target.target.url) from None
+
+
+def _file_above(path: str) -> str | None:
+    """The nearest existing ancestor of local ``path`` that is a file, if any."""
+    parent = os.path.dirname(os.path.abspath(path))
+    while parent and not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    return parent if os.path.isfile(parent) else None
+
+
+def _comparable(location: Location) -> str:
+    """``location`` as a string that is equal for the same file: a resolved path, or a URL."""
+    return os.path.realpath(location.path) if location.is_local else location.url

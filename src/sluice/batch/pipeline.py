@@ -23,11 +23,11 @@ from sluice.batch.layout import OutputLayout
 from sluice.batch.plan import JobPlan
 from sluice.batch.predictor import Predictor
 from sluice.batch.progress import ProgressListener
-from sluice.batch.step import RowFailure, empty_outputs, predict_step
+from sluice.batch.step import RowFailure, predict_step
 from sluice.data.readers import RecordFailure, SourceBatch, read_shard
 from sluice.data.shards import Shard
 from sluice.data.writers import ErrorWriter, PartWriter
-from sluice.errors import Interrupted
+from sluice.errors import Interrupted, OutputInUse
 from sluice.metrics import LatencyHistogram, StageTimer
 
 __all__ = ["Pipeline", "PipelineStats"]
@@ -131,6 +131,12 @@ class ShardRun:
 
     def _commit(self) -> None:
         start = time.perf_counter()
+        try:
+            self.pipeline.layout.check_claim()  # an object store's output taken over by a later run
+        except OutputInUse:
+            self.part.abort()
+            self.errors.abort()
+            raise
         self.errors.commit()
         self.part.commit(self.pipeline.output_schema)
         self.pipeline.stats.stages.add("write", time.perf_counter() - start)
@@ -186,9 +192,7 @@ class Pipeline:
         # own predictor, so worker processes start once, not once per shard
         self._owns_predictor = predictor is None
         self.predictor = predictor or Predictor(plan.model, workers)
-        passthrough = [plan.schema.field(name) for name in plan.columns.passthrough]
-        outputs = empty_outputs(plan.model.signature)
-        self.output_schema = pa.schema([*passthrough, *(pa.field(n, a.type) for n, a in outputs)])
+        self.output_schema = plan.output_schema()
         self._read_schema = plan.columns.read_schema(plan.schema)
 
     # -- driver ------------------------------------------------------------------------

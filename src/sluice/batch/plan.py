@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from sluice.batch.spec import JobSpec
+from sluice.batch.step import empty_outputs
 from sluice.data.schema import feature_read_schema, infer_schema
 from sluice.data.shards import Shard, plan_shards
 from sluice.errors import ConfigError, DataError
@@ -38,6 +39,12 @@ class JobPlan:
     schema: pa.Schema
     columns: ColumnPlan
     model_digest: str
+
+    def output_schema(self) -> pa.Schema:
+        """The columns of every output part: the pass-through columns, then the model's outputs."""
+        passthrough = [self.schema.field(name) for name in self.columns.passthrough]
+        outputs = empty_outputs(self.model.signature)
+        return pa.schema([*passthrough, *(pa.field(n, a.type) for n, a in outputs)])
 
     def fingerprint(self) -> dict[str, object]:
         """What a re-run must share with this run to resume its output."""

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sluice.batch.autotune import BatchSizeChoice
-from sluice.batch.driver import output_layout, pick_batch_size, with_defaults
+from sluice.batch.driver import check_output, output_layout, pick_batch_size, with_defaults
 from sluice.batch.layout import OutputLayout
 from sluice.batch.local import LocalEngine
 from sluice.batch.pipeline import Pipeline
@@ -67,7 +67,11 @@ class ShardRunner:
         return self.plan.fingerprint()
 
     def prepare_output(self) -> None:
-        """Create the output directory and its manifest; refuses another job's output (unless overwriting)."""
+        """Create the output directory and its manifest; refuses another job's output (unless overwriting).
+
+        Refuses too, before any work, columns the output format cannot hold and input files inside the output.
+        """
+        check_output(self.plan, self.layout)
         self.layout.prepare(self.fingerprint(), self.spec.overwrite)
 
     def choose_batch_size(self) -> BatchSizeChoice:

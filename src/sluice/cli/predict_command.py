@@ -6,7 +6,10 @@ The command is four named steps: :func:`spec_fields` (the flags as job-spec fiel
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import signal
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -154,11 +157,42 @@ def predict(
     With --backend spark or ray the same job runs on that engine with the same output (see docs/cluster.md).
 
     Exit codes: 0 success, 1 model or engine failure, 2 usage error or unusable input, 3 error fraction
-    exceeded, 130 interrupted.
+    exceeded, 4 the output is being written by another run, 130 interrupted (Ctrl-C), 143 terminated
+    (SIGTERM, which stops the run as Ctrl-C does). An output that cannot be written (read-only, a file,
+    a full disk) is a usage error.
     """
     fields = run_cli(lambda: spec_fields(ctx.params))
-    summary = run_cli(lambda: run_spec(build_spec(spec, fields), quiet))
+    with _terminate_as_interrupt() as terminated:
+        try:
+            summary = run_cli(lambda: run_spec(build_spec(spec, fields), quiet))
+        except typer.Exit as stop:
+            if terminated.is_set() and stop.exit_code == 130:
+                raise typer.Exit(143) from None
+            raise
     render_result(summary, as_json=summary_json, quiet=quiet)
+
+
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[threading.Event]:
+    """SIGTERM stops the run as Ctrl-C does (temporary files removed, resumable); the event tells which came.
+
+    Later SIGTERMs are ignored while the run cleans up, so a supervisor's repeated signal cannot cut it short.
+    """
+    terminated = threading.Event()
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield terminated
+        return
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        if not terminated.is_set():
+            terminated.set()
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield terminated
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def spec_fields(flags: Mapping[str, Any]) -> dict[str, Any]:

@@ -8,6 +8,8 @@ sees half a part.
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import os
 import uuid
@@ -21,12 +23,37 @@ import pyarrow.parquet as pq
 
 from sluice.data.jsonl import encode_jsonl, encode_values
 from sluice.data.location import Location
+from sluice.errors import ConfigError, OutputError
 
-__all__ = ["AtomicFile", "ErrorWriter", "OutputFormat", "PartWriter", "error_name", "part_name"]
+__all__ = [
+    "AtomicFile",
+    "ErrorWriter",
+    "OutputFormat",
+    "PartWriter",
+    "check_writable",
+    "error_name",
+    "output_error",
+    "part_name",
+]
 
 OutputFormat = Literal["parquet", "csv", "jsonl"]
 _EXTENSIONS = {"parquet": "parquet", "csv": "csv", "jsonl": "jsonl"}
 ROW_GROUP_ROWS = 1 << 17
+_FULL = "completed parts are kept: free some space and run the same command again to resume"
+_REASONS = {
+    errno.ENOSPC: ("no space left on the device (the disk is full)", _FULL),
+    errno.EDQUOT: ("the disk quota is exceeded", _FULL),
+    errno.EROFS: ("the filesystem is read-only", "choose a writable output location"),
+    errno.EACCES: ("permission denied", "choose a writable output location"),
+    errno.EPERM: ("permission denied", "choose a writable output location"),
+}
+
+
+def output_error(exc: OSError, where: str) -> OutputError:
+    """``exc``, raised writing the output ``where``, as one message: the file, the problem, the way out."""
+    path = exc.filename if isinstance(exc.filename, str) else where
+    reason, hint = _REASONS.get(exc.errno or 0, (exc.strerror or str(exc), "completed parts are kept"))
+    return OutputError(f"cannot write {path}: {reason}; {hint}")
 
 
 def part_name(index: int, fmt: OutputFormat) -> str:
@@ -81,6 +108,8 @@ class AtomicFile:
         if self.target.is_local:
             try:
                 self._handle.close()
+            except OSError:
+                pass  # the buffered rest cannot be written (a full disk): the file goes anyway
             finally:
                 if self.target.fs.exists(self._path):
                     self.target.fs.rm(self._path)
@@ -120,6 +149,13 @@ class PartWriter:
         self._schema: pa.Schema | None = None
 
     def write(self, table: pa.Table) -> None:
+        """Append ``table``; an :class:`OutputError` says why the file cannot take it (a full disk)."""
+        try:
+            self._append(table)
+        except OSError as exc:
+            raise output_error(exc, self.file.target.url) from None
+
+    def _append(self, table: pa.Table) -> None:
         if self._schema is None:
             self._schema = table.schema
         elif table.schema != self._schema:
@@ -156,6 +192,13 @@ class PartWriter:
 
     def commit(self, empty_schema: pa.Schema) -> None:
         """Finish the part and make it visible; ``empty_schema`` shapes a part with no rows."""
+        try:
+            self._finish(empty_schema)
+        except OSError as exc:
+            self.abort()  # the run stops here: its temporary file must not stay behind
+            raise output_error(exc, self.file.target.url) from None
+
+    def _finish(self, empty_schema: pa.Schema) -> None:
         if self._schema is None:
             self._schema = empty_schema
             if self.format == "parquet":
@@ -185,24 +228,51 @@ def _dictionary_columns(schema: pa.Schema) -> list[str]:
 
 
 def flatten_lists(table: pa.Table) -> pa.Table:
-    """CSV has no list type: a fixed-size list column ``p`` becomes ``p_0``, ``p_1``, …"""
-    if not any(pa.types.is_fixed_size_list(t) or pa.types.is_list(t) for t in table.schema.types):
+    """CSV has no nested types: a fixed-size list column ``p`` of numbers becomes ``p_0``, ``p_1``, …;
+    any other list, a struct or a map becomes one column of JSON text (``[1,2]``, ``{"a": 1}``)."""
+    if not any(_nested(t) for t in table.schema.types):
         return table
     names: list[str] = []
     arrays: list[pa.ChunkedArray] = []
     for name, column in zip(table.column_names, table.columns, strict=True):
         t = column.type
-        if pa.types.is_fixed_size_list(t):
+        if pa.types.is_fixed_size_list(t) and not _nested(t.value_type):
             for i in range(t.list_size):
                 names.append(f"{name}_{i}")
                 arrays.append(pc.list_element(column, i))
-        elif pa.types.is_list(t) or pa.types.is_large_list(t):
+        elif _nested(t):
             names.append(name)
             arrays.append(pa.chunked_array([encode_values(c) for c in column.chunks], pa.string()))
         else:
             names.append(name)
             arrays.append(column)
     return pa.table(arrays, names=names)
+
+
+def _nested(t: pa.DataType) -> bool:
+    kinds = (pa.types.is_list, pa.types.is_large_list, pa.types.is_fixed_size_list, pa.types.is_struct, pa.types.is_map)
+    return any(kind(t) for kind in kinds)
+
+
+def check_writable(schema: pa.Schema, fmt: OutputFormat) -> None:
+    """Refuse, before any work, output columns that ``fmt`` cannot hold: a ConfigError names each.
+
+    A CSV part is tried on no rows with the real writer, so what it accepts is exactly what the run will.
+    """
+    if fmt != "csv":
+        return
+    refused = []
+    for field in schema:
+        try:
+            pacsv.write_csv(flatten_lists(pa.schema([field]).empty_table()), io.BytesIO())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            refused.append(f"'{field.name}' ({field.type})")
+    if refused:
+        raise ConfigError(
+            f"CSV output cannot hold the column(s) {', '.join(refused)}; write Parquet or JSON Lines "
+            "output instead, or leave the column(s) out with `exclude` or `include`",
+            params=("exclude", "include"),
+        )
 
 
 class ErrorWriter:
@@ -216,12 +286,19 @@ class ErrorWriter:
         if not records:
             return
         lines = "".join(json.dumps(r, default=str) + "\n" for r in records)
-        self.file.open().write(lines.encode())
+        try:
+            self.file.open().write(lines.encode())
+        except OSError as exc:
+            raise output_error(exc, self.file.target.url) from None
         self.count += len(records)
 
     def commit(self) -> None:
         if self.file.opened:
-            self.file.commit()
+            try:
+                self.file.commit()
+            except OSError as exc:
+                self.file.abort()
+                raise output_error(exc, self.file.target.url) from None
 
     def abort(self) -> None:
         self.file.abort()
