@@ -7,10 +7,9 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 
-from sluice.errors import ConfigError
 from sluice.stream.config import StreamSpec
 from sluice.stream.failpoints import StreamFailpoints
-from sluice.stream.sinks import Committed, DirectorySink, GroupOutput
+from sluice.stream.sinks import Committed, DirectorySink, SinkGroup
 from sluice.stream.sources import ColumnPlanner, DirectorySource, StreamSource
 
 __all__ = ["StreamSink", "is_redis", "open_sink", "open_source"]
@@ -24,10 +23,10 @@ class StreamSink(Protocol):
     def open(self, fingerprint: Mapping[str, Any], overwrite: bool) -> Committed:
         """Prepare the sink and return what it already holds (the source position to resume from)."""
 
-    def begin(self) -> GroupOutput:
+    def begin(self) -> SinkGroup:
         """The output of the next group."""
 
-    def commit(self, output: GroupOutput, progress: Any, failed: int, empty_schema: pa.Schema) -> Committed:
+    def commit(self, output: SinkGroup, progress: Any, failed: int, empty_schema: pa.Schema) -> Committed:
         """Commit ``output`` together with the source's ``progress``."""
 
     def write_metrics(self, metrics: Mapping[str, Any]) -> None:
@@ -45,7 +44,9 @@ def is_redis(uri: str) -> bool:
 def open_source(spec: StreamSpec, planner: ColumnPlanner) -> StreamSource:
     """The source ``spec.source`` names."""
     if is_redis(spec.source):
-        raise ConfigError(f"source {spec.source}: Redis streams are not supported yet", params=("source",))
+        from sluice.stream.redis_source import RedisSource
+
+        return RedisSource(spec, planner)
     return DirectorySource(
         spec.source, planner, batch_size=spec.batch_size, fmt=spec.source_format, key_column=spec.key_column
     )
@@ -54,5 +55,7 @@ def open_source(spec: StreamSpec, planner: ColumnPlanner) -> StreamSource:
 def open_sink(spec: StreamSpec, failpoints: StreamFailpoints) -> StreamSink:
     """The sink ``spec.sink`` names."""
     if is_redis(spec.sink):
-        raise ConfigError(f"sink {spec.sink}: Redis streams are not supported yet", params=("sink",))
+        from sluice.stream.redis_sink import RedisSink
+
+        return RedisSink(spec, failpoints)
     return DirectorySink(spec.sink, spec.sink_format, failpoints)

@@ -128,8 +128,7 @@ class StreamRunner:
 
     def _group(self, source: StreamSource, sink: StreamSink, predictor: Predictor, metrics: StreamMetrics) -> bool:
         """Run and commit one group; False when the source had nothing."""
-        wait_s = self.spec.batch_delay_ms / 1000
-        micro = source.poll(wait_s)
+        micro = source.poll(self.spec.poll_interval_ms / 1000)
         if micro is None:
             return False
         plan = self.scheduler.start_group()
@@ -144,7 +143,7 @@ class StreamRunner:
             if group.batches >= plan.batches:
                 full = True
                 break
-            micro = source.poll(wait_s)
+            micro = source.poll(0.0)  # within a group, an empty source commits at once
         self._commit(source, sink, group, metrics, full=full)
         return True
 
@@ -158,7 +157,8 @@ class StreamRunner:
         failures.sort(key=lambda f: (f.row is None, f.row or 0))
         errors = [error_record(micro.origin, f, key is not None) for f in failures]
         if micro.entry_ids:
-            for record, failure in zip(errors, failures, strict=True):
+            for record, failure in zip(errors, failures, strict=True):  # an entry is known by its ID
+                del record["row"]
                 record["id"] = micro.entry_ids[failure.row] if failure.row is not None else None
         group.output.write(pa.Table.from_batches([step.batch]), errors)
         group.arrivals.append(micro.arrived_s[step.rows])

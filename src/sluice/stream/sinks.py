@@ -20,7 +20,7 @@ import os
 import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import pyarrow as pa
 
@@ -29,7 +29,7 @@ from sluice.data.writers import AtomicFile, ErrorWriter, OutputFormat, PartWrite
 from sluice.errors import ConfigError, OutputConflict
 from sluice.stream.failpoints import StreamFailpoints
 
-__all__ = ["MANIFEST", "METRICS", "PENDING", "Committed", "DirectorySink", "GroupOutput"]
+__all__ = ["MANIFEST", "METRICS", "PENDING", "Committed", "DirectorySink", "GroupOutput", "SinkGroup"]
 
 MANIFEST = "_stream.json"
 METRICS = "_stream_metrics.json"
@@ -44,6 +44,19 @@ class Committed:
     progress: Any = None
     records: int = 0
     records_failed: int = 0
+
+
+class SinkGroup(Protocol):
+    """The output of one group in flight, as the driver writes it."""
+
+    rows: int
+    schema: pa.Schema | None
+
+    def write(self, table: pa.Table, errors: Sequence[Mapping[str, Any]]) -> None:
+        """Add one micro-batch's predicted rows and error records."""
+
+    def abort(self) -> None:
+        """Drop the group's output."""
 
 
 class GroupOutput:
@@ -121,8 +134,9 @@ class DirectorySink:
         """The output of the next group."""
         return GroupOutput(self.root, self.committed.groups, self.format)
 
-    def commit(self, output: GroupOutput, progress: Any, failed: int, empty_schema: pa.Schema) -> Committed:
+    def commit(self, output: SinkGroup, progress: Any, failed: int, empty_schema: pa.Schema) -> Committed:
         """Make ``output`` durable, commit it with the source's ``progress``, then publish it."""
+        assert isinstance(output, GroupOutput)
         output.part.commit(output.schema or empty_schema)
         output.errors.commit()
         self.failpoints.hit("group.written")
