@@ -46,6 +46,11 @@ TargetLatencyOption = Annotated[
 MinGroupOption = Annotated[int | None, _option("Fewest micro-batches per group under backlog (default: 1).")]
 MaxGroupOption = Annotated[int | None, _option("Most micro-batches committed together (default: 256).")]
 PollOption = Annotated[float | None, _option("How often an idle source directory is listed, in ms (default: 50).")]
+GroupOption = Annotated[str | None, _option("Redis consumer group of a Redis source (default: sluice).")]
+ConsumerOption = Annotated[str | None, _option("Consumer name within the group (default: sluice-1).")]
+ValueFieldOption = Annotated[
+    str | None, _option("Redis entry field holding the record as a JSON object (default: each field is a column).")
+]
 OnceOption = Annotated[bool, typer.Option("--once", help="Process what the source holds now, commit it, and exit.")]
 OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Start the sink over instead of resuming it.")]
 IntraOpThreadsOption = Annotated[int | None, _option("Threads inside one model call (default: every core).")]
@@ -58,7 +63,8 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print this run's figur
 
 _AS_GIVEN = (
     "model", "source", "sink", "repository", "source_format", "sink_format", "key_column", "batch_size",
-    "batch_delay_ms", "target_latency_ms", "min_group", "max_group", "poll_interval_ms", "intra_op_threads", "device",
+    "batch_delay_ms", "target_latency_ms", "min_group", "max_group", "poll_interval_ms", "group", "consumer",
+    "value_field", "intra_op_threads", "device",
 )  # fmt: skip
 
 
@@ -79,6 +85,9 @@ def stream(
     min_group: MinGroupOption = None,
     max_group: MaxGroupOption = None,
     poll_interval_ms: PollOption = None,
+    group: GroupOption = None,
+    consumer: ConsumerOption = None,
+    value_field: ValueFieldOption = None,
     once: OnceOption = False,
     overwrite: OverwriteOption = False,
     intra_op_threads: IntraOpThreadsOption = None,
@@ -107,7 +116,7 @@ def stream(
 
         print(json.dumps(summary.to_dict(), indent=2))
     elif not quiet:
-        console().print(status_line(summary), highlight=False)
+        console().print(status_line(summary), highlight=False, soft_wrap=True)
 
 
 def spec_fields(flags: Mapping[str, Any]) -> dict[str, Any]:
@@ -141,7 +150,7 @@ def _printer() -> Callable[[StreamSummary], None]:
     err = console()
 
     def show(summary: StreamSummary) -> None:
-        err.print(status_line(summary), highlight=False, end="\r" if err.is_terminal else "\n")
+        err.print(status_line(summary), highlight=False, soft_wrap=True, end="\r" if err.is_terminal else "\n")
 
     return show
 
