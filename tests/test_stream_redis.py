@@ -151,3 +151,31 @@ def test_sigkill_at_every_phase_then_restart_writes_every_entry_once(
 def test_a_bad_address_is_named(tmp_path: Path, models) -> None:
     with pytest.raises(sluice.errors.ConfigError, match=r"expected redis://HOST:PORT/STREAM"):
         sluice.stream(str(models.onnx), "redis://127.0.0.1:6379", str(tmp_path / "out"), once=True)
+
+
+def test_reading_stops_at_the_group_in_flight(redis_server: RedisServer, models) -> None:
+    """Backpressure: nothing is read ahead of the sink; delivered, unacknowledged entries never exceed a group."""
+    produce(redis_server, "in", make_table(1000).drop_columns(["name"]))
+    done = run_stream_process(*_args(models, redis_server), failpoints="group.written=3")  # the sink's 3rd commit
+    assert done.returncode == -signal.SIGKILL
+    client = redis_server.client()
+    pending = client.xpending("in", "sluice")["pending"]
+    (group,) = client.xinfo_groups("in")
+    assert 0 < pending <= 2 * 25  # the third group's entries only: two micro-batches of 25 at most
+    assert group["entries-read"] == json.loads(client.get("out:sluice-progress") or "{}").get("records", 0) + pending
+    assert group["entries-read"] <= 3 * 2 * 25  # of 1,000 waiting
+
+
+def test_the_command_reads_json_entries(redis_server: RedisServer, tmp_path: Path, models) -> None:
+    produce(redis_server, "in", make_table(30).drop_columns(["name"]), value_field="payload")
+    done = run_stream_process(
+        "-m", models.onnx, "--source", redis_server.url("in"), "--sink", tmp_path / "out", "--key-column", "id",
+        "--value-field", "payload", "--group", "scorers", "--consumer", "c1", "--once", "--json",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(done.stdout)
+    assert (figures["records"], figures["records_failed"], figures["source"]) == (30, 0, redis_server.url("in"))
+    assert sorted(int(i) for i in sink_table(tmp_path / "out").column("id").to_pylist()) == list(range(30))
+    client = redis_server.client()
+    assert [g["name"] for g in client.xinfo_groups("in")] == ["scorers"]
+    assert client.xpending("in", "scorers")["pending"] == 0
