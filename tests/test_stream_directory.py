@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
+import urllib.request
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -10,6 +13,7 @@ import pytest
 
 import sluice
 from sluice.errors import ConfigError, DataError, OutputConflict
+from sluice.stream import StreamRunner, StreamSpec
 from stream_support import batch_table, error_records, land, land_files, manifest, sink_table
 from support import FEATURES, invoke, listing, make_table, write_table
 
@@ -129,3 +133,31 @@ def test_the_command_streams_and_reports_its_errors(tmp_path: Path, models) -> N
     result = invoke("stream", "-m", models.onnx, "--source", source)
     assert result.exit_code == 2
     assert "--sink required" in result.output
+
+
+def test_a_running_stream_serves_its_figures_to_prometheus(tmp_path: Path, models) -> None:
+    source, sink = tmp_path / "in", tmp_path / "out"
+    land_files(source, 2, 25)
+    stop = threading.Event()
+    spec = StreamSpec.build(
+        model=str(models.onnx), source=str(source), sink=str(sink), key_column="id", metrics_port=0, poll_interval_ms=5
+    )
+    runner = StreamRunner(spec, stop=stop)
+    thread = threading.Thread(target=runner.run)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not (runner.metrics and runner.metrics.records == 50) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert runner.metrics_server is not None
+        url = f"http://127.0.0.1:{runner.metrics_server.port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            assert response.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+            text = response.read().decode()
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert "sluice_stream_records_total 50\n" in text
+    assert "sluice_stream_records_failed_total 0\n" in text
+    assert "# TYPE sluice_stream_group_size gauge\nsluice_stream_group_size " in text
+    assert not thread.is_alive()

@@ -51,6 +51,10 @@ ConsumerOption = Annotated[str | None, _option("Consumer name within the group (
 ValueFieldOption = Annotated[
     str | None, _option("Redis entry field holding the record as a JSON object (default: each field is a column).")
 ]
+MetricsPortOption = Annotated[
+    int | None, _option("Serve the figures as Prometheus text at http://HOST:PORT/metrics (default: off).")
+]
+MetricsHostOption = Annotated[str | None, _option("Address --metrics-port listens on (default: 127.0.0.1).")]
 OnceOption = Annotated[bool, typer.Option("--once", help="Process what the source holds now, commit it, and exit.")]
 OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Start the sink over instead of resuming it.")]
 IntraOpThreadsOption = Annotated[int | None, _option("Threads inside one model call (default: every core).")]
@@ -64,7 +68,7 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print this run's figur
 _AS_GIVEN = (
     "model", "source", "sink", "repository", "source_format", "sink_format", "key_column", "batch_size",
     "batch_delay_ms", "target_latency_ms", "min_group", "max_group", "poll_interval_ms", "group", "consumer",
-    "value_field", "intra_op_threads", "device",
+    "value_field", "metrics_port", "metrics_host", "intra_op_threads", "device",
 )  # fmt: skip
 
 
@@ -88,6 +92,8 @@ def stream(
     group: GroupOption = None,
     consumer: ConsumerOption = None,
     value_field: ValueFieldOption = None,
+    metrics_port: MetricsPortOption = None,
+    metrics_host: MetricsHostOption = None,
     once: OnceOption = False,
     overwrite: OverwriteOption = False,
     intra_op_threads: IntraOpThreadsOption = None,

@@ -42,6 +42,10 @@ class StreamSpec(BaseModel):
     group: str = Field(default="sluice", description="Redis consumer group.")
     consumer: str = Field(default="sluice-1", description="Redis consumer name within the group.")
     value_field: str | None = Field(default=None, description="Redis entry field holding a JSON record.")
+    metrics_port: int | None = Field(
+        default=None, ge=0, le=65535, description="Serve Prometheus text at /metrics on this port (0: any free one)."
+    )
+    metrics_host: str = Field(default="127.0.0.1", description="Address the metrics port listens on.")
     intra_op_threads: int | None = Field(default=None, ge=1, le=256)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     trust_pickle: bool = False

@@ -8,6 +8,7 @@ rendered as Prometheus text (:meth:`StreamMetrics.prometheus`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -81,6 +82,10 @@ class StreamMetrics:
             source=self.source,
             sink=self.sink,
         )
+
+    def prometheus_now(self, clock: Callable[[], float]) -> str:
+        """:meth:`prometheus` as of ``clock()`` (the clock ``started_s`` was read from)."""
+        return self.prometheus(clock())
 
     def prometheus(self, now_s: float) -> str:
         """The figures in the Prometheus text format (gauges and counters named ``sluice_stream_*``)."""

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from types import FrameType
 from typing import Any
 
@@ -39,6 +40,7 @@ from sluice.stream.config import StreamSpec
 from sluice.stream.endpoints import StreamSink, open_sink, open_source
 from sluice.stream.failpoints import StreamFailpoints
 from sluice.stream.metrics import StreamMetrics, StreamSummary
+from sluice.stream.metrics_http import MetricsServer
 from sluice.stream.scheduler import Clock, GroupScheduler
 from sluice.stream.sources import MicroBatch, StreamSource
 
@@ -80,6 +82,8 @@ class StreamRunner:
             spec.target_latency_ms, min_batches=spec.min_group, max_batches=spec.max_group, clock=clock
         )
         self._plans: dict[tuple[pa.Schema, bool], ColumnPlan] = {}
+        self.metrics: StreamMetrics | None = None  # the running stream's figures, once it runs
+        self.metrics_server: MetricsServer | None = None
 
     def run(self) -> StreamSummary:
         """Stream until stopped; returns this run's figures (the sink's manifest keeps the totals)."""
@@ -102,7 +106,20 @@ class StreamRunner:
             model.close()
 
     def _loop(self, source: StreamSource, sink: StreamSink, predictor: Predictor) -> StreamSummary:
-        metrics = StreamMetrics(source.url, sink.url, self.clock())
+        metrics = self.metrics = StreamMetrics(source.url, sink.url, self.clock())
+        server = None
+        if self.spec.metrics_port is not None:
+            render = partial(metrics.prometheus_now, self.clock)
+            server = self.metrics_server = MetricsServer(self.spec.metrics_host, self.spec.metrics_port, render).start()
+        try:
+            return self._groups(source, sink, predictor, metrics)
+        finally:
+            if server is not None:
+                server.close()
+
+    def _groups(
+        self, source: StreamSource, sink: StreamSink, predictor: Predictor, metrics: StreamMetrics
+    ) -> StreamSummary:
         last_written = float("-inf")
         while not self.stop.is_set():
             committed = self._group(source, sink, predictor, metrics)
