@@ -104,7 +104,8 @@ def test_sigkill_between_the_manifest_and_the_part_rolls_the_part_forward(tmp_pa
 
 
 @pytest.mark.slow
-def test_sigterm_commits_the_group_in_flight_and_exits_0(tmp_path: Path, models) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_a_stop_signal_commits_the_group_in_flight_and_exits_0(tmp_path: Path, models, stop: signal.Signals) -> None:
     source, sink = tmp_path / "in", tmp_path / "out"
     land_files(source, 2, ROWS)
     args = ["-m", models.onnx, "--source", source, "--sink", sink, "--key-column", "id", "--poll-interval-ms", "10"]
@@ -115,7 +116,7 @@ def test_sigterm_commits_the_group_in_flight_and_exits_0(tmp_path: Path, models)
         _wait_until(lambda: (sink / "_stream.json").exists() and manifest(sink)["records"] == 2 * ROWS, proc)
         land(make_table(ROWS, start=5000), source, "in-late.parquet")  # lands while the stream runs
         _wait_until(lambda: manifest(sink)["records"] == 3 * ROWS, proc)
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(stop)
         _, stderr = proc.communicate(timeout=60)
     finally:
         proc.kill()

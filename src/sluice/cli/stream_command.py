@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from sluice.cli.options import RepositoryOption, given_fields, split_csv
+from sluice.cli.options import RepositoryOption, given_fields, parse_key_values, split_csv
 from sluice.cli.runtime import console, run_cli
 
 if TYPE_CHECKING:
@@ -55,6 +55,15 @@ MetricsPortOption = Annotated[
     int | None, _option("Serve the figures as Prometheus text at http://HOST:PORT/metrics (default: off).")
 ]
 MetricsHostOption = Annotated[str | None, _option("Address --metrics-port listens on (default: 127.0.0.1).")]
+StorageOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--storage-option",
+        help="fsspec option for an s3:// (or other) source, e.g. endpoint_url=http://127.0.0.1:9000; repeatable.",
+        show_default=False,
+        metavar="KEY=VALUE",
+    ),
+]
 OnceOption = Annotated[bool, typer.Option("--once", help="Process what the source holds now, commit it, and exit.")]
 OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Start the sink over instead of resuming it.")]
 IntraOpThreadsOption = Annotated[int | None, _option("Threads inside one model call (default: every core).")]
@@ -94,6 +103,7 @@ def stream(
     value_field: ValueFieldOption = None,
     metrics_port: MetricsPortOption = None,
     metrics_host: MetricsHostOption = None,
+    storage_option: StorageOption = None,
     once: OnceOption = False,
     overwrite: OverwriteOption = False,
     intra_op_threads: IntraOpThreadsOption = None,
@@ -134,6 +144,7 @@ def spec_fields(flags: Mapping[str, Any]) -> dict[str, Any]:
         once=flags["once"] or None,
         overwrite=flags["overwrite"] or None,
         trust_pickle=flags["trust_pickle"] or None,
+        storage_options=parse_key_values(flags["storage_option"] or [], "--storage-option") or None,
     )
     return fields
 

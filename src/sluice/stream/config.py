@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -46,6 +46,9 @@ class StreamSpec(BaseModel):
         default=None, ge=0, le=65535, description="Serve Prometheus text at /metrics on this port (0: any free one)."
     )
     metrics_host: str = Field(default="127.0.0.1", description="Address the metrics port listens on.")
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict, description="fsspec options for an s3:// (or other) source prefix, as for batch jobs."
+    )
     intra_op_threads: int | None = Field(default=None, ge=1, le=256)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     trust_pickle: bool = False

@@ -48,7 +48,12 @@ def open_source(spec: StreamSpec, planner: ColumnPlanner) -> StreamSource:
 
         return RedisSource(spec, planner)
     return DirectorySource(
-        spec.source, planner, batch_size=spec.batch_size, fmt=spec.source_format, key_column=spec.key_column
+        spec.source,
+        planner,
+        batch_size=spec.batch_size,
+        fmt=spec.source_format,
+        key_column=spec.key_column,
+        storage_options=spec.storage_options,
     )
 
 

@@ -104,8 +104,10 @@ class DirectorySource:
         batch_size: int,
         fmt: DataFormat | None = None,
         key_column: str | None = None,
+        storage_options: dict[str, Any] | None = None,
     ) -> None:
-        self.root = resolve_location(uri)
+        self.storage_options = storage_options or None
+        self.root = resolve_location(uri, self.storage_options)
         self.url = self.root.url
         self.key_column = key_column
         self.planner = planner
@@ -191,7 +193,7 @@ class DirectorySource:
         return opened
 
     def _read(self, location: Location, opened: _OpenFile) -> Iterator[_Read]:
-        shards = plan_shards(location.url, self.format)
+        shards = plan_shards(location.url, self.format, storage_options=self.storage_options)
         arrived = _modified_s(location)
         columns = self.planner(infer_schema(shards[0]), shards[0].format != "parquet")
         first = end = opened.next_row
