@@ -8,6 +8,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -15,7 +16,7 @@ import sluice
 from sluice.errors import ConfigError, DataError, OutputConflict
 from sluice.stream import StreamRunner, StreamSpec
 from stream_support import batch_table, error_records, land, land_files, manifest, sink_table
-from support import FEATURES, invoke, listing, make_table, write_table
+from support import FEATURES, invoke, listing, make_table, write_module, write_table
 
 
 def test_a_drained_directory_gives_what_a_batch_run_gives(tmp_path: Path, models) -> None:
@@ -161,3 +162,40 @@ def test_a_running_stream_serves_its_figures_to_prometheus(tmp_path: Path, model
     assert "sluice_stream_records_failed_total 0\n" in text
     assert "# TYPE sluice_stream_group_size gauge\nsluice_stream_group_size " in text
     assert not thread.is_alive()
+
+
+PICKY_MODULE = """
+import numpy as np
+
+def predict(x):
+    if (x[:, 0] == 999).any():
+        raise ValueError("f0 may not be 999")
+    return x.sum(axis=1)
+"""
+
+
+def test_a_record_the_model_rejects_mid_stream_is_an_error_and_the_rest_go_on(
+    tmp_path: Path, models, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_module(tmp_path / "mods", "picky_stream_model", PICKY_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path / "mods"))
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "mods"))  # the model's worker processes import it too
+    source, sink = tmp_path / "in", tmp_path / "out"
+    land_files(source, 1, 30)
+    bad = make_table(30, start=30).to_pydict()
+    bad["f0"][7] = 999.0
+    land(pa.table(bad, schema=make_table(1).schema), source, "in-000030.parquet")
+    land_files(source, 1, 30, start=60)
+    summary = sluice.stream(
+        "picky_stream_model:predict", str(source), str(sink), key_column="id", features=FEATURES, once=True
+    )
+    assert (summary.records, summary.records_failed) == (89, 1)
+    assert sink_table(sink).column("id").to_pylist() == [i for i in range(90) if i != 37]
+    (error,) = error_records(sink)
+    assert (error["source"], error["row"], error["key"], error["field"]) == (
+        str(source / "in-000030.parquet"),
+        7,
+        37,
+        None,
+    )
+    assert "f0 may not be 999" in error["error"]

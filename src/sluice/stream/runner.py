@@ -131,11 +131,12 @@ class StreamRunner:
                 continue
             if self.clock() - last_written >= _METRICS_EVERY_S:
                 last_written = self.clock()
-                self._report(sink, metrics)
-        self._report(sink, metrics)
+                self._report(source, sink, metrics)
+        self._report(source, sink, metrics)
         return metrics.summary(self.clock())
 
-    def _report(self, sink: StreamSink, metrics: StreamMetrics) -> None:
+    def _report(self, source: StreamSource, sink: StreamSink, metrics: StreamMetrics) -> None:
+        metrics.lag = source.lag()  # here, not per group: for Redis it is a round trip
         summary = metrics.summary(self.clock())
         sink.write_metrics(summary.to_dict())
         if self.on_group is not None:
@@ -150,19 +151,31 @@ class StreamRunner:
             return False
         plan = self.scheduler.start_group()
         group = _Group(output=sink.begin())
-        full = False
+        try:
+            full = self._fill(micro, plan.batches, group, source, predictor)
+        except BaseException:
+            group.output.abort()  # a failed group leaves nothing behind, not even pending files
+            raise
+        self._commit(source, sink, group, metrics, full=full)
+        return True
+
+    def _fill(
+        self, micro: MicroBatch | None, size: int, group: _Group, source: StreamSource, predictor: Predictor
+    ) -> bool:
+        """Run micro-batches back to back until the group is full, out of time, stopped or the source is empty.
+
+        True when the group stopped at its size bound with the source holding more.
+        """
         while micro is not None:
             self._run_batch(micro, group, predictor)
             if group.batches == 1:
                 self.failpoints.hit("group.read")
             if self.scheduler.batch_done() or self.stop.is_set():
-                break
-            if group.batches >= plan.batches:
-                full = True
-                break
+                return False
+            if group.batches >= size:
+                return True
             micro = source.poll(0.0)  # within a group, an empty source commits at once
-        self._commit(source, sink, group, metrics, full=full)
-        return True
+        return False
 
     def _run_batch(self, micro: MicroBatch, group: _Group, predictor: Predictor) -> None:
         """Bind, predict and unbind one micro-batch into the group's output (or its error records)."""
@@ -200,7 +213,6 @@ class StreamRunner:
         metrics.group_size = self.scheduler.group_committed(full=full)
         metrics.batch_ms = None if self.scheduler.batch_s is None else self.scheduler.batch_s * 1000
         metrics.commit_ms = None if self.scheduler.commit_s is None else self.scheduler.commit_s * 1000
-        metrics.lag = source.lag()
         arrivals = np.concatenate(group.arrivals) if group.arrivals else np.empty(0)
         metrics.group_committed(arrivals, group.failed, committed_s)
 
