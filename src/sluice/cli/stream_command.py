@@ -27,7 +27,9 @@ ModelOption = Annotated[
 SourceOption = Annotated[
     str | None, _option("Directory (or URI prefix) new files land in, or redis://HOST:PORT/STREAM.", "--source")
 ]
-SinkOption = Annotated[str | None, _option("Output directory (one part per committed group).", "--sink")]
+SinkOption = Annotated[
+    str | None, _option("Output directory (one part per committed group), or redis://HOST:PORT/STREAM.", "--sink")
+]
 SourceFormatOption = Annotated[str | None, _option("parquet, csv or jsonl (default: from each file's extension).")]
 SinkFormatOption = Annotated[str | None, _option("parquet or jsonl (default: parquet).")]
 FeaturesOption = Annotated[str | None, _option("Comma-separated feature columns (default: as sluice predict).")]
@@ -37,7 +39,8 @@ KeyColumnOption = Annotated[
 IncludeOption = Annotated[str | None, _option("Comma-separated columns to copy to the output.")]
 BatchSizeOption = Annotated[int | None, _option("Most records in one micro-batch (default: 1024).")]
 BatchDelayOption = Annotated[
-    float | None, _option("Longest wait, in ms, for a micro-batch to fill once its first record is there (default: 5).")
+    float | None,
+    _option("Longest wait, in ms, for a Redis micro-batch to fill once its first entry is there (default: 5)."),
 ]
 TargetLatencyOption = Annotated[
     float | None,
@@ -45,7 +48,10 @@ TargetLatencyOption = Annotated[
 ]
 MinGroupOption = Annotated[int | None, _option("Fewest micro-batches per group under backlog (default: 1).")]
 MaxGroupOption = Annotated[int | None, _option("Most micro-batches committed together (default: 256).")]
-PollOption = Annotated[float | None, _option("How often an idle source directory is listed, in ms (default: 50).")]
+PollOption = Annotated[
+    float | None,
+    _option("How often an idle directory is listed, or how long an idle Redis read waits, in ms (default: 50)."),
+]
 GroupOption = Annotated[str | None, _option("Redis consumer group of a Redis source (default: sluice).")]
 ConsumerOption = Annotated[str | None, _option("Consumer name within the group (default: sluice-1).")]
 ValueFieldOption = Annotated[
