@@ -24,18 +24,15 @@ class RedisAddress:
 
     @classmethod
     def parse(cls, uri: str, param: str) -> RedisAddress:
-        """``redis://HOST:PORT/STREAM`` (``rediss://`` for TLS); ``param`` names the option in errors."""
+        """``redis://HOST:PORT/STREAM`` (``rediss://`` for TLS); ``param`` (source, sink) names it in errors."""
         parts = urlsplit(uri)
         stream = unquote(parts.path.lstrip("/"))
         try:
             port = parts.port or 6379
         except ValueError as exc:
-            raise ConfigError(f"`{param}` {uri}: {exc}", params=(param,)) from exc
+            raise ConfigError(f"{param} {uri}: {exc}") from exc
         if not parts.hostname or not stream:
-            raise ConfigError(
-                f"`{param}` {uri}: expected redis://HOST:PORT/STREAM, e.g. redis://127.0.0.1:6379/events",
-                params=(param,),
-            )
+            raise ConfigError(f"{param} {uri}: expected redis://HOST:PORT/STREAM, e.g. redis://127.0.0.1:6379/events")
         user = unquote(parts.username) if parts.username else None
         password = unquote(parts.password) if parts.password else None
         return cls(parts.hostname, port, stream, user, password, parts.scheme == "rediss")

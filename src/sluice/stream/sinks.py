@@ -91,8 +91,7 @@ class DirectorySink:
         location = resolve_location(uri)
         if not location.is_local:
             raise ConfigError(
-                f"sink {uri}: a directory sink must be a local directory (its commit is an atomic rename)",
-                params=("sink",),
+                f"sink {uri}: a directory sink must be a local directory (its commit is an atomic rename)"
             )
         self.url = self.root = location.path
         self.format = fmt

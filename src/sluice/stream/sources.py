@@ -195,18 +195,18 @@ class DirectorySource:
     def _read(self, location: Location, opened: _OpenFile) -> Iterator[_Read]:
         shards = plan_shards(location.url, self.format, storage_options=self.storage_options)
         arrived = _modified_s(location)
-        columns = self.planner(infer_schema(shards[0]), shards[0].format != "parquet")
+        schema = infer_schema(shards[0])  # a file's shards share its schema
+        columns = self.planner(schema, shards[0].format != "parquet")
         first = end = opened.next_row
         for shard in shards:
-            for source in self._batches(shard, columns):
+            for source in self._batches(shard, columns, columns.read_schema(schema)):
                 kept = _from_row(source, first)
                 end = max(end, _end_row(source))
                 if kept.batch.num_rows or kept.failures:
                     micro = MicroBatch(kept, shard.source, np.full(kept.batch.num_rows, arrived), columns)
                     yield _Read(micro, end)
 
-    def _batches(self, shard: Shard, columns: ColumnPlan) -> Iterator[SourceBatch]:
-        schema = columns.read_schema(infer_schema(shard))
+    def _batches(self, shard: Shard, columns: ColumnPlan, schema: pa.Schema) -> Iterator[SourceBatch]:
         return read_shard(
             shard,
             columns=columns.read,
