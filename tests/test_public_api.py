@@ -26,6 +26,7 @@ PACKAGES = [
     "sluice.jobs",
     "sluice.backends",
     "sluice.serve",
+    "sluice.stream",
     "sluice.train",
     "sluice.bench",
     "sluice.cli",

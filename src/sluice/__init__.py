@@ -25,12 +25,14 @@ _EXPORTS = {
     "load_model": "sluice.models",
     "SluiceError": "sluice.errors",
     "jobs": "sluice.jobs",
+    "stream": "sluice.stream",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])
 
 if TYPE_CHECKING:  # names for type checkers; at run time __getattr__ imports them lazily
     from sluice import jobs as jobs
+    from sluice import stream as stream
     from sluice.backends import predict as predict
     from sluice.backends import run_job as run_job
     from sluice.batch import JobSpec as JobSpec

@@ -30,7 +30,7 @@ from sluice.data.writers import ErrorWriter, PartWriter
 from sluice.errors import Interrupted, OutputInUse
 from sluice.metrics import LatencyHistogram, StageTimer
 
-__all__ = ["Pipeline", "PipelineStats"]
+__all__ = ["Pipeline", "PipelineStats", "error_record"]
 
 
 @dataclass(frozen=True)
@@ -324,7 +324,7 @@ class Pipeline:
         )
         failures = [*item.source.failures, *(self._failure_at(item, f) for f in step.failures)]
         failures.sort(key=lambda f: (f.row is None, f.row or 0))
-        errors = [_error_record(item.shard.shard, f, self._key is not None) for f in failures]
+        errors = [error_record(item.shard.shard.source, f, self._key is not None) for f in failures]
         self.stats.stages.add("predict", time.perf_counter() - start)
         return Result(item.seq, pa.Table.from_batches([step.batch]), errors)
 
@@ -339,9 +339,9 @@ class Pipeline:
         return self.plan.spec.key_column
 
 
-def _error_record(shard: Shard, failure: RecordFailure, with_key: bool) -> dict[str, Any]:
-    """One line of an _errors/errors-NNNNN.jsonl file."""
-    record: dict[str, Any] = {"source": shard.source, "row": failure.row}
+def error_record(source: str, failure: RecordFailure, with_key: bool) -> dict[str, Any]:
+    """One line of an _errors/errors-NNNNN.jsonl file: the record of ``source`` that failed, and why."""
+    record: dict[str, Any] = {"source": source, "row": failure.row}
     if failure.line is not None:
         record["line"] = failure.line
     if with_key:

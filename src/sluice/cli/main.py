@@ -110,6 +110,7 @@ def _register() -> None:
     from sluice.cli.predict_command import predict
     from sluice.cli.routes_command import ab_app, routes_app
     from sluice.cli.serve_command import serve
+    from sluice.cli.stream_command import stream
     from sluice.cli.train_command import train_app
     from sluice.cli.tune_command import tune
 
@@ -118,6 +119,7 @@ def _register() -> None:
     app.command("tune")(tune)
     app.command("cost")(cost)
     app.command("serve")(serve)
+    app.command("stream")(stream)
     app.add_typer(train_app, name="train")
     app.add_typer(bench_app, name="bench")
     app.add_typer(jobs_app, name="jobs")
