@@ -170,13 +170,22 @@ def submit(
 
 
 def get(job_id: str, *, store: StoreArg = None) -> Job:
-    """The handle of an existing job; :class:`~sluice.errors.JobNotFound` if there is none."""
+    """The handle of the job ``job_id`` names, or a unique prefix of it.
+
+    :class:`~sluice.errors.JobNotFound` if there is none, :class:`~sluice.errors.ConfigError`
+    if a prefix fits several.
+    """
     target = _store(store)
     try:
         target.status(job_id)
     except JobNotFound:
         matches = [s.id for s in target.list_jobs(limit=1_000_000) if s.id.startswith(job_id)] if job_id else []
-        if len(matches) != 1:
+        if len(matches) > 1:
+            shown = ", ".join(sorted(matches)[:5]) + (", …" if len(matches) > 5 else "")
+            raise ConfigError(
+                f"job id prefix {job_id!r} matches {len(matches)} jobs ({shown}); give more of the id"
+            ) from None
+        if not matches:
             raise
         job_id = matches[0]
     return Job(job_id, target)
