@@ -3,6 +3,7 @@ ambiguous one is an error, and a damaged or truncated job database is refused by
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from sluice.jobs import JobRequest, JobState, SqliteJobStore
 from sluice.jobs.api import plan_request
 from support import invoke
 
+PAGE = 4096  # SQLite's default page size
 REFUSED = "; if it is damaged, move it aside (a new one is created where there is none) or point SLUICE_HOME elsewhere"
 
 
@@ -112,3 +114,24 @@ def test_a_new_job_database_is_created_whole(tmp_path: Path) -> None:
     assert db.stat().st_size > 0
     assert sorted(p.name for p in db.parent.iterdir() if not p.name.startswith("jobs.db")) == []
     assert SqliteJobStore(db).list_jobs() == []
+
+
+def test_a_job_database_damaged_inside_stops_the_worker_with_a_message(tmp_path: Path) -> None:
+    from sluice.jobs.records import NewJob, NewShard
+
+    db = tmp_path / "home" / "jobs.db"
+    store = SqliteJobStore(db)
+    request = JobRequest(model="m", input="/in", output="/out")
+    store.create_job(NewJob("j1", request, {}, "m", [NewShard(i, f"/in/{i:0200d}", 1) for i in range(400)]))
+    store.close()
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    pages = db.stat().st_size // PAGE
+    assert pages > 30
+    with db.open("r+b") as fh:  # the schema pages stay whole; the rows behind them do not
+        fh.seek(15 * PAGE)
+        fh.write(b"\xff" * (pages - 15) * PAGE)
+    result = invoke("jobs", "worker", "--until-idle", "--poll", "0.05", "--home", db.parent)
+    assert (result.exit_code, "Traceback" in result.output) == (1, False)
+    assert result.stderr.splitlines()[-1] == f"error: job database {db}: database disk image is malformed"

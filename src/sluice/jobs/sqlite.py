@@ -90,9 +90,18 @@ class SqliteJobStore:
             try:
                 yield self._conn
                 self._conn.execute("COMMIT")
+            except sqlite3.Error as exc:  # e.g. a damaged page met half-way: a message, not a traceback
+                self._rollback()
+                raise StoreError(f"job database {self.path}: {exc}") from exc
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                self._rollback()
                 raise
+
+    def _rollback(self) -> None:
+        try:
+            self._conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass  # nothing to roll back (the failed statement ended the transaction), or the file is unreadable
 
     def _read(self, sql: str, args: Sequence[object] = ()) -> list[sqlite3.Row]:
         with self._lock:
