@@ -7,6 +7,7 @@ snapshot WAL gives them and never block the workers.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -98,10 +99,9 @@ class SqliteJobStore:
                 raise
 
     def _rollback(self) -> None:
-        try:
+        # nothing to roll back (the failed statement ended the transaction), or the file is unreadable
+        with contextlib.suppress(sqlite3.Error):
             self._conn.execute("ROLLBACK")
-        except sqlite3.Error:
-            pass  # nothing to roll back (the failed statement ended the transaction), or the file is unreadable
 
     def _read(self, sql: str, args: Sequence[object] = ()) -> list[sqlite3.Row]:
         with self._lock:
