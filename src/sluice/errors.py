@@ -21,6 +21,7 @@ __all__ = [
     "ModelError",
     "ModelLoadError",
     "ModelNotFound",
+    "NotPermitted",
     "OutputConflict",
     "Overloaded",
     "PredictError",
@@ -215,6 +216,12 @@ class JobStateError(SluiceError):
     """The job is in a state that does not allow the request, e.g. cancelling a finished job (HTTP 409)."""
 
     http_status = 409
+
+
+class NotPermitted(SluiceError):
+    """The request asks for something the operator's policy does not allow (HTTP 403)."""
+
+    http_status = 403
 
 
 class StoreError(SluiceError):

@@ -15,7 +15,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from sluice.errors import ConfigError, JobNotFound
+from sluice.errors import ConfigError
+from sluice.jobs.ids import resolve_job_id
 from sluice.jobs.model import JobEvent, JobRequest, JobState, JobStatus, ShardStatus
 from sluice.jobs.protocol import JobStore
 from sluice.jobs.records import NewJob, NewShard
@@ -176,19 +177,7 @@ def get(job_id: str, *, store: StoreArg = None) -> Job:
     if a prefix fits several.
     """
     target = _store(store)
-    try:
-        target.status(job_id)
-    except JobNotFound:
-        matches = [s.id for s in target.list_jobs(limit=1_000_000) if s.id.startswith(job_id)] if job_id else []
-        if len(matches) > 1:
-            shown = ", ".join(sorted(matches)[:5]) + (", …" if len(matches) > 5 else "")
-            raise ConfigError(
-                f"job id prefix {job_id!r} matches {len(matches)} jobs ({shown}); give more of the id"
-            ) from None
-        if not matches:
-            raise
-        job_id = matches[0]
-    return Job(job_id, target)
+    return Job(resolve_job_id(target, job_id), target)
 
 
 def list_jobs(state: JobState | str | None = None, *, limit: int = 100, store: StoreArg = None) -> list[JobStatus]:

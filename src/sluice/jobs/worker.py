@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from sluice.errors import SluiceError
 from sluice.jobs.failpoints import Failpoints
 from sluice.jobs.finish import finish_job
+from sluice.jobs.ids import resolve_job_id
 from sluice.jobs.model import Claim, ClaimKind, JobState
 from sluice.jobs.store import JobRecord, JobStore, WorkerInfo
 
@@ -144,10 +145,8 @@ class Worker:
         """
         import psutil
 
-        from sluice.jobs.api import get
-
         if self.job_id is not None:
-            self.job_id = get(self.job_id, store=self.store).id
+            self.job_id = resolve_job_id(self.store, self.job_id)
         self._failpoints = Failpoints.from_env()
         info = WorkerInfo(self.id, socket.gethostname(), os.getpid(), psutil.Process().create_time())
         self.store.register_worker(info)
