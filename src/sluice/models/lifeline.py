@@ -25,8 +25,6 @@ import threading
 from dataclasses import dataclass
 from typing import NoReturn
 
-import psutil
-
 __all__ = ["Owner", "watch_owner"]
 
 _PR_SET_PDEATHSIG = 1
@@ -43,9 +41,13 @@ class Owner:
     @classmethod
     def current(cls) -> Owner:
         """This process."""
+        import psutil
+
         return cls(os.getpid(), psutil.Process().create_time())
 
     def alive(self) -> bool:
+        import psutil
+
         try:
             return abs(psutil.Process(self.pid).create_time() - self.started_at) < 1.0
         except psutil.Error:
