@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -79,7 +80,7 @@ def _wait_for_predict(proc: subprocess.Popen[bytes], started: Path, deadline_s: 
 
 
 def _kill_and_wait_for_descendants(proc: subprocess.Popen[bytes], marker: str, deadline_s: float = 30.0) -> list[str]:
-    """SIGKILL ``proc``; the marked processes still alive after ``deadline_s`` (killed then)."""
+    """SIGKILL ``proc``; the marked processes still alive after ``deadline_s``."""
     helpers = [p for p in _marked(marker) if p.pid != proc.pid]
     assert len(helpers) >= 3, _describe(helpers)  # forkserver, resource tracker, worker(s)
     proc.send_signal(signal.SIGKILL)
@@ -89,13 +90,19 @@ def _kill_and_wait_for_descendants(proc: subprocess.Popen[bytes], marker: str, d
     while left and time.monotonic() < end:
         time.sleep(0.1)
         left = _marked(marker)
-    described = _describe(left)
-    for survivor in left:
+    return _describe(left)
+
+
+@pytest.fixture
+def marker() -> Iterator[str]:
+    """This test's processes' marker; whatever carries it is killed when the test ends, pass or fail."""
+    value = uuid.uuid4().hex
+    yield value
+    for survivor in _marked(value):
         try:
             survivor.kill()
         except psutil.Error:
             continue
-    return described
 
 
 @pytest.fixture
@@ -106,8 +113,7 @@ def workspace(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def test_kill_9_of_predict_leaves_no_worker_forkserver_or_tracker(workspace: Path) -> None:
-    marker = uuid.uuid4().hex
+def test_kill_9_of_predict_leaves_no_worker_forkserver_or_tracker(workspace: Path, marker: str) -> None:
     args = ["predict", "-m", "slowmodel:predict", "-i", str(workspace / "in.parquet"), "-o", str(workspace / "out")]
     proc = _start([*args, "--batch-size", "10", "--workers", "2"], workspace / "code", marker, workspace / "started",
                   workspace / "home")  # fmt: skip
@@ -116,7 +122,7 @@ def test_kill_9_of_predict_leaves_no_worker_forkserver_or_tracker(workspace: Pat
 
 
 def test_kill_9_of_a_jobs_worker_leaves_no_worker_forkserver_or_tracker(
-    workspace: Path, monkeypatch: pytest.MonkeyPatch
+    workspace: Path, marker: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import sluice.jobs
 
@@ -124,7 +130,6 @@ def test_kill_9_of_a_jobs_worker_leaves_no_worker_forkserver_or_tracker(
     spec |= {"batch_size": 10, "workers": 2}
     monkeypatch.chdir(workspace / "code")  # where the model is imported from at submission
     job = sluice.jobs.submit(spec, store=workspace / "home")
-    marker = uuid.uuid4().hex
     proc = _start(["jobs", "worker", "--job", job.id, "--slots", "1"], workspace / "code", marker,
                   workspace / "started", workspace / "home")  # fmt: skip
     _wait_for_predict(proc, workspace / "started")
