@@ -51,52 +51,45 @@ class SubmitPolicy:
             field = "trust_pickle" if request.trust_pickle else "trusted_types"
             raise NotPermitted(
                 f"`{field}`: a job submitted over the REST API cannot trust pickled or unlisted types; "
-                "the repository's sluice-repository.yaml decides what its models may load",
-                params=(field,),
+                "the repository's sluice-repository.yaml decides what its models may load"
             )
         if request.model_search_path is not None:
             raise NotPermitted(
-                "`model_search_path`: a job submitted over the REST API cannot choose where code is imported from",
-                params=("model_search_path",),
+                "`model_search_path`: a job submitted over the REST API cannot choose where code is imported from"
             )
 
     def _check_model(self, request: JobRequest) -> None:
         if request.repository is not None and not _same_path(request.repository, self.repository):
             raise NotPermitted(
                 f"`repository` {request.repository!r}: jobs submitted over the REST API use the server's "
-                f"repository ({os.path.abspath(self.repository)}); leave `repository` out",
-                params=("repository",),
+                f"repository ({os.path.abspath(self.repository)}); leave `repository` out"
             )
         model = request.model
         if model in self.allowed_models or _is_repository_name(model):
             return
         raise NotPermitted(
             f"`model` {model!r}: a job submitted over the REST API names a model of the server's repository "
-            f"(NAME, NAME@VERSION or NAME@LABEL), not a file or a Python callable; {_HINT_MODEL}",
-            params=("model",),
+            f"(NAME, NAME@VERSION or NAME@LABEL), not a file or a Python callable; {_HINT_MODEL}"
         )
 
     def _check_location(self, field: str, location: str) -> None:
         if not self.data_roots:
             raise NotPermitted(
                 f"`{field}` {location!r}: this server accepts no jobs over the REST API until it has data roots; "
-                + _HINT_ROOT,
-                params=(field,),
+                + _HINT_ROOT
             )
         if _is_uri(location):
             inside = any(_uri_under(location, root) for root in self.data_roots if _is_uri(root))
         elif not os.path.isabs(location):
             raise ConfigError(
-                f"`{field}` {location!r}: paths in a job submitted over the REST API must be absolute (or URIs)",
-                params=(field,),
+                f"`{field}` {location!r}: paths in a job submitted over the REST API must be absolute (or URIs)"
             )
         else:
             inside = any(_path_under(location, root) for root in self.data_roots if not _is_uri(root))
         if not inside:
             raise NotPermitted(
                 f"`{field}` {location!r} is outside the server's data roots ({', '.join(self.data_roots)}); "
-                + _HINT_ROOT,
-                params=(field,),
+                + _HINT_ROOT
             )
 
 
