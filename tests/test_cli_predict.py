@@ -574,7 +574,8 @@ def test_every_job_spec_field_but_the_tuning_knobs_has_a_flag() -> None:
         "backend": "local", "spark_master": None, "ray_address": None,
     }  # fmt: skip
     fields = spec_fields(flags)
-    assert set(JobSpec.model_fields) - set(fields) == {"tune_min_rows", "shard_rows"}  # spec-file only
+    spec_file_only = {"tune_min_rows", "shard_rows", "model_search_path"}
+    assert set(JobSpec.model_fields) - set(fields) == spec_file_only
     assert set(fields) <= set(JobSpec.model_fields)
     assert fields == {
         "model": "m", "input": "in/", "output": "out/", "repository": "repo", "input_format": "csv",

@@ -12,6 +12,7 @@ import pytest
 
 from jobs_support import write_inputs
 from sluice.jobs.http import PREFIX, JobsApi
+from sluice.jobs.policy import SubmitPolicy
 from sluice.jobs.sqlite import SqliteJobStore
 from sluice.jobs.worker import Worker
 from sluice.serve.server import ServerThread, ServeSettings
@@ -25,10 +26,12 @@ def store(tmp_path: Path) -> SqliteJobStore:
 
 
 @pytest.fixture
-def server(tmp_path: Path, store: SqliteJobStore) -> Iterator[ServerThread]:
+def server(tmp_path: Path, store: SqliteJobStore, models) -> Iterator[ServerThread]:
     (tmp_path / "repo").mkdir()
     settings = ServeSettings(repository=tmp_path / "repo", port=0, auth_token=TOKEN, log_level="warning")
-    with ServerThread(settings, mounts={PREFIX: JobsApi(store)}) as running:
+    # the operator offers this test's directory and allows the test model's file
+    policy = SubmitPolicy(str(tmp_path / "repo"), data_roots=(str(tmp_path),), allowed_models=(str(models.onnx),))
+    with ServerThread(settings, mounts={PREFIX: JobsApi(store, policy=policy)}) as running:
         yield running
 
 
@@ -112,7 +115,8 @@ def test_errors_over_rest(tmp_path: Path, models, server: ServerThread) -> None:
         {"error": "job spec must be a JSON object of job fields, found list"},
     )
     missing = str(tmp_path / "missing")
-    assert _call(server, "POST", "/v1/jobs", {"model": str(models.onnx), "input": missing, "output": "o"}) == (
+    spec = {"model": str(models.onnx), "input": missing, "output": str(tmp_path / "o")}
+    assert _call(server, "POST", "/v1/jobs", spec) == (
         400,
         {"error": f"input {missing} does not exist"},
     )

@@ -22,6 +22,7 @@ __all__ = [
     "ModelError",
     "ModelLoadError",
     "ModelNotFound",
+    "NotPermitted",
     "OutputConflict",
     "OutputError",
     "OutputInUse",
@@ -241,6 +242,12 @@ class JobStateError(SluiceError):
     """The job is in a state that does not allow the request, e.g. cancelling a finished job (HTTP 409)."""
 
     http_status = 409
+
+
+class NotPermitted(SluiceError):
+    """The request asks for something the operator's policy does not allow (HTTP 403)."""
+
+    http_status = 403
 
 
 class StoreError(SluiceError):

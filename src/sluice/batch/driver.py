@@ -68,7 +68,7 @@ log = logging.getLogger(__name__)
 
 def with_defaults(spec: JobSpec, engine: Engine) -> tuple[JobSpec, Model, WorkerSetup]:
     """``spec`` with the engine's worker set-up filled in, and the model loaded with it."""
-    source = resolve_model(spec.model, spec.repository, options=spec.load_options())
+    source = resolve_model(spec.model, spec.repository, options=spec.load_options(), search_path=spec.model_search_path)
     setup = engine.worker_setup(spec, source.config.concurrency or _concurrency_of(source.format))
     spec = spec.model_copy(update={"workers": setup.workers, "intra_op_threads": setup.intra_op_threads})
     model = load_source(source.with_options(spec.load_options()))

@@ -60,7 +60,10 @@ class JobPlan:
 
 def plan_job(spec: JobSpec, model: Model | None = None) -> JobPlan:
     if model is None:
-        model = load_source(resolve_model(spec.model, spec.repository, options=spec.load_options()))
+        source = resolve_model(
+            spec.model, spec.repository, options=spec.load_options(), search_path=spec.model_search_path
+        )
+        model = load_source(source)
     shards = plan_shards(
         spec.input, spec.input_format, shard_rows=spec.shard_rows, storage_options=spec.storage_options
     )

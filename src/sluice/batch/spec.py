@@ -30,6 +30,10 @@ class JobSpec(BaseModel):
     input: str = Field(description="File, directory, glob or URI of the input data.")
     output: str = Field(description="Directory or URI prefix for the output parts.")
     repository: str | None = Field(default=None, description="Model repository (default ./models).")
+    model_search_path: str | None = Field(
+        default=None,
+        description="Directory a 'module:function' model is imported from (default: the working directory).",
+    )
     input_format: DataFormat | None = None
     output_format: OutputFormat = "parquet"
     features: list[str] | None = None

@@ -267,7 +267,10 @@ def worker(
     until_idle: Annotated[
         bool, typer.Option("--until-idle", help="Exit once no job is queued or running, instead of waiting for more.")
     ] = False,
-    job_id: Annotated[str | None, typer.Option("--job", help="Work on this job only.", show_default=False)] = None,
+    job_id: Annotated[
+        str | None,
+        typer.Option("--job", help="Work on this job only (a unique prefix of its id is enough).", show_default=False),
+    ] = None,
     home: HomeOption = None,
 ) -> None:
     """Run queued jobs: claim shards, run them, record each once its part is durable.
@@ -281,12 +284,13 @@ def worker(
 
     from sluice.jobs.worker import Worker
 
+    store = run_cli(lambda: _store(home))
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     package = logging.getLogger("sluice")
     package.addHandler(handler)
     package.setLevel(logging.INFO)
-    runner = Worker(_store(home), slots=slots, lease_s=lease, poll_s=poll, job_id=job_id)
+    runner = Worker(store, slots=slots, lease_s=lease, poll_s=poll, job_id=job_id)
     previous = signal.signal(signal.SIGTERM, lambda _sig, _frame: runner.stop())
     try:
         run_cli(lambda: runner.run(until_idle=until_idle))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Any
 
 import typer
@@ -127,9 +128,30 @@ def serve(
         typer.Option(
             "--jobs",
             help="Also serve the batch jobs REST API at /v1/jobs (behind --auth-token), over the job database "
-            "in $SLUICE_HOME; `sluice jobs worker` runs the jobs.",
+            "in $SLUICE_HOME; `sluice jobs worker` runs the jobs. Submitted jobs take models of --repository "
+            "by name, no trust flags, and inputs and outputs under --jobs-data-root only.",
         ),
     ] = False,
+    jobs_data_root: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--jobs-data-root",
+            metavar="DIR",
+            help="With --jobs: a directory (or URI prefix, s3://bucket/prefix/) that submitted jobs may read "
+            "and write under; repeatable. Without one, every submission is refused (403).",
+            show_default=False,
+        ),
+    ] = None,
+    jobs_allow_model: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--jobs-allow-model",
+            metavar="REF",
+            help="With --jobs: a model reference submitted jobs may use besides the repository's names "
+            "(module:function, a model file), exactly as a job gives it; repeatable.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Serve the repository's models with the Open Inference Protocol v2 (Triton-compatible) over HTTP and gRPC.
 
@@ -187,14 +209,19 @@ def serve(
             )
         except ValidationError as exc:
             raise ConfigError(format_validation_error(exc)) from None
-        run(settings, mounts=_jobs_api() if jobs else None)
+        policy = (settings.repository, tuple(jobs_data_root or ()), tuple(jobs_allow_model or ()))
+        run(settings, mounts=_jobs_api(*policy) if jobs else None)
 
     run_cli(start)
 
 
-def _jobs_api() -> dict[str, Any]:
+def _jobs_api(
+    repository: os.PathLike[str], data_roots: tuple[str, ...], allowed_models: tuple[str, ...]
+) -> dict[str, Any]:
     """The jobs REST API, composed in here: the server itself knows nothing of batch jobs."""
     from sluice.jobs.http import PREFIX, JobsApi
+    from sluice.jobs.policy import SubmitPolicy
     from sluice.jobs.store import open_store
 
-    return {PREFIX: JobsApi(open_store())}
+    policy = SubmitPolicy(str(repository), data_roots, allowed_models)
+    return {PREFIX: JobsApi(open_store(), policy=policy)}

@@ -26,6 +26,7 @@ _EXPORTS = {
     "default_home": "sluice.jobs.store",
     "open_store": "sluice.jobs.store",
     "SqliteJobStore": "sluice.jobs.sqlite",
+    "SubmitPolicy": "sluice.jobs.policy",
     "Worker": "sluice.jobs.worker",
 }
 
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     from sluice.jobs.model import JobRequest as JobRequest
     from sluice.jobs.model import JobState as JobState
     from sluice.jobs.model import JobStatus as JobStatus
+    from sluice.jobs.policy import SubmitPolicy as SubmitPolicy
     from sluice.jobs.protocol import JobStore as JobStore
     from sluice.jobs.sqlite import SqliteJobStore as SqliteJobStore
     from sluice.jobs.store import default_home as default_home

@@ -8,17 +8,20 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from sluice.errors import ConfigError, JobNotFound
+from sluice.errors import ConfigError
+from sluice.jobs.ids import resolve_job_id
 from sluice.jobs.model import JobEvent, JobRequest, JobState, JobStatus, ShardStatus
 from sluice.jobs.protocol import JobStore
 from sluice.jobs.records import NewJob, NewShard
 from sluice.jobs.store import open_store
+from sluice.models.base import ModelSource
 
 __all__ = ["Job", "cancel", "get", "list_jobs", "plan_request", "resume", "submit"]
 
@@ -87,7 +90,9 @@ def plan_request(request: JobRequest, job_id: str | None = None) -> NewJob:
     """Validate a request against its model and input: load the model, list and shard the input.
 
     Raises the same errors ``sluice predict`` would (missing input, unknown model, columns that
-    do not bind). A repository model given by label is pinned to the version it names now.
+    do not bind). A repository model given by label is pinned to the version it names now; a
+    ``module:function`` model records the directory its module was imported from, so a worker
+    in another directory imports the same code.
     """
     from sluice.batch.plan import plan_job
     from sluice.data.shards import estimate_rows
@@ -100,11 +105,27 @@ def plan_request(request: JobRequest, job_id: str | None = None) -> NewJob:
         if source.name is not None:
             repository = os.path.abspath(request.repository or default_repository())
             request = request.model_copy(update={"model": source.display_name, "repository": repository})
+        elif source.format == "python":
+            request = request.model_copy(update={"model_search_path": _import_root(source)})
         shards = [NewShard(s.index, s.describe(), estimate_rows(s)) for s in plan.shards]
         fingerprint = plan.fingerprint()
     finally:
         plan.model.close()
     return NewJob(job_id or uuid.uuid4().hex[:12], request, fingerprint, source.display_name, shards)
+
+
+def _import_root(source: ModelSource) -> str | None:
+    """The directory on the Python path that the callable's module was imported from."""
+    module_name = source.location.partition(":")[0]
+    base = source.search_path
+    if base and "." not in module_name and os.path.isfile(os.path.join(base, f"{module_name}.py")):
+        return base
+    origin = getattr(sys.modules.get(module_name), "__file__", None)
+    if not origin:
+        return base  # a namespace or built-in module: importable by name alone
+    path = Path(os.path.abspath(origin))
+    levels = module_name.count(".") + (1 if path.name == "__init__.py" else 0)
+    return str(path.parents[levels])
 
 
 def _absolute(request: JobRequest) -> JobRequest:
@@ -114,7 +135,7 @@ def _absolute(request: JobRequest) -> JobRequest:
         return "://" not in path and not path.startswith("memory:")
 
     updates: dict[str, str] = {}
-    for name in ("input", "output", "repository"):
+    for name in ("input", "output", "repository", "model_search_path"):
         value = getattr(request, name)
         if value and local(value):
             updates[name] = os.path.abspath(value)
@@ -150,16 +171,13 @@ def submit(
 
 
 def get(job_id: str, *, store: StoreArg = None) -> Job:
-    """The handle of an existing job; :class:`~sluice.errors.JobNotFound` if there is none."""
+    """The handle of the job ``job_id`` names, or a unique prefix of it.
+
+    :class:`~sluice.errors.JobNotFound` if there is none, :class:`~sluice.errors.ConfigError`
+    if a prefix fits several.
+    """
     target = _store(store)
-    try:
-        target.status(job_id)
-    except JobNotFound:
-        matches = [s.id for s in target.list_jobs(limit=1_000_000) if s.id.startswith(job_id)] if job_id else []
-        if len(matches) != 1:
-            raise
-        job_id = matches[0]
-    return Job(job_id, target)
+    return Job(resolve_job_id(target, job_id), target)
 
 
 def list_jobs(state: JobState | str | None = None, *, limit: int = 100, store: StoreArg = None) -> list[JobStatus]:

@@ -4,9 +4,11 @@
 ``GET /v1/jobs[?state=RUNNING&limit=50]`` → ``{"jobs": [...]}``; ``GET /v1/jobs/{id}`` → its
 status; ``POST /v1/jobs/{id}:cancel`` and ``POST /v1/jobs/{id}:resume`` → its status;
 ``GET /v1/jobs/{id}/events[?after=N]`` → ``{"events": [...]}``. Errors are
-``{"error": message}`` with the error's HTTP status (400 bad spec, 404 unknown job, 409 a
-state that does not allow the request, 413 a body over the limit), answered by the HTTP edge
-(:mod:`sluice.http`). The host app checks the bearer token first.
+``{"error": message}`` with the error's HTTP status (400 bad spec, 403 a spec the operator's
+:class:`~sluice.jobs.policy.SubmitPolicy` does not allow, 404 unknown job, 409 a state that does
+not allow the request, 413 a body over the limit), answered by the HTTP edge
+(:mod:`sluice.http`). The host app checks the bearer token first; the policy is checked before
+the spec's model is loaded or its input listed.
 Store calls run in a thread, so a slow submit (it loads the model) never blocks the loop.
 """
 
@@ -32,6 +34,7 @@ from sluice.http import (
 from sluice.http.request import parse_json
 from sluice.jobs.api import list_jobs, plan_request
 from sluice.jobs.model import JobRequest
+from sluice.jobs.policy import SubmitPolicy
 from sluice.jobs.protocol import JobStore
 
 __all__ = ["PREFIX", "JobsApi"]
@@ -40,11 +43,18 @@ PREFIX = "/v1/jobs"
 
 
 class JobsApi:
-    """ASGI app over a :class:`~sluice.jobs.store.JobStore`; mount it at :data:`PREFIX`."""
+    """ASGI app over a :class:`~sluice.jobs.store.JobStore`; mount it at :data:`PREFIX`.
 
-    def __init__(self, store: JobStore, *, max_body_bytes: int = 1 << 20) -> None:
+    ``policy`` limits what a submitted job may ask for; without one, the default repository
+    serves the models and, with no data roots, every submission is refused.
+    """
+
+    def __init__(self, store: JobStore, *, max_body_bytes: int = 1 << 20, policy: SubmitPolicy | None = None) -> None:
+        from sluice.models.loader import default_repository
+
         self.store = store
         self.max_body_bytes = max_body_bytes
+        self.policy = policy or SubmitPolicy(default_repository())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -77,6 +87,7 @@ class JobsApi:
 
     async def _submit(self, request: Request) -> dict[str, Any]:
         job_request = JobRequest.parse(parse_json(await read_body(request, self.max_body_bytes)), "job spec")
+        job_request = self.policy.check(job_request)
 
         def create() -> dict[str, Any]:
             job = plan_request(job_request)

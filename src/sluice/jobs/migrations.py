@@ -84,6 +84,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX shards_state ON shards(state, job_id)",
         "CREATE INDEX jobs_state ON jobs(state, created_at)",
     ),
+    # 3: failed attempts at starting a job (its model would not load, its output was refused),
+    # which count among the job's attempts like a shard's
+    ("ALTER TABLE jobs ADD COLUMN start_attempts INTEGER NOT NULL DEFAULT 0",),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -71,7 +71,10 @@ class JobStore(Protocol):
         """A FINISH claim is done: the job ends in ``state``."""
 
     def fail_job(self, claim: Claim, message: str) -> None:
-        """The job cannot run at all (its model or input changed since it was submitted)."""
+        """The job cannot run at all (its model or input changed, or will not load).
+
+        A failed START claim counts as an attempt of the job's.
+        """
 
     def cancel(self, job_id: str) -> JobStatus:
         """Cancel: at once when nothing runs, else CANCELLING until the workers let go."""

@@ -57,7 +57,7 @@ def job_snapshot(db: sqlite3.Connection, job: sqlite3.Row, now: float) -> JobSta
         created_at=job["created_at"],
         started_at=started,
         finished_at=finished,
-        attempts=sum(r["attempts"] or 0 for r in shards),
+        attempts=sum(r["attempts"] or 0 for r in shards) + job["start_attempts"],
         message=job["message"],
         errors=[f"shard {e['idx']}: {e['error']}" for e in errors],
         # shards an earlier Sluice recorded name their file as it was before FINISH renamed it

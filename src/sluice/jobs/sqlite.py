@@ -7,10 +7,13 @@ snapshot WAL gives them and never block the workers.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -58,6 +61,8 @@ class SqliteJobStore:
         self._lock = threading.RLock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            _create_if_missing(self.path)
+            _refuse_empty(self.path)
             self._conn = sqlite3.connect(
                 self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
             )
@@ -67,7 +72,10 @@ class SqliteJobStore:
             self._conn.execute("PRAGMA foreign_keys=ON")
             migrate(self._conn, str(self.path))
         except (sqlite3.Error, OSError) as exc:
-            raise StoreError(f"cannot open the job database {self.path}: {exc}") from exc
+            raise StoreError(
+                f"cannot open the job database {self.path}: {exc}; if it is damaged, move it aside "
+                "(a new one is created where there is none) or point SLUICE_HOME elsewhere"
+            ) from exc
 
     def close(self) -> None:
         with self._lock:
@@ -83,9 +91,17 @@ class SqliteJobStore:
             try:
                 yield self._conn
                 self._conn.execute("COMMIT")
+            except sqlite3.Error as exc:  # e.g. a damaged page met half-way: a message, not a traceback
+                self._rollback()
+                raise StoreError(f"job database {self.path}: {exc}") from exc
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                self._rollback()
                 raise
+
+    def _rollback(self) -> None:
+        # nothing to roll back (the failed statement ended the transaction), or the file is unreadable
+        with contextlib.suppress(sqlite3.Error):
+            self._conn.execute("ROLLBACK")
 
     def _read(self, sql: str, args: Sequence[object] = ()) -> list[sqlite3.Row]:
         with self._lock:
@@ -296,3 +312,37 @@ class SqliteJobStore:
         with self._tx() as db:
             requeue_job(db, job_id, self.clock())
         return self.status(job_id)
+
+
+def _create_if_missing(path: Path) -> None:
+    """A new database appears whole: built under another name, then linked into place.
+
+    SQLite would take an empty file for an empty database; as this store never leaves one, an
+    empty ``jobs.db`` can only be a truncated one, and is refused instead of silently replaced.
+    """
+    if path.exists():
+        return
+    staging = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.new")
+    try:
+        conn = sqlite3.connect(staging, isolation_level=None)
+        try:
+            migrate(conn, str(path))
+        finally:
+            conn.close()
+        try:
+            os.link(staging, path)
+        except FileExistsError:
+            pass  # another process created it meanwhile: use theirs
+        except OSError:  # a filesystem without hard links
+            if not path.exists():
+                os.replace(staging, path)
+    finally:
+        staging.unlink(missing_ok=True)
+
+
+def _refuse_empty(path: Path) -> None:
+    if path.stat().st_size == 0:
+        raise StoreError(
+            f"job database {path} is empty (0 bytes): it was truncated, and its jobs are lost; "
+            "move it aside (a new one is created where there is none) or point SLUICE_HOME elsewhere"
+        )

@@ -116,10 +116,18 @@ def finish_job(db: sqlite3.Connection, claim: Claim, now: float, state: JobState
 
 
 def fail_job(db: sqlite3.Connection, claim: Claim, now: float, message: str) -> None:
-    """The job cannot run at all; a shard claim's shard goes back to PENDING for a later resume."""
+    """The job cannot run at all; a shard claim's shard goes back to PENDING for a later resume.
+
+    A START claim that fails counts as an attempt of the job's (its model would not load here).
+    """
     if claim.kind is ClaimKind.SHARD:
         _end_attempt(db, claim, now, "FAILED", message)
         _set_shard(db, claim, ShardState.PENDING, message)
+    elif claim.kind is ClaimKind.START:
+        db.execute(
+            "UPDATE jobs SET start_attempts = start_attempts + 1 WHERE id = ? AND lease_owner = ?",
+            (claim.job_id, claim.worker_id),
+        )
     end_job(db, claim.job_id, now, JobState.FAILED, message, only_from=(JobState.QUEUED, JobState.RUNNING))
 
 
@@ -142,7 +150,7 @@ def requeue_job(db: sqlite3.Connection, job_id: str, now: float) -> None:
     )
     prepared = db.execute("SELECT prepared FROM jobs WHERE id = ?", (job_id,)).fetchone()["prepared"]
     db.execute(
-        "UPDATE jobs SET state = ?, message = NULL, finished_at = NULL WHERE id = ?",
+        "UPDATE jobs SET state = ?, message = NULL, finished_at = NULL, start_attempts = 0 WHERE id = ?",
         ((JobState.RUNNING if prepared else JobState.QUEUED).value, job_id),
     )
     done = db.execute(

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from sluice.errors import SluiceError
 from sluice.jobs.failpoints import Failpoints
 from sluice.jobs.finish import finish_job
+from sluice.jobs.ids import resolve_job_id
 from sluice.jobs.model import Claim, ClaimKind, JobState
 from sluice.jobs.store import JobRecord, JobStore, WorkerInfo
 
@@ -98,8 +99,8 @@ class _Runner:
 class Worker:
     """Runs queued jobs from ``store``: ``Worker(store).run()`` until stopped (Ctrl-C, :meth:`stop`).
 
-    ``job_id`` limits the worker to one job; ``run(until_idle=True)`` returns once no job (or
-    that job) is queued or running any more.
+    ``job_id`` (an id or a unique prefix of one) limits the worker to one job;
+    ``run(until_idle=True)`` returns once no job (or that job) is queued or running any more.
     """
 
     def __init__(
@@ -124,6 +125,7 @@ class Worker:
         self._lock = threading.Lock()  # guards _active
         self._runners_lock = threading.Lock()  # guards _runners; held while a job's model loads
         self._failpoints = Failpoints({})
+        self._fatal: SluiceError | None = None  # the store failed under a slot: the worker stops with it
 
     def stop(self) -> None:
         """Ask the worker to stop: shards in progress are dropped and given back at once."""
@@ -136,9 +138,15 @@ class Worker:
             shard.stop(f"worker {self.id} is stopping")
 
     def run(self, *, until_idle: bool = False) -> None:
-        """Work until :meth:`stop` (or Ctrl-C); with ``until_idle``, until nothing is left to do."""
+        """Work until :meth:`stop` (or Ctrl-C); with ``until_idle``, until nothing is left to do.
+
+        Raises :class:`~sluice.errors.JobNotFound` at once when ``job_id`` names no job (or
+        several), and the store's error when the job database fails under the worker.
+        """
         import psutil
 
+        if self.job_id is not None:
+            self.job_id = resolve_job_id(self.store, self.job_id)
         self._failpoints = Failpoints.from_env()
         info = WorkerInfo(self.id, socket.gethostname(), os.getpid(), psutil.Process().create_time())
         self.store.register_worker(info)
@@ -164,19 +172,34 @@ class Worker:
             self._stop.set()
             heartbeat.join()
             self._close_runners(only_idle=False)
+            self._unregister()
+        if self._fatal is not None:
+            raise self._fatal
+
+    def _unregister(self) -> None:
+        try:
             self.store.unregister_worker(self.id)
+        except SluiceError as exc:
+            if self._fatal is None:
+                raise
+            log.warning("worker %s: could not unregister: %s", self.id, exc)
 
     # -- slots ----------------------------------------------------------------------------------
 
     def _slot(self, until_idle: bool) -> None:
         while not self._stop.is_set():
-            claim = self.store.claim(self.id, self.lease_s, self.job_id)
-            if claim is None:
-                self._close_runners(only_idle=True)
-                if until_idle and not self.store.has_open_jobs(self.job_id):
-                    return
-                self._idle()
-                continue
+            try:
+                claim = self.store.claim(self.id, self.lease_s, self.job_id)
+                if claim is None:
+                    self._close_runners(only_idle=True)
+                    if until_idle and not self.store.has_open_jobs(self.job_id):
+                        return
+                    self._idle()
+                    continue
+            except SluiceError as exc:  # the job database is unreadable: no slot can go on
+                self._fatal = self._fatal or exc
+                self.stop()
+                return
             try:
                 self._handle(claim)
             except Exception as exc:  # e.g. storage down while finishing: give the work back, go on

@@ -31,14 +31,17 @@ def resolve_model(
     *,
     options: LoadOptions | None = None,
     config: ModelConfig | None = None,
+    search_path: str | None = None,
 ) -> ModelSource:
     """Where ``ref`` points: a model file, ``module:function``, or ``NAME[@VERSION|@LABEL]``.
 
-    ``config`` applies to file and callable references, which have no model.yaml.
+    ``config`` applies to file and callable references, which have no model.yaml;
+    ``search_path`` is the directory a ``module:function`` is imported from (default: the
+    working directory).
     """
     options = options or LoadOptions()
     if is_callable_reference(ref):
-        return ModelSource("python", ref, config or ModelConfig(), options, search_path=os.getcwd())
+        return ModelSource("python", ref, config or ModelConfig(), options, search_path=search_path or os.getcwd())
     path = Path(ref)
     if path.is_file():
         return ModelSource(format_for_path(path), str(path), config or ModelConfig(), options)

@@ -99,7 +99,8 @@ def import_callable(reference: str, search_path: str | None = None) -> Any:
     try:
         obj: Any = _version_module(module_name, search_path) or importlib.import_module(module_name)
     except ImportError as exc:
-        raise ModelLoadError(f"cannot import module '{module_name}' for model {reference}: {exc}") from exc
+        place = f" from {search_path} (or the Python path)" if search_path else ""
+        raise ModelLoadError(f"cannot import module '{module_name}' for model {reference}{place}: {exc}") from exc
     for part in attr.split("."):
         try:
             obj = getattr(obj, part)

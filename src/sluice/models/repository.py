@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import tempfile
+import uuid
 from pathlib import Path
 
 import yaml
@@ -192,23 +192,34 @@ class ModelRepository:
         return version
 
     def publish(self, name: str, artifact: Path, config: ModelConfig | None = None) -> int:
-        """Copy ``artifact`` in as the next version of ``name``; the version appears atomically."""
+        """Copy ``artifact`` in as the next version of ``name``; the version appears atomically.
+
+        The version directory and its files get the umask's permissions (as ``mkdir`` and
+        ``cp`` would give them), so a server running as another user can read them.
+        """
         directory = self.model_dir(name)
         directory.mkdir(parents=True, exist_ok=True)
         if config is not None:
             write_config(directory / "model.yaml", config)
         versions = self.versions(name)
         version = (versions[-1] + 1) if versions else 1
-        staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=directory))
-        shutil.copy2(artifact, staging / artifact.name)
-        staging.rename(directory / str(version))
+        staging = directory / f".{version}-{uuid.uuid4().hex[:12]}"
+        staging.mkdir()  # not mkdtemp: its 0700 would hide the version from other users
+        try:
+            shutil.copyfile(artifact, staging / artifact.name)  # a new file: the umask's mode, not the source's
+            staging.rename(directory / str(version))
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         return version
 
 
 def write_config(path: Path, config: ModelConfig) -> None:
     """Write ``config`` to ``path`` atomically: a reader sees the old file or the new one, never half."""
     data = config.model_dump(mode="json", exclude_defaults=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = str(path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    # not mkstemp: its 0600 would hide model.yaml from a server running as another user
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(yaml.safe_dump(data, sort_keys=False))

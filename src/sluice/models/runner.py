@@ -15,6 +15,7 @@ import numpy as np
 
 from sluice.errors import PredictError
 from sluice.models.base import Model, ModelSource
+from sluice.models.lifeline import Owner, watch_owner
 from sluice.models.loader import load_source
 
 if TYPE_CHECKING:
@@ -44,11 +45,12 @@ class ModelRunner:
 
             # forkserver: workers fork from a clean single-threaded server, never from this
             # process, whose reader threads may hold locks that a forked child would inherit.
+            # Each worker watches this process, so that a SIGKILL here leaves none behind.
             self._pool = ProcessPoolExecutor(
                 max_workers=self.workers,
                 mp_context=multiprocessing.get_context("forkserver"),
                 initializer=_worker_init,
-                initargs=(self.model.source,),
+                initargs=(self.model.source, Owner.current()),
             )
         return self
 
@@ -77,8 +79,9 @@ class ModelRunner:
 _WORKER_MODEL: Model | None = None
 
 
-def _worker_init(source: ModelSource) -> None:
+def _worker_init(source: ModelSource, owner: Owner) -> None:
     global _WORKER_MODEL  # noqa: PLW0603 - one model per worker process, loaded once
+    watch_owner(owner)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and shuts us down
     _WORKER_MODEL = load_source(source)
 
