@@ -146,7 +146,9 @@ def _grpc_endpoint(settings: ServeSettings) -> GrpcEndpoint | None:
         try:
             importlib.import_module(module)
         except ImportError:
-            raise MissingDependency(module.split(".")[0], "serve", "serving gRPC (grpc_port=None serves HTTP only)") from None
+            raise MissingDependency(
+                module.split(".")[0], "serve", "serving gRPC (grpc_port=None serves HTTP only)"
+            ) from None
     return GrpcEndpoint(
         host=settings.host,
         port=settings.grpc_port,
