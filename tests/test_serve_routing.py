@@ -160,7 +160,8 @@ def test_weighted_split_answers_with_the_version_in_body_and_header(caller: Call
         assert status == 200 and headers["sluice-model-version"] == body["model_version"]
         assert body["outputs"][0]["data"] == LABELS
         versions[body["model_version"]] += 1
-    assert set(versions) == {"1", "2"} and abs(versions["2"] - 40) < 3 * math.sqrt(400 * 0.9 * 0.1)
+    # the server's draws are not seeded: 4 standard deviations fail a correct split once in ~16,000 runs
+    assert set(versions) == {"1", "2"} and abs(versions["2"] - 40) < 4 * math.sqrt(400 * 0.9 * 0.1)
     # a version or label in the URL bypasses routing
     for selector, version in (("2", "2"), ("canary", "2"), ("stable", "1"), ("3", "3")):
         # zeros: version 3 (the gated shadow of a later test) answers those at once
