@@ -328,7 +328,7 @@ class ModelHost:
         return served
 
 
-_INLINE_FORMATS = frozenset({"onnx", "sklearn"})
+_INLINE_FORMATS = frozenset({"onnx", "sklearn", "xgboost", "lightgbm"})
 
 
 def warm_up_inputs(signature: Signature) -> dict[str, np.ndarray]:
