@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -585,3 +588,36 @@ def test_every_job_spec_field_but_the_tuning_knobs_has_a_flag() -> None:
         "trusted_types": ["a.B"], "storage_options": {"endpoint_url": "http://127.0.0.1:9000", "anon": True},
         "backend": "local", "spark_master": None, "ray_address": None,
     }  # fmt: skip
+
+
+def test_quiet_predict_does_not_load_rich(tmp_path: Path, models) -> None:
+    """A quiet run draws nothing, so it does not pay rich's import (~35 ms of start-up)."""
+    write_table(make_table(30), tmp_path / "in" / "a.parquet")
+    out = tmp_path / "out"
+    argv = [
+        "sluice",
+        "predict",
+        "-m",
+        str(models.onnx),
+        "-i",
+        str(tmp_path / "in"),
+        "-o",
+        str(out),
+        "--key-column",
+        "id",
+        "-q",
+    ]
+    code = (
+        "import sys\n"
+        f"sys.argv = {argv!r}\n"
+        "from sluice.cli.main import main\n"
+        "try:\n    main()\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
+        "print(sorted(m for m in sys.modules if m == 'rich' or m.startswith('rich.')))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    result = subprocess.run(
+        [sys.executable, "-c", code], check=False, capture_output=True, text=True, env=env, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+    assert json.loads((out / "_summary.json").read_text())["rows"] == 30

@@ -18,10 +18,7 @@ from typing import Any, Literal
 from sluice.batch.spec import DEFAULT_BATCH_SIZE, JobSpec
 from sluice.models.base import Model
 from sluice.models.loader import model_digest
-from sluice.tune.api import load_sample
-from sluice.tune.measure import ModelBench
 from sluice.tune.profile import hardware
-from sluice.tune.search import SearchSpace, choose, search
 
 __all__ = ["BatchSizeChoice", "cache_path", "choose_batch_size"]
 
@@ -63,6 +60,15 @@ def choose_batch_size(
     cached = _read_cache().get(key)
     if cached is not None:
         return BatchSizeChoice(int(cached["batch_size"]), "cache")
+    return _tune(spec, model, key, not_features)
+
+
+def _tune(spec: JobSpec, model: Model, key: str, not_features: list[str]) -> BatchSizeChoice:
+    # the tuner is imported only when a job tunes: a cached size is most runs' start-up
+    from sluice.tune.api import load_sample
+    from sluice.tune.measure import ModelBench
+    from sluice.tune.search import SearchSpace, choose, search
+
     started = time.perf_counter()
     sample = load_sample(
         model,

@@ -48,7 +48,6 @@ from sluice.data.writers import check_writable
 from sluice.errors import ErrorFractionExceeded
 from sluice.models.base import Model
 from sluice.models.loader import load_source, resolve_model
-from sluice.tune.cost import cost_per_million
 
 __all__ = [
     "check_output",
@@ -201,7 +200,7 @@ def summarize(run: PlannedRun, backend: str, result: EngineRun, seconds: float, 
         peak_rss_bytes=usage.peak_rss_bytes,
         cpu_utilization=usage.cpu_utilization,
         gpu_utilization=usage.gpu_utilization,
-        cost_per_million_usd=cost_per_million(run.spec.price_per_hour, rate),
+        cost_per_million_usd=_cost_per_million(run.spec.price_per_hour, rate),
         model=run.plan.model.source.display_name,
         input=run.spec.input,
         output=run.layout.root.url,
@@ -234,7 +233,7 @@ def kept_summary(run: PlannedRun) -> RunSummary | None:
         run.layout.write_json(SUMMARY, replace(earlier, error_files=list(counted.error_files)).to_dict())
     cost = earlier.cost_per_million_usd
     if run.spec.price_per_hour is not None:
-        cost = cost_per_million(run.spec.price_per_hour, earlier.rows_per_second)
+        cost = _cost_per_million(run.spec.price_per_hour, earlier.rows_per_second)
     return replace(
         earlier,
         shards_skipped=run.skipped,
@@ -242,6 +241,14 @@ def kept_summary(run: PlannedRun) -> RunSummary | None:
         cost_per_million_usd=cost,
         complete_before=True,
     )
+
+
+def _cost_per_million(price_per_hour: float | None, rows_per_second: float) -> float | None:
+    if price_per_hour is None:  # most runs name no price: the price table module stays unloaded
+        return None
+    from sluice.tune.cost import cost_per_million
+
+    return cost_per_million(price_per_hour, rows_per_second)
 
 
 def _describes(summary: RunSummary, counted: PartCounts) -> bool:

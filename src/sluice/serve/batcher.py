@@ -103,6 +103,8 @@ class Batcher(Generic[P]):
             raise ValueError(f"max_queue_rows must be at least 1, got {self.max_queue_rows}")
         self._groups: dict[Hashable, _Group[P]] = {}
         self._arrivals: OrderedDict[Hashable, ArrivalRate] = OrderedDict()
+        self._last_key: Hashable = _ANY_KEY  # the key of the last admitted request, and its rate
+        self._last_arrivals = ArrivalRate()
         self._queued = 0
         self._queued_rows = 0
         self._timed = 0  # queued requests with a timeout: without any, there is nothing to expire
@@ -174,12 +176,15 @@ class Batcher(Generic[P]):
         return True
 
     def _key_arrivals(self, key: Hashable) -> ArrivalRate:
+        if key == self._last_key:  # the same shape as the last request, as most are: already last
+            return self._last_arrivals
         arrivals = self._arrivals.get(key)
         if arrivals is None:
             arrivals = self._arrivals[key] = ArrivalRate()
             if len(self._arrivals) > _TRACKED_KEYS:
                 self._arrivals.popitem(last=False)
         self._arrivals.move_to_end(key)
+        self._last_key, self._last_arrivals = key, arrivals
         return arrivals
 
     def check_admission(
@@ -234,12 +239,12 @@ class Batcher(Generic[P]):
 
     def _own_group_s(self, now: float, extra_rows: int, key: Hashable, limit: int) -> float:
         latency = self.policy.latency
-        ahead_s, rows = 0.0, extra_rows
-        for other, group in self._groups.items():
-            if other == key:
-                rows += group.rows
-            else:
-                ahead_s += _drain_s(latency.mean_s, group.rows, limit)
+        groups = self._groups
+        own = groups.get(key)
+        rows = extra_rows if own is None else extra_rows + own.rows
+        ahead_s = 0.0
+        if len(groups) > (own is not None):  # other shapes are queued: their batches count as ahead
+            ahead_s = sum(_drain_s(latency.mean_s, g.rows, limit) for k, g in groups.items() if k != key)
         if rows == 0:
             return ahead_s
         full, rest = divmod(rows, limit)

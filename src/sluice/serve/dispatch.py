@@ -22,7 +22,6 @@ and runs in its own batch. Every output is checked to have as many rows as the i
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
 import time
 from collections.abc import Callable, Hashable, Mapping
@@ -238,10 +237,17 @@ class Dispatcher:
             _fail_all(self.batcher.remove_all(), Overloaded("the dispatcher stopped", retry_after_s=1.0))
 
     async def _sleep_until(self, deadline_s: float | None, now: float) -> None:
+        # A timer that sets the event, not asyncio.wait_for: that wraps the wait in a new task
+        # and a cancellation every time, which costs more than the batch of a small model.
         self._wakeup.clear()
-        timeout_s = None if deadline_s is None else max(0.0, deadline_s - now)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wakeup.wait(), timeout_s)
+        if deadline_s is None:
+            await self._wakeup.wait()
+            return
+        timer = asyncio.get_running_loop().call_later(max(0.0, deadline_s - now), self._wakeup.set)
+        try:
+            await self._wakeup.wait()
+        finally:
+            timer.cancel()
 
     async def _execute(self, batch: Batch[_Job]) -> None:
         if self._allow_inline and self.batcher.policy.run_inline(batch.rows):
