@@ -55,8 +55,8 @@ def read_shard(
     (strings for CSV) so that the model's own input type decides how they are parsed.
     ``key_column`` names the column whose value identifies a record that fails to read; with
     ``key_as_written``, a text key typed int64 must be spelled as int64 writes it back
-    (``000123`` is a per-record error, not the key ``123``). Parquet columns whose type differs
-    from ``schema``'s (a forced key type) are cast, values that do not convert set aside.
+    (``000123`` is a per-record error, not the key ``123``); without it (a forced key type) a
+    Parquet key column is cast to ``schema``'s type, values that do not convert set aside.
     """
     missing = [c for c in columns if c not in schema.names]
     if missing:
@@ -91,7 +91,9 @@ def _read_parquet(
         raise DataError(f"{shard.source} has no column {_quote(missing)}; its columns are {file_schema.names}")
     if shard.row_groups == ():
         return
-    recast = {c for c in columns if c in schema.names and schema.field(c).type != file_schema.field(c).type}
+    # only a forced key type is cast: other columns keep each file's own type, as always
+    forced = key.name is not None and not key.as_written and key.name in columns and key.name in schema.names
+    recast = {key.name} if forced and schema.field(key.name).type != file_schema.field(key.name).type else set()
     row = shard.first_row
     # Decoding in large batches and slicing them (zero-copy) halves the read cost of small
     # batch sizes: per-batch overhead in the Parquet reader is paid once per 64k rows.
