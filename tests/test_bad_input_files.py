@@ -186,3 +186,15 @@ def test_a_long_csv_record_after_bad_rows_keeps_each_row_once(tmp_path: Path, mo
     [error] = read_jsonl(out / "_errors" / "errors-00000.jsonl")
     assert error == {"source": str(src), "row": 3, "line": 5, "key": None, "field": None,
                      "error": "expected 6 fields, found 3"}  # fmt: skip
+
+
+def test_a_bad_line_in_a_later_block_drops_no_good_row(tmp_path: Path, models) -> None:
+    # the parser reports rejected lines of blocks it has read ahead of the rows handed out
+    src = tmp_path / "in.csv"
+    src.write_text(HEADER + "".join(f"{i},1.0,2.0,3.0,4.0\n" for i in range(100_000)) + "100000,1.0\n")
+    out = tmp_path / "out"
+    result = _predict(models.onnx, src, out, "--max-error-fraction", "0.01", "--batch-size", "1000")
+    assert result.exit_code == 0, result.output
+    assert _ids(out) == list(range(100_000))
+    [error] = read_jsonl(out / "_errors" / "errors-00000.jsonl")
+    assert (error["row"], error["error"]) == (100_000, "expected 5 fields, found 2")

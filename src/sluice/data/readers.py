@@ -162,33 +162,35 @@ def _read_csv(
 ) -> Iterator[SourceBatch]:
     """The CSV reader, started again with a larger block when a record does not fit in one;
     the records already yielded are not yielded twice."""
-    done = 0  # records yielded so far: a restart skips them
+    seen = _Yielded()
     for block_size in csv_block_sizes():
         try:
-            for read in _read_csv_blocks(shard, columns, schema, raw, key, block_size):
-                item = _from_record(read, done)
-                done = max(done, _next_record(item))
-                yield item
+            for item in _read_csv_blocks(shard, columns, schema, raw, key, block_size):
+                yield seen.new_part(item)
             return
         except _BlockTooSmall:
             continue
     raise too_long(shard, "a record (a row or a quoted field)")
 
 
-def _from_record(item: SourceBatch, first: int) -> SourceBatch:
-    if not first:
-        return item
-    if (not item.rows.size or item.rows[0] >= first) and all(f.row is None or f.row >= first for f in item.failures):
-        return item
-    keep = item.rows >= first
-    failures = [f for f in item.failures if f.row is None or f.row >= first]
-    return SourceBatch(item.batch.filter(pa.array(keep)), item.rows[keep], failures)
+class _Yielded:
+    """The records a CSV read has yielded, so that a read started again skips them. Good rows
+    come in order; rejected lines may be reported ahead of them (the parser reads ahead)."""
 
+    def __init__(self) -> None:
+        self.good_until = 0
+        self.failed: set[int] = set()
 
-def _next_record(item: SourceBatch) -> int:
-    rows = [int(item.rows[-1])] if item.rows.size else []
-    rows += [f.row for f in item.failures if f.row is not None]
-    return max(rows) + 1 if rows else 0
+    def new_part(self, item: SourceBatch) -> SourceBatch:
+        if item.rows.size and item.rows[0] < self.good_until:
+            keep = item.rows >= self.good_until
+            item = SourceBatch(item.batch.filter(pa.array(keep)), item.rows[keep], item.failures)
+        if any(f.row in self.failed for f in item.failures):
+            item = SourceBatch(item.batch, item.rows, [f for f in item.failures if f.row not in self.failed])
+        if item.rows.size:
+            self.good_until = int(item.rows[-1]) + 1
+        self.failed.update(f.row for f in item.failures if f.row is not None)
+        return item
 
 
 def _read_csv_blocks(
