@@ -143,15 +143,20 @@ def test_a_job_submitted_again_over_its_finished_output_ends_as_it_did(tmp_path:
 
 
 def test_a_shard_that_keeps_failing_is_retried_then_fails_the_job_naming_it(tmp_path: Path, models) -> None:
+    import gzip
+
     write_table(make_table(5), tmp_path / "in" / "a.csv")
-    write_table(make_table(5, start=5).drop_columns(["f3"]), tmp_path / "in" / "b.csv")  # read fails: no f3
+    # every file's header is checked before any work, so the read fails later: the stream is cut short
+    whole = gzip.compress(write_table(make_table(20_000, start=5), tmp_path / "b.csv").read_bytes())
+    (tmp_path / "in" / "b.csv.gz").write_bytes(whole[: len(whole) // 2])
     spec = write_spec(tmp_path / "job.yaml", model=str(models.onnx), input=str(tmp_path / "in"),
-                      output=str(tmp_path / "out"), key_column="id", max_attempts=2, retry_backoff_s=0.05)  # fmt: skip
+                      output=str(tmp_path / "out"), key_column="id", max_attempts=2, retry_backoff_s=0.05,
+                      batch_size=64)  # fmt: skip
     result = invoke("jobs", "submit", spec, "--wait", "-q", "--json", "--home", tmp_path / "home")
     assert result.exit_code == 1, result.output
     status = json.loads(result.stdout.split("\n", 1)[1])
-    b = tmp_path / "in" / "b.csv"
-    cause = f"{b} has no column 'f3' (needed as a feature or to pass through)"
+    b = tmp_path / "in" / "b.csv.gz"
+    cause = f"{b} is truncated or corrupt and cannot be read as gzip-compressed csv: Truncated compressed stream"
     assert status["state"] == "FAILED"
     assert status["message"] == f"shard 1 ({b}) failed after 2 attempts: {cause}"
     assert (status["shards_done"], status["attempts"]) == (1, 3)

@@ -8,6 +8,7 @@ only for the values that failed.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,7 +16,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["RowFailures", "array_from_numpy", "cast_column", "describe_type", "numpy_view", "parse_numeric"]
+__all__ = [
+    "RowFailures",
+    "array_from_numpy",
+    "cast_column",
+    "describe_mismatch",
+    "describe_type",
+    "numpy_view",
+    "parse_numeric",
+]
 
 _NUMBER = r"^[-+]?((\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|nan|inf|infinity)$"
 
@@ -139,7 +148,7 @@ def cast_column(col: pa.Array, name: str, target: pa.DataType, failures: RowFail
     rows = np.flatnonzero(bad)
     if rows.size:
         found = col.take(pa.array(rows)).to_pylist()
-        failures.add_rows(rows, name, [f"expected {describe_type(target)}, found {v!r}" for v in found])
+        failures.add_rows(rows, name, [describe_mismatch(target, v) for v in found])
     return cast
 
 
@@ -156,6 +165,21 @@ def _cast_each(col: pa.Array, target: pa.DataType, bad: np.ndarray) -> tuple[pa.
             values.append(None)
             bad[i] = True
     return pa.array(values, type=target), bad
+
+
+_INTEGER_TEXT = re.compile(r"^\s*[-+]?\d+\s*$")
+
+
+def describe_mismatch(target: pa.DataType, found: object) -> str:
+    """Why ``found`` is not a value of ``target``: "expected an integer, found 'abc'", or, for an
+    integer too large for the type, which range it must be in."""
+    text = str(found) if isinstance(found, (str, int)) and not isinstance(found, bool) else ""
+    if pa.types.is_integer(target) and _INTEGER_TEXT.match(text):
+        info = np.iinfo(_NUMERIC[target])
+        if info.min <= int(text) <= info.max:
+            return f"expected {describe_type(target)}, found {found!r}"
+        return f"expected an integer from {info.min} to {info.max} ({target}), found {found!r}, which is out of range"
+    return f"expected {describe_type(target)}, found {found!r}"
 
 
 def describe_type(t: pa.DataType) -> str:

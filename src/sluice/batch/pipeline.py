@@ -280,6 +280,7 @@ class Pipeline:
             batch_size=self.batch_size,
             raw_columns=cols.raw,
             key_column=self._key,
+            key_as_written=self.plan.spec.key_type is None,
         )
         seq = 0
         for seq in itertools.count():

@@ -8,7 +8,7 @@ import pyarrow as pa
 
 from sluice.batch.spec import JobSpec
 from sluice.batch.step import empty_outputs
-from sluice.data.schema import feature_read_schema, infer_schema
+from sluice.data.schema import check_input_columns, feature_read_schema, infer_input_schema, input_columns
 from sluice.data.shards import Shard, plan_shards
 from sluice.errors import ConfigError, DataError
 from sluice.models.base import Model
@@ -55,6 +55,7 @@ class JobPlan:
             "columns": list(self.columns.passthrough),
             "features": list(self.columns.bind.columns),
             "output_format": self.spec.output_format,
+            **({"key_type": self.spec.key_type} if self.spec.key_type is not None else {}),
         }
 
 
@@ -67,8 +68,12 @@ def plan_job(spec: JobSpec, model: Model | None = None) -> JobPlan:
     shards = plan_shards(
         spec.input, spec.input_format, shard_rows=spec.shard_rows, storage_options=spec.storage_options
     )
-    schema = infer_schema(shards[0])
+    # every file's footer or header, before any work: a later file missing a column must not
+    # stop the job after the earlier files' parts are written
+    columns_by_file = input_columns(shards)
+    schema = infer_input_schema(shards, spec.key_column, spec.key_type)
     columns = plan_columns(spec, model, schema, text_input=shards[0].format != "parquet")
+    check_input_columns(columns_by_file, columns.read)
     return JobPlan(spec, model, shards, schema, columns, model_digest(model))
 
 

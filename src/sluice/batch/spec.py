@@ -38,6 +38,11 @@ class JobSpec(BaseModel):
     output_format: OutputFormat = "parquet"
     features: list[str] | None = None
     key_column: str | None = None
+    key_type: Literal["string", "int64"] | None = Field(
+        default=None,
+        description="Read the key column as text or as int64 (default: int64 while every key is a plain "
+        "integer that fits, else text; never a float).",
+    )
     include: list[str] | None = None
     exclude: list[str] | None = None
     batch_size: int | Literal["auto"] = Field(

@@ -50,6 +50,14 @@ FeaturesOption = Annotated[
 KeyColumnOption = Annotated[
     str | None, _option("Column copied to the output and the error files to identify each record.")
 ]
+KeyTypeOption = Annotated[
+    str | None,
+    _option(
+        "Read the key column as 'string' or 'int64' (default: int64 while every key is a plain integer "
+        "that fits, else text; never a float).",
+        metavar="string|int64",
+    ),
+]
 IncludeOption = Annotated[str | None, _option("Comma-separated columns to copy to the output.")]
 ExcludeOption = Annotated[str | None, _option("Copy every column except these (comma-separated) to the output.")]
 BatchSizeOption = Annotated[
@@ -111,9 +119,9 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print the summary as J
 
 # flags whose value is the job-spec field of the same name, as given
 _AS_GIVEN = (
-    "model", "output", "repository", "input_format", "output_format", "key_column", "batch_size", "workers",
-    "readers", "intra_op_threads", "device", "max_error_fraction", "price_per_hour", "backend", "spark_master",
-    "ray_address",
+    "model", "output", "repository", "input_format", "output_format", "key_column", "key_type", "batch_size",
+    "workers", "readers", "intra_op_threads", "device", "max_error_fraction", "price_per_hour", "backend",
+    "spark_master", "ray_address",
 )  # fmt: skip
 
 
@@ -128,6 +136,7 @@ def predict(
     output_format: OutputFormatOption = None,
     features: FeaturesOption = None,
     key_column: KeyColumnOption = None,
+    key_type: KeyTypeOption = None,
     include: IncludeOption = None,
     exclude: ExcludeOption = None,
     batch_size: BatchSizeOption = None,

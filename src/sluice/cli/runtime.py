@@ -31,6 +31,7 @@ FLAGS: Mapping[str, str] = {
     # sluice predict (and the job specs sluice jobs submits)
     "features": "--features",
     "key_column": "--key-column",
+    "key_type": "--key-type",
     "include": "--include",
     "exclude": "--exclude",
     "overwrite": "--overwrite",

@@ -2,50 +2,41 @@
 
 Every reader yields :class:`SourceBatch` objects: the batch, the record number of each of
 its rows within the source file, and the records that could not be read at all (an
-unparseable CSV or JSON line, a value that does not fit its column's type). Nothing is
-read whole into memory.
+unparseable CSV or JSON line, a value that does not fit its column's type, a JSON line nested
+deeper than :data:`~sluice.data.jsonl.MAX_JSON_DEPTH`). Nothing is read whole into memory; a
+0-byte file holds zero records.
 """
 
 from __future__ import annotations
 
-import io
-import json
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
-import pyarrow.json as pajson
 
-from sluice.arrowcast import RowFailures, cast_column, describe_type
+from sluice.arrowcast import RowFailures, cast_column
+from sluice.data.blocks import (
+    TEXT_BLOCK_BYTES,
+    csv_block_sizes,
+    is_straddling,
+    open_stream,
+    read_block,
+    too_long,
+    unreadable,
+)
+from sluice.data.jsonl_reader import read_jsonl
+from sluice.data.records import RecordFailure, SourceBatch
+from sluice.data.schema import PLAIN_INTEGER
 from sluice.data.shards import Shard, open_parquet
 from sluice.errors import DataError
 
-__all__ = ["RecordFailure", "SourceBatch", "open_stream", "read_shard", "rebatch"]
+__all__ = ["TEXT_BLOCK_BYTES", "RecordFailure", "SourceBatch", "open_stream", "read_block", "read_shard", "rebatch"]
 
-TEXT_BLOCK_BYTES = 1 << 20
 _PARQUET_READ_ROWS = 1 << 16
-
-
-@dataclass(frozen=True)
-class RecordFailure:
-    """A record that failed: its record number in the source file, and why."""
-
-    row: int | None
-    message: str
-    field: str | None = None
-    line: int | None = None
-    key: object = None
-
-
-@dataclass
-class SourceBatch:
-    batch: pa.RecordBatch
-    rows: np.ndarray  # record number (0-based, within the source file) of each row
-    failures: list[RecordFailure] = field(default_factory=list)
 
 
 def read_shard(
@@ -56,35 +47,54 @@ def read_shard(
     batch_size: int,
     raw_columns: Sequence[str] = (),
     key_column: str | None = None,
+    key_as_written: bool = True,
 ) -> Iterator[SourceBatch]:
     """Stream ``columns`` of a shard as batches of at most ``batch_size`` rows.
 
     For CSV and JSON Lines, ``schema`` gives the column types; ``raw_columns`` stay as read
     (strings for CSV) so that the model's own input type decides how they are parsed.
-    ``key_column`` names the column whose value identifies a record that fails to read.
+    ``key_column`` names the column whose value identifies a record that fails to read; with
+    ``key_as_written``, a text key typed int64 must be spelled as int64 writes it back
+    (``000123`` is a per-record error, not the key ``123``); without it (a forced key type) a
+    Parquet key column is cast to ``schema``'s type, values that do not convert set aside.
     """
     missing = [c for c in columns if c not in schema.names]
     if missing:
         raise DataError(f"{shard.source} has no column {_quote(missing)}; its columns are {schema.names}")
+    if shard.is_empty:
+        return iter(())
+    key = _Key(key_column, key_as_written)
     if shard.format == "parquet":
-        return _read_parquet(shard, columns, batch_size)
+        return _read_parquet(shard, columns, schema, batch_size, key)
     if shard.format == "csv":
-        return rebatch(_read_csv(shard, columns, schema, set(raw_columns), key_column), batch_size)
-    return rebatch(_read_jsonl(shard, columns, schema, key_column), batch_size)
+        return rebatch(_read_csv(shard, columns, schema, set(raw_columns), key), batch_size)
+    return rebatch(read_jsonl(shard, columns, schema, key_column), batch_size)
+
+
+@dataclass(frozen=True)
+class _Key:
+    name: str | None
+    as_written: bool
 
 
 def _quote(names: Sequence[str]) -> str:
     return ", ".join(f"'{n}'" for n in names)
 
 
-def _read_parquet(shard: Shard, columns: Sequence[str], batch_size: int) -> Iterator[SourceBatch]:
+def _read_parquet(
+    shard: Shard, columns: Sequence[str], schema: pa.Schema, batch_size: int, key: _Key
+) -> Iterator[SourceBatch]:
     pf = open_parquet(shard.location)
-    missing = [c for c in columns if c not in pf.schema_arrow.names]
+    file_schema = pf.schema_arrow
+    missing = [c for c in columns if c not in file_schema.names]
     if missing:
-        raise DataError(f"{shard.source} has no column {_quote(missing)}; its columns are {pf.schema_arrow.names}")
-    row = shard.first_row
+        raise DataError(f"{shard.source} has no column {_quote(missing)}; its columns are {file_schema.names}")
     if shard.row_groups == ():
         return
+    # only a forced key type is cast: other columns keep each file's own type, as always
+    forced = key.name is not None and not key.as_written and key.name in columns and key.name in schema.names
+    recast = {key.name} if forced and schema.field(key.name).type != file_schema.field(key.name).type else set()
+    row = shard.first_row
     # Decoding in large batches and slicing them (zero-copy) halves the read cost of small
     # batch sizes: per-batch overhead in the Parquet reader is paid once per 64k rows.
     read_size = max(batch_size, _PARQUET_READ_ROWS)
@@ -93,24 +103,23 @@ def _read_parquet(shard: Shard, columns: Sequence[str], batch_size: int) -> Iter
     batches = pf.iter_batches(
         batch_size=read_size, row_groups=shard.row_groups, columns=list(columns), use_threads=False
     )
-    for big in batches:
+    for big in _decoded(shard, batches):
         for start in range(0, big.num_rows, batch_size):
             batch = big.slice(start, batch_size)
-            yield SourceBatch(batch, np.arange(row, row + batch.num_rows))
+            rows = np.arange(row, row + batch.num_rows)
+            yield _typed(batch, rows, [], schema, set(columns) - recast, key) if recast else SourceBatch(batch, rows)
             row += batch.num_rows
 
 
-def open_stream(shard: Shard) -> pa.NativeFile:
-    loc = shard.location
+def _decoded(shard: Shard, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """``batches``, with a corrupt page reported as the file's problem, not a traceback."""
     try:
-        source: Any = loc.path if loc.is_local else loc.open()
-        return pa.input_stream(source, compression=shard.compression)
+        yield from batches
     except (OSError, pa.ArrowInvalid) as exc:
-        raise DataError(f"cannot open {shard.source}: {exc}") from exc
-
-
-def read_block(stream: pa.NativeFile, size: int) -> bytes:
-    return bytes(stream.read(size))
+        error = unreadable(shard, exc)
+        if error is None:
+            raise
+        raise error from exc
 
 
 # -- CSV -----------------------------------------------------------------------------------
@@ -144,15 +153,55 @@ class _CsvRowNumbers:
         return rows, rejected
 
 
+class _BlockTooSmall(Exception):
+    """A record is longer than the block: read again with a larger one."""
+
+
 def _read_csv(
-    shard: Shard, columns: Sequence[str], schema: pa.Schema, raw: set[str], key: str | None
+    shard: Shard, columns: Sequence[str], schema: pa.Schema, raw: set[str], key: _Key
+) -> Iterator[SourceBatch]:
+    """The CSV reader, started again with a larger block when a record does not fit in one;
+    the records already yielded are not yielded twice."""
+    seen = _Yielded()
+    for block_size in csv_block_sizes():
+        try:
+            for item in _read_csv_blocks(shard, columns, schema, raw, key, block_size):
+                yield seen.new_part(item)
+            return
+        except _BlockTooSmall:
+            continue
+    raise too_long(shard, "a record (a row or a quoted field)")
+
+
+class _Yielded:
+    """The records a CSV read has yielded, so that a read started again skips them. Good rows
+    come in order; rejected lines may be reported ahead of them (the parser reads ahead)."""
+
+    def __init__(self) -> None:
+        self.good_until = 0
+        self.failed: set[int] = set()
+
+    def new_part(self, item: SourceBatch) -> SourceBatch:
+        if item.rows.size and item.rows[0] < self.good_until:
+            keep = item.rows >= self.good_until
+            item = SourceBatch(item.batch.filter(pa.array(keep)), item.rows[keep], item.failures)
+        if any(f.row in self.failed for f in item.failures):
+            item = SourceBatch(item.batch, item.rows, [f for f in item.failures if f.row not in self.failed])
+        if item.rows.size:
+            self.good_until = int(item.rows[-1]) + 1
+        self.failed.update(f.row for f in item.failures if f.row is not None)
+        return item
+
+
+def _read_csv_blocks(
+    shard: Shard, columns: Sequence[str], schema: pa.Schema, raw: set[str], key: _Key, block_size: int
 ) -> Iterator[SourceBatch]:
     numbers = _CsvRowNumbers(header_lines=1)
     with open_stream(shard) as stream:
         try:
             reader = pacsv.open_csv(
                 stream,
-                read_options=pacsv.ReadOptions(use_threads=False, block_size=TEXT_BLOCK_BYTES),
+                read_options=pacsv.ReadOptions(use_threads=False, block_size=block_size),
                 parse_options=pacsv.ParseOptions(invalid_row_handler=numbers.handle),
                 convert_options=pacsv.ConvertOptions(
                     column_types={name: pa.string() for name in columns},
@@ -169,7 +218,13 @@ def _read_csv(
             missing = f"'{found.group(1)}'" if found else "a needed column"
             raise DataError(f"{shard.source} has no column {missing} (needed as a feature or to pass through)") from exc
         except pa.ArrowInvalid as exc:
+            if is_straddling(exc):
+                raise _BlockTooSmall from exc
+            if "Empty CSV file" in str(exc):
+                return
             raise DataError(f"{shard.source} is not a readable CSV file: {exc}") from exc
+        except OSError as exc:
+            raise unreadable(shard, exc) or exc from exc
         rows, rejected = numbers.take(0)
         if rejected:
             yield SourceBatch(
@@ -187,114 +242,54 @@ def _typed(
     rejected: list[RecordFailure],
     schema: pa.Schema,
     raw: set[str],
-    key: str | None,
+    key: _Key,
 ) -> SourceBatch:
     """Cast each non-raw column to its schema type; rows with values that do not fit drop out."""
     failures = RowFailures()
     arrays = []
     for name, column in zip(batch.schema.names, batch.columns, strict=True):
         target = schema.field(name).type
-        arrays.append(column if name in raw or target == column.type else cast_column(column, name, target, failures))
+        if name in raw or target == column.type:
+            arrays.append(column)
+            continue
+        if name == key.name:
+            _check_key_text(column, name, target, key, failures)
+        arrays.append(cast_column(column, name, target, failures))
     typed = pa.RecordBatch.from_arrays(arrays, names=batch.schema.names)
     if not failures:
         return SourceBatch(typed, rows, rejected)
     bad = failures.mask(batch.num_rows)
-    keys = batch.column(key) if key is not None else None
+    keys = batch.column(key.name) if key.name is not None else None
     rejected = rejected + [
-        RecordFailure(int(rows[r]), msg, fld, key=None if keys is None else keys[r].as_py()) for r, fld, msg in failures
+        RecordFailure(int(rows[r]), _key_hint(msg, fld, key), fld, key=None if keys is None else keys[r].as_py())
+        for r, fld, msg in failures
     ]
     return SourceBatch(typed.filter(pa.array(~bad)), rows[~bad], rejected)
 
 
-# -- JSON Lines ----------------------------------------------------------------------------
+def _check_key_text(column: pa.Array, name: str, target: pa.DataType, key: _Key, failures: RowFailures) -> None:
+    """Text keys typed int64 must read back as written: ``000123`` or ``+5`` would change."""
+    if not key.as_written or not pa.types.is_integer(target) or not pa.types.is_string(column.type):
+        return
+    plain = pc.match_substring_regex(column, PLAIN_INTEGER).fill_null(True)
+    if pc.all(plain).as_py():
+        return
+    bad = np.flatnonzero(~plain.to_numpy(zero_copy_only=False))
+    found = column.take(pa.array(bad)).to_pylist()
+    failures.add_rows(
+        bad,
+        name,
+        [f"key {v!r} is not written as {target} writes integers, so reading it as one would change it" for v in found],
+    )
 
 
-def _read_jsonl(shard: Shard, columns: Sequence[str], schema: pa.Schema, key: str | None) -> Iterator[SourceBatch]:
-    target = pa.schema([schema.field(c) for c in columns])
-    options = pajson.ParseOptions(explicit_schema=target, unexpected_field_behavior="ignore")
-    next_row, next_line = 0, 1
-    with open_stream(shard) as stream:
-        for chunk in _line_chunks(stream):
-            try:
-                table = pajson.read_json(io.BytesIO(chunk), parse_options=options)
-            except pa.ArrowInvalid:
-                out, next_row = _jsonl_slow(chunk, target, options, (next_row, next_line), key)
-                yield out
-            else:
-                table = table.combine_chunks()
-                for batch in table.to_batches():
-                    yield SourceBatch(batch, np.arange(next_row, next_row + batch.num_rows))
-                    next_row += batch.num_rows
-            next_line += chunk.count(b"\n")
-
-
-def _line_chunks(stream: pa.NativeFile) -> Iterator[bytes]:
-    rest = b""
-    while True:
-        block = read_block(stream, TEXT_BLOCK_BYTES)
-        if not block:
-            if rest.strip():
-                yield rest if rest.endswith(b"\n") else rest + b"\n"
-            return
-        block = rest + block
-        cut = block.rfind(b"\n")
-        if cut < 0:
-            rest = block
-            continue
-        rest = block[cut + 1 :]
-        yield block[: cut + 1]
-
-
-def _jsonl_slow(
-    chunk: bytes, schema: pa.Schema, options: pajson.ParseOptions, start: tuple[int, int], key: str | None
-) -> tuple[SourceBatch, int]:
-    """Parse a chunk that failed as a whole line by line, setting the bad lines aside."""
-    good: list[bytes] = []
-    rows: list[int] = []
-    failures: list[RecordFailure] = []
-    row, first_line = start
-    for offset, line in enumerate(chunk.split(b"\n")[:-1]):
-        if not line.strip():
-            continue
-        problem = _json_problem(line, schema, options, key)
-        if problem is None:
-            good.append(line)
-            rows.append(row)
-        else:
-            failures.append(RecordFailure(row, problem.message, problem.field, first_line + offset, problem.key))
-        row += 1
-    record_batch = pa.RecordBatch.from_pylist([], schema=schema)
-    if good:
-        table = pajson.read_json(io.BytesIO(b"\n".join(good)), parse_options=options).combine_chunks()
-        record_batch = table.to_batches()[0]
-    return SourceBatch(record_batch, np.asarray(rows, dtype=np.int64), failures), row
-
-
-def _json_problem(
-    line: bytes, schema: pa.Schema, options: pajson.ParseOptions, key: str | None
-) -> RecordFailure | None:
-    """Why one JSON line does not read (row numbers are filled in by the caller)."""
-    try:
-        value = json.loads(line)
-    except ValueError as exc:
-        return RecordFailure(None, f"not valid JSON: {exc}")
-    if not isinstance(value, dict):
-        return RecordFailure(None, f"expected a JSON object, found {type(value).__name__}")
-    try:
-        pajson.read_json(io.BytesIO(line), parse_options=options)
-    except pa.ArrowInvalid:
-        found_key = value.get(key) if key is not None else None
-        for name in schema.names:
-            if value.get(name) is None:
-                continue
-            target = schema.field(name).type
-            try:
-                pa.array([value[name]], type=target)
-            except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
-                message = f"expected {describe_type(target)}, found {value[name]!r}"
-                return RecordFailure(None, message, name, key=found_key)
-        return RecordFailure(None, "the record does not fit the columns of the file", key=found_key)
-    return None
+def _key_hint(message: str, field: str | None, key: _Key) -> str:
+    if field is None or field != key.name or not key.as_written:
+        return message
+    return (
+        f"{message}; the key column '{field}' was typed int64 from the file's first rows: "
+        "read keys as text with key_type 'string' (--key-type string)"
+    )
 
 
 # -- re-batching ---------------------------------------------------------------------------

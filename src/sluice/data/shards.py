@@ -37,6 +37,11 @@ class Shard:
     file_row_groups: int = 0  # row groups in the whole file, to tell a split file
 
     @property
+    def is_empty(self) -> bool:
+        """A 0-byte file: zero records, nothing to read (Spark writes these for empty partitions)."""
+        return self.num_rows == 0 and self.size_bytes == 0
+
+    @property
     def source(self) -> str:
         return self.location.url
 
@@ -80,7 +85,11 @@ def plan_shards(
     shards: list[Shard] = []
     for loc in list_inputs(uri, fmt, storage_options):
         detected, compression = _format_of(loc.path, fmt)
-        size = int(loc.fs.size(loc.path) or 0)
+        reported = loc.fs.size(loc.path)
+        size = int(reported or 0)
+        if reported == 0:  # Spark writes empty files for empty partitions: zero records, no footer
+            shards.append(Shard(len(shards), loc, detected, compression, (), 0, 0, 0, 0))
+            continue
         if detected != "parquet":
             shards.append(Shard(len(shards), loc, detected, compression, size_bytes=size))
             continue

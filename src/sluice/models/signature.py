@@ -326,7 +326,8 @@ def _scalar_column(name: str, col: pa.Array, dtype: np.dtype[np.generic], failur
         raise BindError(f"column '{name}' has type {t}; expected {dtype.name} values")
     if col.null_count:
         failures.add_mask(col.is_null().to_numpy(zero_copy_only=False), name, "missing value")
-        col = col.fill_null(0)
+        # a placeholder for the rows set aside above; booleans take ``False``, not the integer 0
+        col = col.fill_null(False if pa.types.is_boolean(col.type) else 0)
     return numpy_view(col)
 
 

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sluice.data.readers import read_shard
-from sluice.data.schema import feature_read_schema, infer_schema
+from sluice.data.schema import feature_read_schema, infer_input_schema
 from sluice.data.shards import Shard, plan_shards
 from sluice.errors import ConfigError, DataError
 from sluice.models.signature import BindPlan, Signature, TensorSpec, default_feature_columns, is_value_type
@@ -101,7 +101,7 @@ def plan_columns(config: TrainConfig) -> TrainPlan:
     shards = plan_shards(config.data)
     if not shards:
         raise DataError(f"{config.data} names no input files")
-    schema = infer_schema(shards[0])
+    schema = infer_input_schema(shards)
     if config.target not in schema.names:
         raise DataError(f"{shards[0].source} has no target column '{config.target}'; its columns are {schema.names}")
     excluded = {config.target, *config.exclude}

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from sluice.data.readers import read_shard
-from sluice.data.schema import feature_read_schema, infer_schema
+from sluice.data.schema import feature_read_schema, infer_input_schema
 from sluice.data.shards import plan_shards
 from sluice.errors import ConfigError, DataError
 from sluice.models.base import Model
@@ -66,7 +66,7 @@ def load_sample(
     ``not_features`` are columns (keys, identifiers) never taken as features by default.
     """
     shards = plan_shards(source, storage_options=storage_options)
-    schema = infer_schema(shards[0])
+    schema = infer_input_schema(shards)
     features = features or model.source.config.features or model.default_features
     plan = model.signature.plan(schema, features, not_features=not_features, allow_nan=model.source.config.allow_nan)
     raw = plan.columns if shards[0].format != "parquet" else []
