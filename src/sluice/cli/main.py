@@ -7,11 +7,12 @@ from typing import Annotated
 
 import typer
 
+from sluice.cli.grammar import SluiceTyper, command_class, deprecation_epilog
 from sluice.cli.options import RepositoryOption
 from sluice.cli.predict_command import build_spec, render_result, run_spec
 from sluice.cli.runtime import console, run_cli
 
-app = typer.Typer(
+app = SluiceTyper(
     name="sluice",
     help="Batch and real-time inference for ML models over Parquet, CSV and JSON Lines.",
     no_args_is_help=True,
@@ -19,7 +20,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="markdown",
 )
-models_app = typer.Typer(help="Inspect the model repository.", no_args_is_help=True)
+models_app = SluiceTyper(help="Inspect the model repository.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 
 
@@ -111,11 +112,12 @@ def _register() -> None:
     from sluice.cli.routes_command import ab_app, routes_app
     from sluice.cli.serve_command import serve
     from sluice.cli.train_command import train_app
+    from sluice.cli.tune_command import RENAMED as TUNE_RENAMED
     from sluice.cli.tune_command import tune
 
     app.command("predict")(predict)
     app.command("demo")(demo)
-    app.command("tune")(tune)
+    app.command("tune", cls=command_class(TUNE_RENAMED), epilog=deprecation_epilog(TUNE_RENAMED))(tune)
     app.command("cost")(cost)
     app.command("serve")(serve)
     app.add_typer(train_app, name="train")

@@ -101,10 +101,15 @@ def serve(
     /v2/repository/models/NAME/load|unload, /metrics (Prometheus).
     With --jobs: POST/GET /v1/jobs, GET /v1/jobs/ID, POST /v1/jobs/ID:cancel (see docs/jobs.md).
 
-    Requests are batched per model version to stay within --target-p99-ms. A request may set a
+    Requests are batched per model version to stay within --target-p99-ms. One request may hold
+    at most the model's max_batch_size rows (default 64; model.yaml 'batching: {max_batch_size: N}');
+    a larger one gets 400 naming the limit. A request may set a
     timeout with the 'timeout' parameter (microseconds) or a Sluice-Timeout-Ms header (504 when
     it passes). Stop with Ctrl-C or SIGTERM: readiness turns false at once, in-flight requests
     finish (up to --drain-timeout), then it exits 0.
+
+    Exit codes: 0 stopped cleanly, 1 server failure, 2 usage error or unusable input (a port in use
+    included), 130 interrupted before it started.
     """
     from sluice.models import default_repository
     from sluice.serve.server import ServeSettings, run

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from sluice.cli.grammar import Renamed
 from sluice.cli.options import RepositoryOption
 from sluice.cli.runtime import console, flag_text, run_cli
 
@@ -15,6 +16,11 @@ if TYPE_CHECKING:
     from rich.table import Table
 
     from sluice.tune.profile import Profile
+
+__all__ = ["RENAMED", "profile_table", "tune"]
+
+# --json prints to stdout, as on every command; the file it used to take is --json-file's
+RENAMED = {"--json": Renamed("--json-file", only_with_value=True)}
 
 
 def tune(
@@ -42,8 +48,11 @@ def tune(
         str | None,
         typer.Option(help="Take the price from the price table's instance (see `sluice cost`).", show_default=False),
     ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the profile as JSON on stdout instead of the table.")
+    ] = False,
     json_path: Annotated[
-        Path | None, typer.Option("--json", help="Write the profile to this JSON file.", show_default=False)
+        Path | None, typer.Option("--json-file", help="Also write the profile to this JSON file.", show_default=False)
     ] = None,
     plot: Annotated[
         Path | None,
@@ -59,14 +68,23 @@ def tune(
     Measures the model on real rows of the sample: per-batch latency p50/p99, throughput and
     peak memory of each set-up visited by a search (batch sizes growing fourfold, a hill climb
     around the best, then the other thread set-ups), and picks the fastest whose p99 and memory
-    fit. Prints every measurement and the reason for the choice; --json and --plot keep them.
+    fit. Prints every measurement and the reason for the choice; --json prints them as JSON instead,
+    --json-file and --plot keep them.
     """
+    if plot is not None:
+        from sluice.tune.plot import check_plot
+
+        # a missing plotting package is found before the measurements, not after them
+        run_cli(lambda: check_plot(plot))
     profile = run_cli(
         lambda: _tune(model, input_, repository, features, key_column, max_latency_ms, memory_limit,
                       price_per_hour, instance, sample_rows, max_batch_size, sweep, trust_pickle)
     )  # fmt: skip
-    console(stderr=False).print(profile_table(profile))
-    console(stderr=False).print(f"[bold]choice:[/] {flag_text(profile.reason)}", highlight=False)
+    if as_json:
+        print(json.dumps(profile.to_dict(), indent=2))
+    else:
+        console(stderr=False).print(profile_table(profile))
+        console(stderr=False).print(f"[bold]choice:[/] {flag_text(profile.reason)}", highlight=False)
     if json_path is not None:
         json_path.write_text(json.dumps(profile.to_dict(), indent=2) + "\n")
     if plot is not None:

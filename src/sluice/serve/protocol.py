@@ -183,7 +183,11 @@ def _model_shape(spec: TensorSpec, shape: tuple[int, ...]) -> tuple[int, ...]:
 def _check_batch(inputs: Mapping[str, np.ndarray], model_name: str, max_batch_size: int | None) -> None:
     batch = common_rows({n: v.shape for n, v in inputs.items()}, model_name=model_name, error=ProtocolError)
     if max_batch_size is not None and max_batch_size > 0 and batch > max_batch_size:
-        raise ProtocolError(f"inference request batch-size must be <= {max_batch_size} for '{model_name}'")
+        raise ProtocolError(
+            f"inference request batch-size must be <= {max_batch_size} for '{model_name}' (the request has "
+            f"{batch} rows; the limit is the model's max_batch_size, set in its model.yaml as "
+            "'batching: {max_batch_size: N}')"
+        )
 
 
 def _request_id(document: Mapping[str, Any]) -> str | None:

@@ -154,10 +154,21 @@ def run(settings: ServeSettings, *, mounts: Mapping[str, ASGIApp] | None = None)
     previous = signal.signal(signal.SIGTERM, _ignore_signal)
     try:
         server.run()
+    except SystemExit as exc:
+        # uvicorn exits (status 3) when it cannot bind; that is an unusable `port`, not a crash
+        if server.started:
+            raise
+        raise ConfigError(
+            f"could not serve on {settings.host}:{settings.port} (is the port in use?): choose another `port`",
+            params=("port",),
+        ) from exc
     finally:
         signal.signal(signal.SIGTERM, previous)
     if not server.started:
-        raise ConfigError(f"could not serve on {settings.host}:{settings.port} (is the port in use?)")
+        raise ConfigError(
+            f"could not serve on {settings.host}:{settings.port} (is the port in use?): choose another `port`",
+            params=("port",),
+        )
 
 
 def _log_to_stderr(level: str) -> None:
