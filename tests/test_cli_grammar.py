@@ -270,3 +270,18 @@ def test_serve_help_names_the_row_limit_and_its_setting() -> None:
     assert "at most the model's max_batch_size rows (default 64; model.yaml 'batching: {max_batch_size: N}')" in (
         text.replace("│ ", "").replace(" │", "")
     )
+
+
+def test_every_command_whose_errors_name_trust_type_accepts_it() -> None:
+    assert {"predict", "tune", "models show"} <= set(_options()["--trust-type"])
+
+
+def test_demo_with_target_writes_a_labelled_training_set(tmp_path: Path) -> None:
+    import pyarrow.dataset as ds
+
+    result = invoke("demo", "--dir", tmp_path, "--rows", "200", "--files", "1", "--with-target", "-q")
+    assert result.exit_code == 0, result.output
+    table = ds.dataset(tmp_path / "demo-train").to_table()
+    assert table.num_rows == 20_000
+    assert table.column_names == ["id", *(f"f{i}" for i in range(32)), "churned"]
+    assert set(table.column("churned").to_pylist()) == {0, 1}

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-__all__ = ["RepositoryOption", "given_fields", "parse_key_values", "split_csv"]
+__all__ = ["RepositoryOption", "TrustTypeOption", "given_fields", "parse_key_values", "split_csv"]
 
 RepositoryOption = Annotated[
     str | None,
@@ -16,6 +16,13 @@ RepositoryOption = Annotated[
         "-r",
         help="Model repository directory (default: $SLUICE_REPOSITORY, else ./models).",
         show_default=False,
+    ),
+]
+
+TrustTypeOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--trust-type", help="A type a skops file may contain that you reviewed (repeatable).", show_default=False
     ),
 ]
 

@@ -9,12 +9,13 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from sluice.cli.grammar import Renamed
-from sluice.cli.options import RepositoryOption
+from sluice.cli.options import RepositoryOption, TrustTypeOption
 from sluice.cli.runtime import console, flag_text, run_cli
 
 if TYPE_CHECKING:
     from rich.table import Table
 
+    from sluice.models import LoadOptions
     from sluice.tune.profile import Profile
 
 __all__ = ["RENAMED", "profile_table", "tune"]
@@ -62,6 +63,7 @@ def tune(
     max_batch_size: Annotated[int, typer.Option(help="Largest batch size to try.")] = 1 << 16,
     sweep: Annotated[bool, typer.Option("--sweep", help="Measure the whole grid instead of searching it.")] = False,
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow pickle/joblib model files.")] = False,
+    trust_type: TrustTypeOption = None,
 ) -> None:
     """Find the batch size and worker set-up with the highest throughput within the budgets.
 
@@ -76,9 +78,12 @@ def tune(
 
         # a missing plotting package is found before the measurements, not after them
         run_cli(lambda: check_plot(plot))
+    from sluice.models import LoadOptions
+
     profile = run_cli(
         lambda: _tune(model, input_, repository, features, key_column, max_latency_ms, memory_limit,
-                      price_per_hour, instance, sample_rows, max_batch_size, sweep, trust_pickle)
+                      price_per_hour, instance, sample_rows, max_batch_size, sweep,
+                      LoadOptions(trust_pickle=trust_pickle, trusted_types=tuple(trust_type or ())))
     )  # fmt: skip
     if as_json:
         print(json.dumps(profile.to_dict(), indent=2))
@@ -106,10 +111,10 @@ def _tune(
     sample_rows: int,
     max_batch_size: int,
     sweep: bool,
-    trust_pickle: bool,
+    options: LoadOptions,
 ) -> Profile:
     from sluice.errors import ConfigError
-    from sluice.models import LoadOptions, load_model
+    from sluice.models import load_model
     from sluice.tune.api import tune as run_tune
     from sluice.tune.cost import load_prices
 
@@ -117,7 +122,7 @@ def _tune(
         raise ConfigError("--price-per-hour and --instance both set a price: pass one of them")
     if instance is not None:
         price_per_hour = load_prices().get(instance).on_demand_usd_per_hour
-    loaded = load_model(model, repository, options=LoadOptions(trust_pickle=trust_pickle))
+    loaded = load_model(model, repository, options=options)
     return run_tune(
         loaded,
         sample,
