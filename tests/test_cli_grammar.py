@@ -216,7 +216,7 @@ def test_tune_png_without_matplotlib_fails_before_measuring(demo: Path, tmp_path
     assert result.returncode == 2
     assert result.stderr == (
         "error: Writing a PNG plot needs the Python package 'matplotlib', which is not installed. "
-        "Install it with: pip install 'sluice[plot]'\n"
+        "Install it from the Sluice checkout with: make install-plot (or .venv/bin/pip install -e '.[plot]')\n"
     )
     assert result.stdout == ""  # nothing was measured
 

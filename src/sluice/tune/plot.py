@@ -1,7 +1,7 @@
 """Plots of a tuning profile: throughput and p99 batch latency against batch size, per thread set-up.
 
 ``.html`` writes a self-contained page with inline SVG built here (no dependency, no script);
-``.png`` draws the same two charts with matplotlib (``pip install 'sluice[plot]'``).
+``.png`` draws the same two charts with matplotlib (the ``plot`` extra: ``make install-plot``).
 """
 
 from __future__ import annotations
