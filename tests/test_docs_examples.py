@@ -109,7 +109,8 @@ def _workdir(template: Path, tmp_path: Path) -> Path:
     shutil.copytree(template, workdir)
     bin_dir = workdir / ".venv" / "bin"
     bin_dir.mkdir(parents=True)
-    (bin_dir / "python").symlink_to(sys.executable)
+    # scripts, not links: a link to the interpreter outside its venv would lose the venv's packages
+    _script(bin_dir / "python", f'exec "{sys.executable}" "$@"')
     _script(bin_dir / "sluice", f'exec "{sys.executable}" -m sluice "$@"')
     for tool in ("moto_server",):  # the dev tools a page runs from .venv/bin
         (bin_dir / tool).symlink_to(Path(sys.executable).parent / tool)

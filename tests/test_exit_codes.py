@@ -196,7 +196,7 @@ def test_4_a_cancelled_job(models: Any, tmp_path: Path) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "sluice", "jobs", "submit", str(spec), "--wait", "-q", "--slots", "1",
          "--home", str(home)],
-        env=worker_env(home), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=worker_env(home), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )  # fmt: skip
     try:
         assert proc.stdout is not None
@@ -210,6 +210,8 @@ def test_4_a_cancelled_job(models: Any, tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
     assert job.status().state.value == "CANCELLED"
 
 
