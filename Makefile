@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 DEMO_STAMP := $(VENV)/.installed-demo
 
-.PHONY: demo test lint typecheck unit bench clean
+.PHONY: demo test lint typecheck unit bench clean install-%
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ $(STAMP): pyproject.toml | $(BIN)/python
 $(DEMO_STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[sklearn]'
 	touch $@
+
+# one extra into .venv from this checkout: make install-serve, install-spark, install-train, …
+install-%: | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[$*]'
 
 demo: $(DEMO_STAMP)
 	$(BIN)/sluice demo

@@ -47,9 +47,9 @@ def test_importing_sluice_and_its_backends_loads_no_engine() -> None:
     ("engine", "module", "hint"),
     [
         (SparkEngine(), "pyspark.sql", "`backend='spark'` needs the Python package 'pyspark', which is not installed. "
-         "Install it with: pip install 'sluice[spark]'"),
+         "Install it from the Sluice checkout with: make install-spark (or .venv/bin/pip install -e '.[spark]')"),
         (RayEngine(), "ray", "`backend='ray'` needs the Python package 'ray', which is not installed. "
-         "Install it with: pip install 'sluice[ray]'"),
+         "Install it from the Sluice checkout with: make install-ray (or .venv/bin/pip install -e '.[ray]')"),
     ],
 )  # fmt: skip
 def test_a_missing_engine_says_which_extra_to_install(

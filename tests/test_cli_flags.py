@@ -143,11 +143,11 @@ def test_missing_dependency_names_the_backend_parameter() -> None:
     error = MissingDependency("pyspark", "spark", "`backend='spark'`", params=("backend",))
     assert str(error) == (
         "`backend='spark'` needs the Python package 'pyspark', which is not installed. "
-        "Install it with: pip install 'sluice[spark]'"
+        "Install it from the Sluice checkout with: make install-spark (or .venv/bin/pip install -e '.[spark]')"
     )
     assert error_message(error) == (
         "--backend spark needs the Python package 'pyspark', which is not installed. "
-        "Install it with: pip install 'sluice[spark]'"
+        "Install it from the Sluice checkout with: make install-spark (or .venv/bin/pip install -e '.[spark]')"
     )
 
 

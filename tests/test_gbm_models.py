@@ -259,7 +259,8 @@ def test_missing_library_names_the_extra(
     library = "XGBoost" if module == "xgboost" else "LightGBM"
     assert str(info.value) == (
         f"Loading the {library} model {boosters[name].path.name} needs the Python package '{module}', "
-        "which is not installed. Install it with: pip install 'sluice[gbm]'"
+        "which is not installed. Install it from the Sluice checkout with: make install-gbm "
+        "(or .venv/bin/pip install -e '.[gbm]')"
     )
 
 

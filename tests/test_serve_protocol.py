@@ -363,7 +363,10 @@ def test_json_ints_refuse_none_and_fractions_beside_wide_values() -> None:
 
 def test_max_batch_size() -> None:
     body = json_request([fp32("a", [3, 4], list(range(12))), i64("b", [3], [1, 2, 3])])
-    assert decode_error(body, TWO_INPUTS, max_batch_size=2) == "inference request batch-size must be <= 2 for 'm'"
+    assert decode_error(body, TWO_INPUTS, max_batch_size=2) == (
+        "inference request batch-size must be <= 2 for 'm' (the request has 3 rows; the limit is the model's "
+        "max_batch_size, set in its model.yaml as 'batching: {max_batch_size: N}')"
+    )
     assert decode_request(body, None, TWO_INPUTS, max_batch_size=3).batch_size == 3
 
 

@@ -356,7 +356,7 @@ def test_live_weight_changes_under_concurrent_load_fail_no_request(
 
 def test_routes_cli_needs_the_token_and_persists_to_model_yaml(server: ServerThread, repository: Path) -> None:
     refused = invoke("routes", "set", "ab", "--weights", "1=80,2=20", "--url", server.url)
-    assert refused.exit_code == 1
+    assert refused.exit_code == 2  # a refused request (4xx) is a usage error, as everywhere
     assert refused.stderr.strip() == (
         f"error: POST http://{server.url}/v2/models/ab/routes answered 401: "
         "missing bearer token: send 'Authorization: Bearer <token>'"

@@ -79,7 +79,7 @@ def test_train_publishes_a_version_that_predict_uses(tmp_path: Path, monkeypatch
 def test_train_without_required_options_says_which(tmp_path: Path) -> None:
     result = invoke("train", "--data", tmp_path)
     assert result.exit_code == 2
-    assert "--target, --model-name required (or give them in a --config file)" in result.stderr
+    assert "--target, --model required (or give them in a --config file)" in result.stderr
     assert "Traceback" not in result.output
 
 

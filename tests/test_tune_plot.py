@@ -115,7 +115,10 @@ def test_html_draws_a_profile_where_nothing_ran(tmp_path: Path) -> None:
 def test_png_without_matplotlib_names_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("matplotlib", "matplotlib.figure", "matplotlib.ticker"):
         monkeypatch.setitem(sys.modules, name, None)
-    with pytest.raises(MissingDependency, match=r"Writing a PNG plot needs .*pip install 'sluice\[plot\]'") as exc:
+    with pytest.raises(
+        MissingDependency,
+        match=r"Writing a PNG plot needs .*make install-plot \(or \.venv/bin/pip install -e '\.\[plot\]'\)",
+    ) as exc:
         write_plot(profile(), tmp_path / "tune.png")
     assert exc.value.package == "matplotlib" and exc.value.extra == "plot"
     assert not (tmp_path / "tune.png").exists()

@@ -13,7 +13,7 @@ from sluice.errors import MissingDependency
 from sluice.models.config import ModelConfig
 from sluice.models.repository import ModelRepository
 
-__all__ = ["DemoPaths", "feature_names", "make_demo_data", "make_demo_model", "prepare_demo"]
+__all__ = ["DemoPaths", "feature_names", "make_demo_data", "make_demo_model", "make_labelled_data", "prepare_demo"]
 
 SEED = 20261129
 FEATURES = 32
@@ -21,9 +21,12 @@ FEATURES = 32
 
 @dataclass(frozen=True)
 class DemoPaths:
+    """Where the demo puts its data set, its model repository, its predictions and its training set."""
+
     data: Path
     repository: Path
     output: Path
+    training: Path | None = None
 
 
 def feature_names(count: int = FEATURES) -> list[str]:
@@ -56,6 +59,37 @@ def make_demo_data(directory: Path, rows: int = 1_000_000, files: int = 8, featu
         columns += [pa.array(x[:, j]) for j in range(features)]
         tmp = path.with_name(f".{path.name}.tmp")
         pq.write_table(pa.table(columns, names=["id", *names]), tmp, row_group_size=1 << 16)
+        tmp.replace(path)
+    return paths
+
+
+def make_labelled_data(
+    directory: Path, rows: int = 20_000, files: int = 2, features: int = FEATURES, target: str = "churned"
+) -> list[Path]:
+    """Write a training set: ``id``, the demo's ``features`` and a 0/1 ``target`` column, as ``files`` Parquet files.
+
+    The target follows the demo model's hidden weights with noise, so a model trained on it has
+    something to learn (accuracy around 0.9). Deterministic; existing files are kept.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    per_file = -(-rows // files)
+    names = feature_names(features)
+    for i in range(files):
+        path = directory / f"train-{i:02d}.parquet"
+        paths.append(path)
+        start = i * per_file
+        count = max(0, min(per_file, rows - start))
+        if path.exists():
+            continue
+        rng = np.random.default_rng([SEED, 500 + i])
+        x = rng.normal(size=(count, features)).astype(np.float32)
+        y = (x @ _weights(features) + rng.normal(scale=2.0, size=count) > 0).astype(np.int64)
+        columns = [pa.array(np.arange(start, start + count, dtype=np.int64))]
+        columns += [pa.array(x[:, j]) for j in range(features)]
+        columns.append(pa.array(y))
+        tmp = path.with_name(f".{path.name}.tmp")
+        pq.write_table(pa.table(columns, names=["id", *names, target]), tmp)
         tmp.replace(path)
     return paths
 
@@ -94,9 +128,14 @@ def make_demo_model(repository: Path, name: str = "demo", features: int = FEATUR
     return version
 
 
-def prepare_demo(root: Path, rows: int = 1_000_000, files: int = 8) -> DemoPaths:
-    """Create (if missing) the demo data and model under ``root``."""
-    paths = DemoPaths(root / "demo-data", root / "models", root / "demo-output")
+def prepare_demo(root: Path, rows: int = 1_000_000, files: int = 8, with_target: bool = False) -> DemoPaths:
+    """Create (if missing) the demo data and model under ``root``; with ``with_target`` also the
+    labelled training set ``demo-train/`` (``id``, the features and a 0/1 ``churned`` column)."""
+    paths = DemoPaths(
+        root / "demo-data", root / "models", root / "demo-output", root / "demo-train" if with_target else None
+    )
     make_demo_data(paths.data, rows=rows, files=files)
     make_demo_model(paths.repository)
+    if paths.training is not None:
+        make_labelled_data(paths.training)
     return paths

@@ -83,7 +83,8 @@ class MissingDependency(SluiceError):
     def __init__(self, package: str, extra: str, purpose: str, params: tuple[str, ...] = ()) -> None:
         super().__init__(
             f"{purpose} needs the Python package '{package}', which is not installed. "
-            f"Install it with: pip install 'sluice[{extra}]'",
+            f"Install it from the Sluice checkout with: make install-{extra} "
+            f"(or .venv/bin/pip install -e '.[{extra}]')",
             params=params,
         )
         self.package = package

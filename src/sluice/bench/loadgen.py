@@ -22,7 +22,12 @@ from urllib.parse import urlsplit
 from sluice.errors import ConfigError
 from sluice.metrics import LatencyHistogram
 
-__all__ = ["HttpRequest", "LevelResult", "closed_loop", "open_loop"]
+__all__ = ["NO_ANSWER", "HttpRequest", "LevelResult", "closed_loop", "open_loop"]
+
+NO_ANSWER = 599
+"""The status counted for a request that got no HTTP answer at all (connection refused or reset,
+a malformed response): a client-side failure, as other load generators count it; never a 200."""
+_REASON_CHARS = 300
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,12 @@ class LevelResult:
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     statuses: Counter[int] = field(default_factory=Counter)
     dropped: int = 0  # open loop: arrivals with no free connection left
+    reasons: dict[int, str] = field(default_factory=dict)  # per status but 200: the first answer's body, or error
+
+    def note(self, status: int, reason: str) -> None:
+        """Keep the first reason given for ``status``."""
+        if status != 200 and status not in self.reasons:
+            self.reasons[status] = reason.strip()[:_REASON_CHARS]
 
     @property
     def requests(self) -> int:
@@ -79,6 +90,7 @@ class LevelResult:
             "throughput_per_s": round(self.throughput_per_s, 1),
             "latency_ms": self.latency.percentiles_ms((50, 90, 99, 999)),
             "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
+            "reasons": {str(k): v for k, v in sorted(self.reasons.items())},
             "dropped": self.dropped,
         }
 
@@ -96,7 +108,8 @@ class _Connection:
             self.reader, self.writer = await asyncio.open_connection(self.request.host, self.request.port)
         return self.reader, self.writer
 
-    async def send(self) -> int:
+    async def send(self) -> tuple[int, bytes]:
+        """Send the request once; the answer's status and body."""
         reader, writer = await self._streams()
         writer.write(self.request.payload)
         status_line = await reader.readline()
@@ -112,10 +125,10 @@ class _Connection:
                 length = int(value)
             elif key == b"connection" and value.strip().lower() == b"close":
                 close = True
-        await reader.readexactly(length)
+        body = await reader.readexactly(length)
         if close:
             self.close()
-        return status
+        return status, body
 
     def close(self) -> None:
         if self.writer is not None:
@@ -125,13 +138,28 @@ class _Connection:
 
 async def _timed(conn: _Connection, result: LevelResult, started: float) -> None:
     try:
-        status = await conn.send()
-    except (OSError, ConnectionError, asyncio.IncompleteReadError, ValueError):
+        status, body = await conn.send()
+        if status != 200 and status not in result.reasons:
+            result.note(status, _reason(body))
+    except (OSError, ConnectionError, asyncio.IncompleteReadError, ValueError) as exc:
         conn.close()
-        status = 599  # transport failure: counted, never a 200
+        status = NO_ANSWER
+        result.note(status, f"{type(exc).__name__}: {exc}")
     result.statuses[status] += 1
     if status == 200:
         result.latency.record(time.perf_counter() - started)
+
+
+def _reason(body: bytes) -> str:
+    """An error answer's message: the OIP ``{"error": …}`` text, else the body as text."""
+    import json
+
+    text = body.decode("utf-8", errors="replace")
+    try:
+        document = json.loads(text)
+    except ValueError:
+        return text
+    return str(document.get("error", text)) if isinstance(document, dict) else text
 
 
 async def closed_loop(request: HttpRequest, concurrency: int, duration_s: float) -> LevelResult:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import urllib.error
 import urllib.request
 from typing import Any
 
@@ -30,7 +31,9 @@ def model_metadata(url: str, model: str, headers: dict[str, str] | None = None) 
         with urllib.request.urlopen(req, timeout=10) as response:  # noqa: S310 - scheme checked above
             data: dict[str, Any] = json.loads(response.read())
     except OSError as exc:
-        raise ConfigError(f"cannot read the metadata of model '{model}' at {target}: {exc}") from exc
+        if isinstance(exc, urllib.error.HTTPError):
+            exc.close()  # an error answer holds its connection open until closed
+        raise ConfigError(f"cannot read the metadata of model '{model}' at {target}: {exc}") from None
     return data
 
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from sluice.cli.grammar import Renamed, SluiceTyper, command_class, deprecation_epilog
 from sluice.cli.runtime import console, run_cli
 
 if TYPE_CHECKING:
@@ -20,7 +21,10 @@ if TYPE_CHECKING:
 
     from sluice.bench.loadgen import HttpRequest, LevelResult
 
-bench_app = typer.Typer(help="Measure: load generators and benchmarks.", no_args_is_help=True)
+bench_app = SluiceTyper(help="Measure: load generators and benchmarks.", no_args_is_help=True)
+
+# --json prints to stdout, as on every command; the file it used to take is --json-file's
+RENAMED = {"--json": Renamed("--json-file", only_with_value=True)}
 
 
 def _levels(text: str) -> list[float]:
@@ -48,10 +52,23 @@ def _seconds(text: str) -> float:
     raise ConfigError(f"duration {text!r} is not understood: use e.g. 10s, 500ms or 1m")
 
 
-@bench_app.command("serve")
+def model_path(model: str) -> str:
+    """``NAME`` → ``NAME``; ``NAME@VERSION`` (or a label) → ``NAME/versions/VERSION``, the OIP URL path."""
+    name, sep, version = model.partition("@")
+    if not sep:
+        return model
+    if not name or not version or "/" in version:
+        _fail(f"--model {model!r}: expected NAME, NAME@VERSION, NAME@LABEL or NAME/versions/V")
+    return f"{name}/versions/{version}"
+
+
+@bench_app.command("serve", cls=command_class(RENAMED), epilog=deprecation_epilog(RENAMED))
 def serve(
     url: Annotated[str, typer.Option(help="Server base URL, e.g. http://127.0.0.1:8000.")] = "http://127.0.0.1:8000",
-    model: Annotated[str, typer.Option("--model", "-m", help="Model to call (NAME, or NAME/versions/V).")] = "demo",
+    model: Annotated[
+        str,
+        typer.Option("--model", "-m", help="Model to call: NAME, NAME@VERSION, NAME@LABEL (or NAME/versions/V)."),
+    ] = "demo",
     concurrency: Annotated[
         str | None,
         typer.Option(help="Closed loop: comma-separated client counts (default: 1,8,32).", show_default=False),
@@ -61,7 +78,13 @@ def serve(
         typer.Option(help="Open loop: comma-separated Poisson request rates per second.", show_default=False),
     ] = None,
     duration: Annotated[str, typer.Option(help="Time per level, e.g. 10s.")] = "10s",
-    rows: Annotated[int, typer.Option(help="Rows per request.")] = 1,
+    rows: Annotated[
+        int,
+        typer.Option(
+            help="Rows per request; the server refuses more than the model's max_batch_size (default 64, "
+            "model.yaml 'batching: {max_batch_size: N}')."
+        ),
+    ] = 1,
     binary: Annotated[bool, typer.Option("--binary", help="Binary tensor data instead of JSON.")] = False,
     auth_token: Annotated[
         str | None, typer.Option(envvar="SLUICE_AUTH_TOKEN", help="Bearer token for the server.", show_default=False)
@@ -72,8 +95,11 @@ def serve(
             "--ceiling", help="Also run every level against a trivial local server: the generator's own limit."
         ),
     ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the results as JSON on stdout instead of tables.")
+    ] = False,
     json_path: Annotated[
-        Path | None, typer.Option("--json", help="Write the results to this JSON file.", show_default=False)
+        Path | None, typer.Option("--json-file", help="Also write the results to this JSON file.", show_default=False)
     ] = None,
 ) -> None:
     """Throughput and p50/p90/p99/p99.9 latency of `POST …/infer` at each load level.
@@ -91,18 +117,56 @@ def serve(
     levels = run_cli(lambda: _levels(spec))
     seconds = run_cli(lambda: _seconds(duration))
     headers = {"Authorization": f"Bearer {auth_token}"} if auth_token else {}
-    meta = run_cli(lambda: model_metadata(url, model, headers))
-    request = run_cli(lambda: infer_request(url, model, meta, rows=rows, binary=binary, headers=headers))
+    path = run_cli(lambda: model_path(model))
+    meta = run_cli(lambda: model_metadata(url, path, headers))
+    request = run_cli(lambda: infer_request(url, path, meta, rows=rows, binary=binary, headers=headers))
     results = _run_levels(request, levels, seconds, open_loop)
-    out = console(stderr=False)
-    out.print(results_table(f"{model} at {url}", results))
     report: dict[str, object] = {"url": url, "model": model, "levels": [r.to_dict() for r in results]}
+    tables = [results_table(f"{model} at {url}", results)]
     if ceiling:
         trivial = _ceiling(levels, seconds, open_loop)
-        out.print(results_table("generator ceiling: a trivial local server", trivial))
+        tables.append(results_table("generator ceiling: a trivial local server", trivial))
         report["ceiling"] = [r.to_dict() for r in trivial]
     if json_path is not None:
         json_path.write_text(json.dumps(report, indent=2) + "\n")
+    _show(report, tables, results, as_json)
+
+
+def _show(report: dict[str, object], tables: list[Table], results: list[LevelResult], as_json: bool) -> None:
+    """The report on stdout (tables and the reasons of failures, or JSON); exit 1 if no request succeeded."""
+    if as_json:
+        print(json.dumps(report, indent=2))
+    else:
+        out = console(stderr=False)
+        for table in tables:
+            out.print(table)
+        for status, reason in failure_reasons(results).items():
+            out.print(f"{_status_name(status)}: {reason}", highlight=False, markup=False)
+    if results and not any(r.ok for r in results):
+        first = next(iter(failure_reasons(results).items()), None)
+        why = f": {_status_name(first[0])}: {first[1]}" if first else ""
+        run_cli(lambda: _fail_remote(f"no request succeeded{why}"))
+
+
+def failure_reasons(results: list[LevelResult]) -> dict[int, str]:
+    """Each failing status over all levels → the first reason given for it."""
+    reasons: dict[int, str] = {}
+    for result in results:
+        for status, reason in sorted(result.reasons.items()):
+            reasons.setdefault(status, reason)
+    return reasons
+
+
+def _status_name(status: int) -> str:
+    from sluice.bench.loadgen import NO_ANSWER
+
+    return f"{status} (no HTTP answer)" if status == NO_ANSWER else str(status)
+
+
+def _fail_remote(message: str) -> None:
+    from sluice.errors import RemoteError
+
+    raise RemoteError(message)
 
 
 def _fail(message: str) -> None:
@@ -158,7 +222,7 @@ def results_table(title: str, results: list[LevelResult]) -> Table:
         table.add_column(col, justify="left" if col in ("level", "other statuses") else "right")
     for r in results:
         pct = r.latency.percentiles_ms((50, 90, 99, 999))
-        others = ", ".join(f"{k}×{v}" for k, v in sorted(r.statuses.items()) if k != 200)
+        others = ", ".join(f"{_status_name(k)}×{v}" for k, v in sorted(r.statuses.items()) if k != 200)
         if r.dropped:
             others = f"{others}, {r.dropped} dropped".lstrip(", ")
         table.add_row(

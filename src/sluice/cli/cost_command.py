@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from sluice.cli.runtime import console as runtime_console
 from sluice.cli.runtime import run_cli
 
 if TYPE_CHECKING:
@@ -275,13 +276,12 @@ def _row(plan: InstancePlan) -> list[str]:
 
 
 def _render(plan: CostPlan) -> None:
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
     from sluice.tune.cost import BUILTIN_PRICES
 
-    console = Console()
+    console = runtime_console(stderr=False)
     measured = plan.measured
     on = f"{measured.cores} cores" + (f" and {measured.gpus} GPU(s)" if measured.gpus else "")
     console.print(

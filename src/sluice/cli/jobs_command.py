@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from sluice.cli.grammar import SluiceTyper
 from sluice.cli.options import parse_key_values
 from sluice.cli.runtime import console, run_cli
 
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 
 __all__ = ["jobs_app"]
 
-jobs_app = typer.Typer(
+jobs_app = SluiceTyper(
     help="Batch jobs as a service: persisted in a job database, resumable after crashes, retried, "
     "with exactly-once output. The database is $SLUICE_HOME/jobs.db (default ~/.sluice).",
     no_args_is_help=True,

@@ -7,11 +7,12 @@ from typing import Annotated
 
 import typer
 
-from sluice.cli.options import RepositoryOption
+from sluice.cli.grammar import SluiceTyper, command_class, deprecation_epilog
+from sluice.cli.options import RepositoryOption, TrustTypeOption
 from sluice.cli.predict_command import build_spec, render_result, run_spec
 from sluice.cli.runtime import console, run_cli
 
-app = typer.Typer(
+app = SluiceTyper(
     name="sluice",
     help="Batch and real-time inference for ML models over Parquet, CSV and JSON Lines.",
     no_args_is_help=True,
@@ -19,7 +20,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="markdown",
 )
-models_app = typer.Typer(help="Inspect the model repository.", no_args_is_help=True)
+models_app = SluiceTyper(help="Inspect the model repository.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 
 
@@ -29,20 +30,30 @@ def demo(
     ),
     rows: Annotated[int, typer.Option(help="Rows of synthetic data.")] = 1_000_000,
     files: Annotated[int, typer.Option(help="Parquet files to split the data into.")] = 8,
+    with_target: Annotated[
+        bool,
+        typer.Option(
+            "--with-target",
+            help="Also write demo-train/: 20,000 labelled rows (id, the features, a 0/1 'churned' column) "
+            "for `sluice train`.",
+        ),
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no summary table.")] = False,
 ) -> None:
     """Create a synthetic data set and a small ONNX classifier, then run `sluice predict` on them.
 
     The data (an `id` column and 32 float features, deterministic) and the model
     (models/demo/1/model.onnx) are made only if missing; the predictions go to
-    demo-output/, replacing an earlier demo run.
+    demo-output/, replacing an earlier demo run. --with-target adds a labelled training set.
     """
     from sluice.demo import prepare_demo
 
     err = console()
     if not quiet:
         err.print(f"Preparing the demo under {directory.resolve()} …")
-    paths = run_cli(lambda: prepare_demo(directory, rows=rows, files=files))
+    paths = run_cli(lambda: prepare_demo(directory, rows=rows, files=files, with_target=with_target))
+    if paths.training is not None and not quiet:
+        err.print(f"labelled training set (target column 'churned'): {paths.training}", highlight=False)
     if not quiet:
         err.print(
             f"sluice predict --model demo --repository {paths.repository} --input {paths.data} "
@@ -77,12 +88,14 @@ def models_show(
     model: Annotated[str, typer.Argument(help="Model file, 'module:function', or NAME, NAME@VERSION, NAME@LABEL.")],
     repository: RepositoryOption = None,
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow pickle/joblib model files.")] = False,
+    trust_type: TrustTypeOption = None,
 ) -> None:
     """Load a model and print its signature (inputs and outputs)."""
     from sluice.cli.render import signature_table
     from sluice.models import LoadOptions, load_model
 
-    loaded = run_cli(lambda: load_model(model, repository, options=LoadOptions(trust_pickle=trust_pickle)))
+    options = LoadOptions(trust_pickle=trust_pickle, trusted_types=tuple(trust_type or ()))
+    loaded = run_cli(lambda: load_model(model, repository, options=options))
     console(stderr=False).print(signature_table(loaded))
 
 
@@ -112,11 +125,12 @@ def _register() -> None:
     from sluice.cli.serve_command import serve
     from sluice.cli.stream_command import stream
     from sluice.cli.train_command import train_app
+    from sluice.cli.tune_command import RENAMED as TUNE_RENAMED
     from sluice.cli.tune_command import tune
 
     app.command("predict")(predict)
     app.command("demo")(demo)
-    app.command("tune")(tune)
+    app.command("tune", cls=command_class(TUNE_RENAMED), epilog=deprecation_epilog(TUNE_RENAMED))(tune)
     app.command("cost")(cost)
     app.command("serve")(serve)
     app.command("stream")(stream)

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-__all__ = ["RepositoryOption", "given_fields", "parse_key_values", "split_csv"]
+__all__ = ["RepositoryOption", "TrustTypeOption", "given_fields", "parse_key_values", "split_csv"]
 
 RepositoryOption = Annotated[
     str | None,
@@ -16,6 +16,13 @@ RepositoryOption = Annotated[
         "-r",
         help="Model repository directory (default: $SLUICE_REPOSITORY, else ./models).",
         show_default=False,
+    ),
+]
+
+TrustTypeOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--trust-type", help="A type a skops file may contain that you reviewed (repeatable).", show_default=False
     ),
 ]
 
@@ -28,11 +35,20 @@ def split_csv(value: str | None) -> list[str] | None:
 
 
 def given_fields(
-    fields: Mapping[str, Any], required: Sequence[str], *, from_file: bool, file_flag: str
+    fields: Mapping[str, Any],
+    required: Sequence[str],
+    *,
+    from_file: bool,
+    file_flag: str,
+    flags: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The flags the user set; without a settings file, the ``required`` ones must be among them."""
+    """The flags the user set; without a settings file, the ``required`` ones must be among them.
+
+    ``flags`` spells the fields whose flag is not ``--`` plus the field's name with dashes.
+    """
     given = {k: v for k, v in fields.items() if v is not None}
-    missing = [f"--{k.replace('_', '-')}" for k in required if k not in given]
+    spelled = flags or {}
+    missing = [spelled.get(k, f"--{k.replace('_', '-')}") for k in required if k not in given]
     if missing and not from_file:
         from sluice.errors import ConfigError
 

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from sluice.cli.grammar import SluiceTyper
+from sluice.cli.runtime import console as runtime_console
 from sluice.cli.runtime import run_cli
 
 if TYPE_CHECKING:
@@ -15,11 +17,11 @@ if TYPE_CHECKING:
 
 __all__ = ["ab_app", "routes_app"]
 
-routes_app = typer.Typer(
+routes_app = SluiceTyper(
     help="Show and change how a running server splits a model's traffic (persisted to model.yaml).",
     no_args_is_help=True,
 )
-ab_app = typer.Typer(help="A/B experiments on a running server.", no_args_is_help=True)
+ab_app = SluiceTyper(help="A/B experiments on a running server.", no_args_is_help=True)
 
 UrlOption = Annotated[
     str, typer.Option(envvar="SLUICE_URL", help="Server base URL (default: $SLUICE_URL, else the local one).")
@@ -154,10 +156,9 @@ def report(
     if json_:
         typer.echo(json.dumps(result.to_dict(), indent=2))
         return
-    from rich.console import Console
 
     typer.echo(f"A/B report of model {result.model}: {result.outcome} outcomes against the primary, {result.rules}")
-    Console().print(_report_table(result))
+    runtime_console(stderr=False).print(_report_table(result))
     typer.echo(f"recommendation: {result.recommendation} ({result.reason})")
 
 

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from sluice.batch.summary import RunSummary
     from sluice.errors import SluiceError
 
-__all__ = ["FLAGS", "console", "error_message", "flag_text", "render_summary", "run_cli"]
+__all__ = ["FLAGS", "PIPE_WIDTH", "console", "error_message", "flag_text", "render_summary", "run_cli"]
 
 T = TypeVar("T")
 
@@ -41,6 +41,8 @@ FLAGS: Mapping[str, str] = {
     "trusted_types": "--trust-type",
     "device": "--device",
     "backend": "--backend",
+    # sluice serve
+    "port": "--port",
     # sluice tune, sluice cost
     "max_latency_ms": "--max-latency-ms",
     "memory_limit": "--memory-limit",
@@ -86,11 +88,24 @@ def error_message(exc: SluiceError) -> str:
     return flag_text(str(exc), exc.params)
 
 
+PIPE_WIDTH = 10_000
+"""Columns of a console that is not a terminal (a pipe, a file): wide enough that no table is cut."""
+
+
 def console(stderr: bool = True) -> Console:
-    """A rich console on stderr (progress, messages) or stdout (results)."""
+    """A rich console on stderr (progress, messages) or stdout (results).
+
+    On a terminal it has the terminal's width; off one (a pipe, a file, a test) rich would assume
+    80 columns and cut table cells ("19,788…"), so it takes :data:`PIPE_WIDTH` unless ``COLUMNS`` says.
+    """
+    import os
+
     from rich.console import Console
 
-    return Console(stderr=stderr)
+    out = Console(stderr=stderr)
+    if not out.is_terminal and not os.environ.get("COLUMNS"):
+        out.width = PIPE_WIDTH
+    return out
 
 
 def render_summary(summary: RunSummary) -> None:

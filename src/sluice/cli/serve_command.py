@@ -169,11 +169,16 @@ def serve(
     RepositoryModelLoad/Unload, for tritonclient.grpc and perf_analyzer -i grpc; the token goes
     in 'authorization: Bearer TOKEN' metadata; errors carry Triton's status codes.
 
-    Requests are batched per model version to stay within --target-p99-ms. A request may set a
+    Requests are batched per model version to stay within --target-p99-ms. One request may hold
+    at most the model's max_batch_size rows (default 64; model.yaml 'batching: {max_batch_size: N}');
+    a larger one gets 400 naming the limit. A request may set a
     timeout with the 'timeout' parameter (microseconds) or a Sluice-Timeout-Ms header (504 when
     it passes). Stop with Ctrl-C or SIGTERM: readiness turns false at once, in-flight requests
     finish (up to --drain-timeout; what is still queued then gets 503 with Retry-After), then it
     exits 0.
+
+    Exit codes: 0 stopped cleanly, 1 server failure, 2 usage error or unusable input (a port in use
+    included), 130 interrupted before it started.
     """
     from sluice.models import default_repository
     from sluice.serve.server import ServeSettings, run

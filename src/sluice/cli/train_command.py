@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from sluice.cli.grammar import Renamed, SluiceTyper, deprecation_epilog, group_class
 from sluice.cli.options import RepositoryOption, given_fields, split_csv
 from sluice.cli.runtime import console, run_cli
 from sluice.cli.train_plan_command import plan
@@ -16,8 +17,17 @@ if TYPE_CHECKING:
 
     from sluice.train.launch import TrainResult
 
-train_app = typer.Typer(
+# the names every other command uses for the data, the model and columns that are no feature
+RENAMED = {
+    "--data": Renamed("--input"),
+    "--model-name": Renamed("--model"),
+    "--exclude": Renamed("--exclude-features"),
+}
+
+train_app = SluiceTyper(
+    cls=group_class(RENAMED),
     help="Train a tabular model data-parallel and publish it; plan communication on a cluster.",
+    epilog=deprecation_epilog(RENAMED),
     rich_markup_mode="markdown",
 )
 train_app.command("plan")(plan)
@@ -27,13 +37,14 @@ train_app.command("plan")(plan)
 def train(
     ctx: typer.Context,
     data: Annotated[
-        str | None, typer.Option(help="Training data: file, directory, glob or URI.", show_default=False)
+        str | None,
+        typer.Option("--input", "-i", help="Training data: file, directory, glob or URI.", show_default=False),
     ] = None,
     target: Annotated[
         str | None, typer.Option(help="Column to predict (float = regression, else classes).", show_default=False)
     ] = None,
     model_name: Annotated[
-        str | None, typer.Option(help="Model to publish a new version of.", show_default=False)
+        str | None, typer.Option("--model", "-m", help="Model (NAME) to publish a new version of.", show_default=False)
     ] = None,
     repository: RepositoryOption = None,
     config: Annotated[
@@ -46,7 +57,10 @@ def train(
         ),
     ] = None,
     exclude: Annotated[
-        str | None, typer.Option(help="Comma-separated columns never used as features (ids).", show_default=False)
+        str | None,
+        typer.Option(
+            "--exclude-features", help="Comma-separated columns never used as features (ids).", show_default=False
+        ),
     ] = None,
     nproc: Annotated[
         int | None, typer.Option(help="Processes (ranks) on this machine (default: 2).", show_default=False)
@@ -104,7 +118,7 @@ def train(
     all-reduce overlapping backward), fp16 (compressed all-reduce), powersgd (low-rank with error
     feedback) or localsgd (models averaged every H steps). Prints loss, validation metric,
     samples/s, compute vs communication time and gradient bytes per step and per epoch, saves a
-    checkpoint every epoch, and publishes the model as the next version of --model-name (ONNX,
+    checkpoint every epoch, and publishes the model as the next version of --model (ONNX,
     with the training config, metrics and data fingerprint in model.yaml).
     """
     if ctx.invoked_subcommand is not None:
@@ -140,12 +154,16 @@ def train(
         run_cli(lambda: write_curves({result.config.strategy: result.history}, plot, result.metric_name))
 
 
+# training-config fields whose flag is not the field's name
+_FIELD_FLAGS = {"data": "--input", "model_name": "--model", "exclude": "--exclude-features"}
+
+
 def _train(config_path: Path | None, fields: dict[str, Any], publish: bool) -> tuple[TrainResult, int | None]:
     from sluice.train import TrainConfig, train
     from sluice.train.publish import publish_result
 
     required = ("data", "target", "model_name")
-    given = given_fields(fields, required, from_file=config_path is not None, file_flag="--config")
+    given = given_fields(fields, required, from_file=config_path is not None, file_flag="--config", flags=_FIELD_FLAGS)
     cfg = TrainConfig.from_file(config_path, **given) if config_path is not None else TrainConfig.build(**given)
     from sluice.cli.train_progress import TrainProgress
 

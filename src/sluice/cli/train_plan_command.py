@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from sluice.cli.runtime import console as runtime_console
 from sluice.cli.runtime import run_cli
 
 if TYPE_CHECKING:
@@ -88,10 +89,9 @@ def _plan(
 
 
 def _render(result: CommPlan) -> None:
-    from rich.console import Console
     from rich.markup import escape
 
-    out = Console()
+    out = runtime_console(stderr=False)
     bits_per_s = result.bandwidth_bytes_per_s * 8
     out.print(
         f"[bold]{result.params:,} parameters × {result.dtype_bytes} bytes = {format_bytes(result.gradient_bytes)}"

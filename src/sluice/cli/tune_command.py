@@ -8,13 +8,20 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from sluice.cli.options import RepositoryOption
+from sluice.cli.grammar import Renamed
+from sluice.cli.options import RepositoryOption, TrustTypeOption
 from sluice.cli.runtime import console, flag_text, run_cli
 
 if TYPE_CHECKING:
     from rich.table import Table
 
+    from sluice.models import LoadOptions
     from sluice.tune.profile import Profile
+
+__all__ = ["RENAMED", "profile_table", "tune"]
+
+# --json prints to stdout, as on every command; the file it used to take is --json-file's
+RENAMED = {"--json": Renamed("--json-file", only_with_value=True)}
 
 
 def tune(
@@ -42,8 +49,11 @@ def tune(
         str | None,
         typer.Option(help="Take the price from the price table's instance (see `sluice cost`).", show_default=False),
     ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the profile as JSON on stdout instead of the table.")
+    ] = False,
     json_path: Annotated[
-        Path | None, typer.Option("--json", help="Write the profile to this JSON file.", show_default=False)
+        Path | None, typer.Option("--json-file", help="Also write the profile to this JSON file.", show_default=False)
     ] = None,
     plot: Annotated[
         Path | None,
@@ -53,20 +63,33 @@ def tune(
     max_batch_size: Annotated[int, typer.Option(help="Largest batch size to try.")] = 1 << 16,
     sweep: Annotated[bool, typer.Option("--sweep", help="Measure the whole grid instead of searching it.")] = False,
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow pickle/joblib model files.")] = False,
+    trust_type: TrustTypeOption = None,
 ) -> None:
     """Find the batch size and worker set-up with the highest throughput within the budgets.
 
     Measures the model on real rows of the sample: per-batch latency p50/p99, throughput and
     peak memory of each set-up visited by a search (batch sizes growing fourfold, a hill climb
     around the best, then the other thread set-ups), and picks the fastest whose p99 and memory
-    fit. Prints every measurement and the reason for the choice; --json and --plot keep them.
+    fit. Prints every measurement and the reason for the choice; --json prints them as JSON instead,
+    --json-file and --plot keep them.
     """
+    if plot is not None:
+        from sluice.tune.plot import check_plot
+
+        # a missing plotting package is found before the measurements, not after them
+        run_cli(lambda: check_plot(plot))
+    from sluice.models import LoadOptions
+
     profile = run_cli(
         lambda: _tune(model, input_, repository, features, key_column, max_latency_ms, memory_limit,
-                      price_per_hour, instance, sample_rows, max_batch_size, sweep, trust_pickle)
+                      price_per_hour, instance, sample_rows, max_batch_size, sweep,
+                      LoadOptions(trust_pickle=trust_pickle, trusted_types=tuple(trust_type or ())))
     )  # fmt: skip
-    console(stderr=False).print(profile_table(profile))
-    console(stderr=False).print(f"[bold]choice:[/] {flag_text(profile.reason)}", highlight=False)
+    if as_json:
+        print(json.dumps(profile.to_dict(), indent=2))
+    else:
+        console(stderr=False).print(profile_table(profile))
+        console(stderr=False).print(f"[bold]choice:[/] {flag_text(profile.reason)}", highlight=False)
     if json_path is not None:
         json_path.write_text(json.dumps(profile.to_dict(), indent=2) + "\n")
     if plot is not None:
@@ -88,10 +111,10 @@ def _tune(
     sample_rows: int,
     max_batch_size: int,
     sweep: bool,
-    trust_pickle: bool,
+    options: LoadOptions,
 ) -> Profile:
     from sluice.errors import ConfigError
-    from sluice.models import LoadOptions, load_model
+    from sluice.models import load_model
     from sluice.tune.api import tune as run_tune
     from sluice.tune.cost import load_prices
 
@@ -99,7 +122,7 @@ def _tune(
         raise ConfigError("--price-per-hour and --instance both set a price: pass one of them")
     if instance is not None:
         price_per_hour = load_prices().get(instance).on_demand_usd_per_hour
-    loaded = load_model(model, repository, options=LoadOptions(trust_pickle=trust_pickle))
+    loaded = load_model(model, repository, options=options)
     return run_tune(
         loaded,
         sample,

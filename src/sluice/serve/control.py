@@ -72,7 +72,10 @@ class ControlClient:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as response:  # noqa: S310
                 return dict(json.loads(response.read()))
         except urllib.error.HTTPError as exc:
-            raise RemoteError(f"{method} {self.url}{path} answered {exc.code}: {_message(exc.read())}") from None
+            error = RemoteError(f"{method} {self.url}{path} answered {exc.code}: {_message(exc.read())}")
+            if 400 <= exc.code < 500:  # the server refused what was asked: a usage error, as a local check is
+                error.exit_code = 2
+            raise error from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise RemoteError(f"cannot reach the server at {self.url}: {reason}") from None

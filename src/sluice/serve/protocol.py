@@ -215,7 +215,11 @@ def check_batch(inputs: Mapping[str, np.ndarray], model_name: str, max_batch_siz
             f"{list(values.shape)}, which holds no rows"
         )
     if max_batch_size is not None and max_batch_size > 0 and batch > max_batch_size:
-        raise ProtocolError(f"inference request batch-size must be <= {max_batch_size} for '{model_name}'")
+        raise ProtocolError(
+            f"inference request batch-size must be <= {max_batch_size} for '{model_name}' (the request has "
+            f"{batch} rows; the limit is the model's max_batch_size, set in its model.yaml as "
+            "'batching: {max_batch_size: N}')"
+        )
 
 
 def _request_id(document: Mapping[str, Any]) -> str | None:

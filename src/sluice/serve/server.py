@@ -243,7 +243,10 @@ def run(settings: ServeSettings, *, mounts: Mapping[str, ASGIApp] | None = None)
     if not server.started:
         if app.startup_error is not None:
             raise app.startup_error
-        raise ConfigError(f"could not serve on {settings.host}:{settings.port} (is the port in use?)")
+        raise ConfigError(
+            f"could not serve on {settings.host}:{settings.port} (is the port in use?): choose another `port`",
+            params=("port",),
+        )
 
 
 def _serve(server: uvicorn.Server) -> None:

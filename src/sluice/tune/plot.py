@@ -1,7 +1,7 @@
 """Plots of a tuning profile: throughput and p99 batch latency against batch size, per thread set-up.
 
 ``.html`` writes a self-contained page with inline SVG built here (no dependency, no script);
-``.png`` draws the same two charts with matplotlib (``pip install 'sluice[plot]'``).
+``.png`` draws the same two charts with matplotlib (the ``plot`` extra: ``make install-plot``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 from sluice.errors import ConfigError, MissingDependency
 from sluice.tune.profile import Measurement, Profile
 
-__all__ = ["write_plot"]
+__all__ = ["check_plot", "write_plot"]
 
 Threads = tuple[int, int]
 COLORS = ("#0072b2", "#e69f00", "#009e73", "#cc79a7", "#56b4e9", "#d55e00", "#000000") * 4
@@ -61,15 +61,25 @@ CHARTS = (
 )
 
 
+def check_plot(path: Path) -> None:
+    """Raise now what :func:`write_plot` would raise for ``path`` before drawing: a wrong suffix, no matplotlib.
+
+    Call it before measuring, so a plot that cannot be written fails in a second, not after the tuning.
+    """
+    suffix = path.suffix.lower()
+    if suffix == ".png":
+        _matplotlib()
+    elif suffix != ".html":
+        raise ConfigError(f"cannot write a plot to {path}: the file name must end in .html or .png")
+
+
 def write_plot(profile: Profile, path: Path) -> None:
     """Draw ``profile`` to ``path``: ``.html`` (inline SVG, no dependency) or ``.png`` (needs matplotlib)."""
-    suffix = path.suffix.lower()
-    if suffix == ".html":
+    check_plot(path)
+    if path.suffix.lower() == ".html":
         path.write_text(render_html(profile), encoding="utf-8")
-    elif suffix == ".png":
-        _write_png(profile, path)
     else:
-        raise ConfigError(f"cannot write a plot to {path}: the file name must end in .html or .png")
+        _write_png(profile, path)
 
 
 # -- data shared by both formats ------------------------------------------------------------------
@@ -271,13 +281,17 @@ def render_html(profile: Profile) -> str:
 # -- PNG ------------------------------------------------------------------------------------------
 
 
-def _write_png(profile: Profile, path: Path) -> None:
+def _matplotlib() -> tuple[Any, Any]:
+    """matplotlib's ``figure`` and ``ticker`` modules, or MissingDependency."""
     try:  # the parent first, so a blocked or missing matplotlib fails even if a submodule is cached
         importlib.import_module("matplotlib")
-        figure = importlib.import_module("matplotlib.figure")
-        ticker = importlib.import_module("matplotlib.ticker")
+        return importlib.import_module("matplotlib.figure"), importlib.import_module("matplotlib.ticker")
     except ImportError as exc:
         raise MissingDependency("matplotlib", "plot", "Writing a PNG plot") from exc
+
+
+def _write_png(profile: Profile, path: Path) -> None:
+    figure, ticker = _matplotlib()
     fig = figure.Figure(figsize=(9, 8), layout="constrained")  # no pyplot: no global state, no GUI backend
     axes = fig.subplots(2, 1, sharex=True)
     for ax, chart in zip(axes, CHARTS, strict=True):
