@@ -7,6 +7,7 @@ than allowed · 4 a cancelled job or an output another run writes (tests/test_ou
 
 from __future__ import annotations
 
+import gzip
 import os
 import re
 import socket
@@ -19,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 import typer
@@ -88,12 +90,16 @@ def test_1_failure_at_run_time(demo: Path, server: str, tmp_path: Path, monkeypa
     data = demo / "demo-data"
     small = tmp_path / "in"
     small.mkdir()
-    # the second shard's read fails (the model needs f5), after the submit checked the first one
-    rows = pq.read_table(data / "demo-00.parquet").slice(0, 10)
-    pq.write_table(rows, small / "a.parquet")
-    pq.write_table(rows.drop_columns(["f5"]), small / "b.parquet")
+    # every file's header is checked at submit, so the second shard's read fails later: its
+    # compressed stream is cut short past the header
+    table = pq.read_table(data / "demo-00.parquet")
+    pacsv.write_csv(table.slice(0, 10), small / "a.csv")
+    pacsv.write_csv(table.slice(10, 20_000), tmp_path / "b.csv")
+    whole = gzip.compress((tmp_path / "b.csv").read_bytes())
+    (small / "b.csv.gz").write_bytes(whole[: len(whole) // 2])
     spec = write_spec(tmp_path / "fails.json", model="demo", repository=str(demo / "models"), input=str(small),
-                      output=str(tmp_path / "job-out"), key_column="id", max_attempts=1)  # fmt: skip
+                      output=str(tmp_path / "job-out"), key_column="id", max_attempts=1,
+                      batch_size=64)  # fmt: skip
     unreachable = f"http://127.0.0.1:{free_loopback_port()}"
     codes = {
         "predict": _code("predict", "-m", "broken_exit_model:predict", "-i", data, "-o", tmp_path / "o", "-q"),
