@@ -82,3 +82,22 @@ class MlflowServer:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout=20)
+
+
+def register(name: str, model_dir: Path, alias: str | None = None) -> int:
+    """Log the MLflow model in ``model_dir`` to a new run and register it as the next version of ``name``."""
+    import mlflow
+
+    with mlflow.start_run() as run:
+        mlflow.log_artifacts(str(model_dir), "model")
+    version = int(mlflow.register_model(f"runs:/{run.info.run_id}/model", name, await_registration_for=0).version)
+    if alias is not None:
+        mlflow.MlflowClient().set_registered_model_alias(name, alias, str(version))
+    return version
+
+
+def run_of(name: str, version: int) -> str:
+    """The run id of a registered version."""
+    import mlflow
+
+    return str(mlflow.MlflowClient().get_model_version(name, str(version)).run_id)

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from mlflow_support import NO_TELEMETRY
-from sluice.errors import ModelLoadError, ModelNotFound, UnsafeModelError
+from sluice.errors import ModelLoadError, UnsafeModelError
 from sluice.models import LoadOptions, load_model, resolve_model
 from sluice.models.gbm import LightGBMModel, XGBoostModel
 from sluice.models.mlflow_format import mlflow_signature
