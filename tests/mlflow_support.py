@@ -14,6 +14,7 @@ import subprocess
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,6 +24,16 @@ os.environ.update(NO_TELEMETRY)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SERVER_VENV = REPO_ROOT / ".venv-mlflow"
+
+
+def import_mlflow() -> Any:
+    """The ``mlflow`` client package (the test is skipped without it), imported as Sluice imports it:
+    without the warnings MLflow's pyfunc module gives at import, which the suite turns into errors."""
+    mlflow = pytest.importorskip("mlflow", reason="the MLflow client is not installed: pip install 'sluice[mlflow]'")
+    from sluice.models.mlflow_pyfunc import mlflow_module
+
+    mlflow_module("mlflow.pyfunc", "the tests")
+    return mlflow
 
 
 def mlflow_server_executable() -> Path:

@@ -14,21 +14,19 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from mlflow_support import NO_TELEMETRY
+from mlflow_support import import_mlflow
 from sluice.errors import ModelLoadError, UnsafeModelError
 from sluice.models import LoadOptions, load_model, resolve_model
 from sluice.models.gbm import LightGBMModel, XGBoostModel
 from sluice.models.mlflow_format import mlflow_signature
-from sluice.models.mlflow_pyfunc import PyfuncModel, mlflow_module
+from sluice.models.mlflow_pyfunc import PyfuncModel
 from sluice.models.onnx import OnnxModel
 from sluice.models.sklearn import SklearnModel
 from support import FEATURES, invoke, make_table, write_table
 
-mlflow = pytest.importorskip("mlflow", reason="the MLflow client is not installed: pip install 'sluice[mlflow]'")
-mlflow_module("mlflow.pyfunc", "the tests")  # as Sluice imports it: without MLflow's import-time warnings
+mlflow = import_mlflow()
 xgb = pytest.importorskip("xgboost")
 lgb = pytest.importorskip("lightgbm")
-assert NO_TELEMETRY  # imported for its effect: MLflow's telemetry is off before any MLflow call
 
 TRUSTED = LoadOptions(trust_pickle=True)
 

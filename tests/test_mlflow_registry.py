@@ -13,16 +13,14 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from mlflow_support import register, run_of
+from mlflow_support import import_mlflow, register, run_of
 from sluice.errors import ModelNotFound, UnsafeModelError
 from sluice.models import LoadOptions, ModelRepository, load_model, resolve_model
 from sluice.models.gbm import XGBoostModel
-from sluice.models.mlflow_pyfunc import mlflow_module
 from sluice.models.mlflow_registry import MlflowRegistry, parse_mlflow_uri
 from support import FEATURES, invoke, make_table, write_table
 
-mlflow = pytest.importorskip("mlflow", reason="the MLflow client is not installed: pip install 'sluice[mlflow]'")
-mlflow_module("mlflow.pyfunc", "the tests")  # as Sluice imports it: without MLflow's import-time warnings
+mlflow = import_mlflow()
 xgb = pytest.importorskip("xgboost")
 
 
