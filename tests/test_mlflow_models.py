@@ -107,6 +107,31 @@ def test_onnx_flavor_runs_in_onnx_runtime(saved: dict[str, Any], models: Any) ->
     assert np.array_equal(model.predict({"X": x})["probabilities"], direct.predict({"X": x})["probabilities"])
 
 
+def test_onnx_flavor_with_external_data(tmp_path: Path) -> None:
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(2)
+    weights = rng.normal(size=(300, 2)).astype(np.float32)
+    graph = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("MatMul", ["x", "w"], ["y"])],
+            "wide",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 300])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 2])],
+            [numpy_helper.from_array(weights, "w")],
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+    inline = graph.SerializeToString()  # before MLflow moves the weights out of the graph it is given
+    mlflow.onnx.save_model(graph, tmp_path / "wide", pip_requirements=[])  # weights over 1 KiB go to a .data file
+    assert [p.suffix for p in (tmp_path / "wide").iterdir() if p.suffix == ".data"] == [".data"]
+    model = load_model(str(tmp_path / "wide"))
+    x = rng.normal(size=(5, 300)).astype(np.float32)
+    want = ort.InferenceSession(inline).run(None, {"x": x})[0]
+    assert np.array_equal(model.predict({"x": x})["y"], want)
+
+
 def test_sklearn_skops_flavor_loads_without_trust(saved: dict[str, Any]) -> None:
     model = load_model(str(saved["root"] / "skops"))
     assert isinstance(model, SklearnModel)
