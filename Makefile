@@ -4,8 +4,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 DEMO_STAMP := $(VENV)/.installed-demo
+# the tests' `mlflow server` runs from its own venv: the full mlflow package pins versions (pyarrow)
+# that the project's venv must not take; the project itself needs only the client (mlflow-skinny)
+MLFLOW_VENV := .venv-mlflow
 
-.PHONY: demo test lint typecheck unit bench clean install-%
+.PHONY: demo test lint typecheck unit bench clean mlflow-server install-%
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +27,13 @@ $(DEMO_STAMP): pyproject.toml | $(BIN)/python
 install-%: | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[$*]'
 
+$(MLFLOW_VENV)/bin/mlflow:
+	$(PYTHON) -m venv $(MLFLOW_VENV)
+	$(MLFLOW_VENV)/bin/pip install --quiet --upgrade pip
+	$(MLFLOW_VENV)/bin/pip install --quiet 'mlflow>=3.17,<4'
+
+mlflow-server: $(MLFLOW_VENV)/bin/mlflow
+
 demo: $(DEMO_STAMP)
 	$(BIN)/sluice demo
 
@@ -35,7 +45,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict src
 
-unit: $(STAMP)
+unit: $(STAMP) $(MLFLOW_VENV)/bin/mlflow
 	$(BIN)/pytest -q
 
 test: lint typecheck unit
@@ -44,4 +54,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/batch_throughput.py
 
 clean:
-	rm -rf $(VENV) demo-data demo-output models bench/.data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(MLFLOW_VENV) demo-data demo-output models bench/.data .pytest_cache .mypy_cache .ruff_cache

@@ -78,3 +78,22 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Models:
         pickle=root / "lr.pkl",
         joblib=root / "lr.joblib",
     )
+
+
+# -- MLflow ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real ``mlflow server`` on 127.0.0.1 for the session; ``MLFLOW_TRACKING_URI`` points at it."""
+    from mlflow_support import MlflowServer, mlflow_server_executable
+
+    server = MlflowServer(mlflow_server_executable(), tmp_path_factory.mktemp("mlflow-server"))
+    mp = pytest.MonkeyPatch()
+    try:
+        server.wait_ready()
+        mp.setenv("MLFLOW_TRACKING_URI", server.url)
+        yield server.url
+    finally:
+        mp.undo()
+        server.stop()

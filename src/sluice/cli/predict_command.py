@@ -32,7 +32,8 @@ def _option(help_: str, *names: str, metavar: str | None = None) -> Any:
 ModelOption = Annotated[
     str | None,
     _option(
-        "Model file (.onnx, .skops, .pkl, XGBoost .json/.ubj, LightGBM .txt), 'module:function', "
+        "Model file (.onnx, .skops, .pkl, XGBoost .json/.ubj, LightGBM .txt), 'module:function', an MLflow "
+        "model (directory, models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/PATH), "
         "or NAME, NAME@VERSION, NAME@LABEL in the repository.",
         "--model",
         "-m",

@@ -82,8 +82,9 @@ def serve(
         bool,
         typer.Option(
             "--watch",
-            help="Pick up new version directories and edited model.yaml files without a restart "
-            "(the new version loads and warms up before it serves; the old one drains).",
+            help="Pick up new version directories, edited model.yaml files and moved MLflow registry aliases "
+            "(model.yaml source: models:/NAME@ALIAS) without a restart (the new version loads and warms up "
+            "before it serves; the old one drains).",
         ),
     ] = False,
     watch_interval: Annotated[

@@ -110,6 +110,14 @@ def train(
         Path | None, typer.Option(help="Write loss and validation metric curves to this .png file.", show_default=False)
     ] = None,
     no_publish: Annotated[bool, typer.Option("--no-publish", help="Train and report, but publish no version.")] = False,
+    mlflow: Annotated[
+        bool,
+        typer.Option(
+            "--mlflow",
+            help="Also register the published version in the MLflow model registry (MLFLOW_TRACKING_URI), "
+            "with the training parameters and metrics.",
+        ),
+    ] = False,
 ) -> None:
     """Train an MLP over the feature columns data-parallel (torch.distributed) and publish it.
 
@@ -119,10 +127,13 @@ def train(
     feedback) or localsgd (models averaged every H steps). Prints loss, validation metric,
     samples/s, compute vs communication time and gradient bytes per step and per epoch, saves a
     checkpoint every epoch, and publishes the model as the next version of --model (ONNX,
-    with the training config, metrics and data fingerprint in model.yaml).
+    with the training config, metrics and data fingerprint in model.yaml); with --mlflow, also as
+    the next version of that name in the MLflow model registry.
     """
     if ctx.invoked_subcommand is not None:
         return
+    if mlflow and no_publish:
+        run_cli(_refuse_mlflow_without_publish)
 
     fields: dict[str, Any] = {
         "data": data, "target": target, "model_name": model_name, "repository": repository,
@@ -148,6 +159,14 @@ def train(
             f"(validation {result.metric_name} {result.validation_metric:.4f})",
             highlight=False,
         )
+    if mlflow and version is not None:
+        from sluice.train.mlflow_register import register_in_mlflow
+
+        registered = run_cli(lambda: register_in_mlflow(result, version))
+        out.print(
+            f"registered [bold]{registered.uri}[/] in MLflow at {registered.tracking_uri} (run {registered.run_id})",
+            highlight=False,
+        )
     if plot is not None:
         from sluice.train.curves import write_curves
 
@@ -156,6 +175,12 @@ def train(
 
 # training-config fields whose flag is not the field's name
 _FIELD_FLAGS = {"data": "--input", "model_name": "--model", "exclude": "--exclude-features"}
+
+
+def _refuse_mlflow_without_publish() -> None:
+    from sluice.errors import ConfigError
+
+    raise ConfigError("--mlflow registers the version a run publishes; it cannot go with --no-publish")
 
 
 def _train(config_path: Path | None, fields: dict[str, Any], publish: bool) -> tuple[TrainResult, int | None]:

@@ -24,7 +24,8 @@ __all__ = [
     "read_yaml_model",
 ]
 
-ModelFormat = Literal["onnx", "sklearn", "pickle", "python", "xgboost", "lightgbm"]
+ModelFormat = Literal["onnx", "sklearn", "pickle", "python", "xgboost", "lightgbm", "mlflow"]
+"""``mlflow``: an MLflow model run through its ``python_function`` flavor."""
 Concurrency = Literal["threads", "processes", "serial"]
 
 
@@ -94,6 +95,11 @@ class ModelConfig(BaseModel):
         default=None, description="File name inside each version directory (detected when omitted)."
     )
     callable: str | None = Field(default=None, description="For format 'python': 'module:function' or 'module:Class'.")
+    source: str | None = Field(
+        default=None,
+        description="An MLflow registry model served as this model, e.g. models:/NAME@champion or models:/NAME/3 "
+        "(its version directories are then the registry's; `sluice serve --watch` follows a moving alias).",
+    )
     features: list[str] | dict[str, list[str]] | None = Field(
         default=None, description="Feature columns: a list for a one-input model, or per input."
     )
@@ -126,6 +132,15 @@ class ModelConfig(BaseModel):
     training: dict[str, Any] | None = Field(
         default=None, description="How a trained version was made: config, metrics, data fingerprint, strategy."
     )
+
+    @field_validator("source")
+    @classmethod
+    def _source_is_registry_uri(cls, source: str | None) -> str | None:
+        if source is not None and not source.startswith("models:/"):
+            raise ValueError(
+                f"source {source!r} must be an MLflow registry URI: models:/NAME@ALIAS or models:/NAME/VERSION"
+            )
+        return source
 
     @field_validator("labels")
     @classmethod

@@ -9,6 +9,8 @@ from pathlib import Path
 from sluice.errors import ModelNotFound
 from sluice.models.base import Model, ModelSource
 from sluice.models.config import LoadOptions, ModelConfig
+from sluice.models.mlflow_format import is_mlflow_model_dir, mlflow_source
+from sluice.models.mlflow_registry import MlflowRegistry, is_mlflow_uri
 from sluice.models.repository import (
     DEFAULT_REPOSITORY,
     MODEL_EXTENSIONS,
@@ -33,16 +35,21 @@ def resolve_model(
     config: ModelConfig | None = None,
     search_path: str | None = None,
 ) -> ModelSource:
-    """Where ``ref`` points: a model file, ``module:function``, or ``NAME[@VERSION|@LABEL]``.
+    """Where ``ref`` points: a model file, an MLflow model (its directory, ``models:/…`` or ``runs:/…``),
+    ``module:function``, or ``NAME[@VERSION|@LABEL]``.
 
     ``config`` applies to file and callable references, which have no model.yaml;
     ``search_path`` is the directory a ``module:function`` is imported from (default: the
     working directory).
     """
     options = options or LoadOptions()
+    if is_mlflow_uri(ref):
+        return MlflowRegistry().source(ref, config, options)
     if is_callable_reference(ref):
         return ModelSource("python", ref, config or ModelConfig(), options, search_path=search_path or os.getcwd())
     path = Path(ref)
+    if path.is_dir() and is_mlflow_model_dir(path):
+        return mlflow_source(path, config, options)
     if path.is_file():
         return ModelSource(format_for_path(path), str(path), config or ModelConfig(), options)
     if os.sep in ref or path.suffix.lower() in MODEL_EXTENSIONS:
@@ -68,6 +75,10 @@ def load_source(source: ModelSource) -> Model:
         from sluice.models.gbm import LightGBMModel
 
         return LightGBMModel(source)
+    if source.format == "mlflow":
+        from sluice.models.mlflow_pyfunc import PyfuncModel
+
+        return PyfuncModel(source)
     from sluice.models.python import PythonModel
 
     return PythonModel(source)
@@ -91,8 +102,13 @@ def model_digest(model: Model) -> str:
     if source.format == "python":
         digest.update(source.location.encode())
     else:
-        with open(source.location, "rb") as fh:
-            while chunk := fh.read(1 << 20):
-                digest.update(chunk)
+        location = Path(source.location)
+        # an MLflow pyfunc model is a directory: every file in it, by relative path
+        for path in sorted(p for p in location.rglob("*") if p.is_file()) if location.is_dir() else [location]:
+            if path != location:
+                digest.update(str(path.relative_to(location)).encode())
+            with path.open("rb") as fh:
+                while chunk := fh.read(1 << 20):
+                    digest.update(chunk)
     digest.update(repr(sorted(source.config.model_dump().items())).encode())
     return digest.hexdigest()[:16]

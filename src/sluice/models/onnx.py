@@ -67,11 +67,12 @@ class OnnxModel(Model):
             content = path.read_bytes()
         except OSError as exc:
             raise ModelLoadError(f"cannot read ONNX model {path}: {exc.strerror}") from exc
-        if b"ZipMap" in content:
-            content = _strip_zipmap(content, path)
+        # from the path, not the bytes: ONNX Runtime finds external data files (which MLflow's onnx
+        # flavor writes) beside the model only when it knows where the model lies
+        model: bytes | str = _strip_zipmap(content, path) if b"ZipMap" in content else str(path)
         self.providers = _providers(source.options.device, ort.get_available_providers())
         try:
-            self._session = ort.InferenceSession(content, opts, providers=self.providers)
+            self._session = ort.InferenceSession(model, opts, providers=self.providers)
         except Exception as exc:  # ORT raises its own untyped errors; translate at this edge
             raise ModelLoadError(f"ONNX Runtime cannot load {path}: {exc}") from exc
         self.signature = Signature(
@@ -107,7 +108,7 @@ def _strip_zipmap(content: bytes, path: Path) -> bytes:
         from onnx import helper
     except ImportError:
         raise MissingDependency("onnx", "sklearn", f"Loading {path.name}, which has ZipMap outputs,") from None
-    model = onnx.load_from_string(content)
+    model = onnx.load(str(path))  # with its external data, which the bytes alone do not hold
     graph = model.graph
     zipmaps = [n for n in graph.node if n.op_type == "ZipMap"]
     if not zipmaps:

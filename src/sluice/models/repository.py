@@ -15,6 +15,8 @@ from sluice.configfile import read_yaml_model
 from sluice.errors import ConfigError, ModelNotFound, UnsafeModelError
 from sluice.models.base import ModelSource
 from sluice.models.config import LoadOptions, ModelConfig, ModelFormat
+from sluice.models.mlflow_format import is_mlflow_model_dir, mlflow_source
+from sluice.models.mlflow_registry import MlflowRegistry, parse_mlflow_uri
 
 __all__ = [
     "DEFAULT_REPOSITORY",
@@ -111,8 +113,17 @@ class RepositorySettings(BaseModel):
 class ModelRepository:
     """A directory of named, versioned models."""
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], *, registry: MlflowRegistry | None = None) -> None:
         self.root = Path(root)
+        self._registry = registry
+        self._source_versions: dict[str, int] = {}  # the version each registry model's source named last
+
+    @property
+    def registry(self) -> MlflowRegistry:
+        """The MLflow registry that ``source:`` models come from (MLflow's own settings)."""
+        if self._registry is None:
+            self._registry = MlflowRegistry()
+        return self._registry
 
     @property
     def settings_path(self) -> Path:
@@ -144,10 +155,34 @@ class ModelRepository:
         return read_yaml_model(path, ModelConfig)
 
     def versions(self, name: str) -> list[int]:
+        """The version numbers of ``name``; for a registry model, the one its ``source`` named last."""
         directory = self.model_dir(name)
         if not directory.is_dir():
             return []
-        return sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit())
+        found = sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit())
+        if found or not (directory / "model.yaml").is_file():
+            return found
+        try:
+            config = self.config(name)
+        except ConfigError:  # resolve() reports it; a listing shows the model without versions
+            return []
+        if not config.source:
+            return []
+        known = self._source_versions.get(name)
+        return [known if known is not None else self._refreshed(name, config.source)]
+
+    def refresh_source(self, name: str, config: ModelConfig | None = None) -> int | None:
+        """Ask the registry which version ``name``'s ``source`` names now (None: not a registry model).
+
+        :meth:`versions` answers from the last refresh, so a server asks the registry once per poll.
+        """
+        config = config or self.config(name)
+        return self._refreshed(name, config.source) if config.source else None
+
+    def _refreshed(self, name: str, uri: str) -> int:
+        version = self.registry.version_of(parse_mlflow_uri(uri))
+        self._source_versions[name] = version
+        return version
 
     def resolve(self, ref: str, options: LoadOptions | None = None) -> ModelSource:
         """Turn ``NAME``, ``NAME@VERSION`` or ``NAME@LABEL`` into a loadable :class:`ModelSource`."""
@@ -157,12 +192,13 @@ class ModelRepository:
             known = ", ".join(self.names()) or "none"
             raise ModelNotFound(f"no model named '{name}' in repository {self.root} (models there: {known})")
         config = self.config(name)
-        version = self._select(name, selector, config)
-        version_dir = directory / str(version)
         options = options or LoadOptions()
         if not options.trust_pickle and self.settings().trust_pickle:
             options = options.model_copy(update={"trust_pickle": True})
-        source = _source_in(version_dir, config, options, name, version)
+        if config.source:
+            return self._registry_source(name, selector, config, config.source, options)
+        version = self._select(name, selector, config)
+        source = _source_in(directory / str(version), config, options, name, version)
         if source.format == "pickle" and not options.trust_pickle:
             raise UnsafeModelError(
                 f"model '{name}' version {version}: {source.location} is a pickle/joblib file, and loading one "
@@ -171,6 +207,22 @@ class ModelRepository:
                 params=("trust_pickle",),
             )
         return source
+
+    def _registry_source(
+        self, name: str, selector: str | None, config: ModelConfig, uri: str, opts: LoadOptions
+    ) -> ModelSource:
+        """``name``'s version from the registry: its source's, a number, a label, or another alias."""
+        ref = parse_mlflow_uri(uri)
+        if selector is None:
+            version = self._refreshed(name, uri)
+        elif selector.isdigit():
+            version = int(selector)
+        elif selector in config.labels:
+            version = config.labels[selector]
+        else:  # 'latest' or an alias of the registered model
+            other = f"models:/{ref.name}/latest" if selector == "latest" else f"models:/{ref.name}@{selector}"
+            version = self.registry.version_of(parse_mlflow_uri(other))
+        return self.registry.source(uri, config, opts, version=version, name=name)
 
     def _select(self, name: str, selector: str | None, config: ModelConfig) -> int:
         versions = self.versions(name)
@@ -236,6 +288,8 @@ def _source_in(version_dir: Path, config: ModelConfig, options: LoadOptions, nam
         if not config.callable:
             raise ConfigError(f"model '{name}': format 'python' needs 'callable: module:function' in model.yaml")
         return ModelSource("python", config.callable, config, options, name, version, str(version_dir))
+    if not config.artifact and is_mlflow_model_dir(version_dir):
+        return mlflow_source(version_dir, config, options, name, version)
     if config.artifact:
         artifact = version_dir / config.artifact
         if not artifact.is_file():

@@ -76,7 +76,10 @@ class ServeSettings(BaseModel):
     access_log: str | None = Field(
         default=None, description="Write one JSON line per request to this file ('-': stderr); off by default."
     )
-    watch: bool = Field(default=False, description="Reload models whose files change, without a restart.")
+    watch: bool = Field(
+        default=False,
+        description="Reload models whose files change, or whose MLflow registry alias moves, without a restart.",
+    )
     watch_interval_s: float = Field(default=1.0, gt=0, description="Seconds between polls of the repository.")
     drain_timeout_s: float = Field(
         default=30.0, ge=0, description="On shutdown, how long in-flight requests may take to finish."

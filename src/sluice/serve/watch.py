@@ -4,6 +4,8 @@
 event loop (one ``asyncio.sleep`` per poll, no busy loop). Per model it compares a
 :data:`Snapshot` of ``model.yaml`` (mtime and size) and of the version directories (number and
 mtime; copying a file into a version directory changes its mtime) with the previous poll,
+and, for a model whose ``model.yaml`` has an MLflow registry ``source:``, the version its alias
+names now (one registry call per poll: moving the alias rolls the model to the new version),
 and asks :class:`~sluice.serve.host.ModelHost` to reload a model that changed, load a new one,
 or unload one whose directory is gone. The host swaps versions atomically; a model that
 fails to reload keeps serving what it served, and its next change is tried again.
@@ -33,6 +35,7 @@ class ModelSnapshot:
 
     config_stat: tuple[int, int] | None  # (mtime_ns, size) of model.yaml; None when absent
     versions: tuple[tuple[int, int], ...]  # (version, mtime_ns of its directory), ascending
+    source_version: int | None = None  # the registry version a model.yaml `source:` names now
 
 
 Snapshot = Mapping[str, ModelSnapshot]
@@ -45,8 +48,19 @@ def snapshot(repository: ModelRepository) -> dict[str, ModelSnapshot]:
     for name in repository.names():
         directory = repository.root / name
         with contextlib.suppress(FileNotFoundError):  # removed while we looked: absent next time
-            result[name] = ModelSnapshot(_stat(directory / "model.yaml"), _version_stats(directory))
+            config_stat, versions = _stat(directory / "model.yaml"), _version_stats(directory)
+            source = _source_version(repository, name) if config_stat and not versions else None
+            result[name] = ModelSnapshot(config_stat, versions, source)
     return result
+
+
+def _source_version(repository: ModelRepository, name: str) -> int | None:
+    """The version a registry model's alias names now (None: no registry source, or it did not answer)."""
+    try:
+        return repository.refresh_source(name)
+    except SluiceError as exc:  # a registry that is down is retried on the next poll
+        log.warning("model '%s': cannot resolve its registry source: %s", name, exc)
+        return None
 
 
 def changed_models(before: Snapshot, after: Snapshot) -> tuple[list[str], list[str]]:
