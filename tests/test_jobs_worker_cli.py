@@ -116,7 +116,9 @@ def test_a_new_job_database_is_created_whole(tmp_path: Path) -> None:
     assert SqliteJobStore(db).list_jobs() == []
 
 
-def test_a_job_database_damaged_inside_stops_the_worker_with_a_message(tmp_path: Path) -> None:
+def test_a_job_database_damaged_inside_stops_the_worker_with_a_message(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     from sluice.jobs.records import NewJob, NewShard
 
     db = tmp_path / "home" / "jobs.db"
@@ -135,3 +137,5 @@ def test_a_job_database_damaged_inside_stops_the_worker_with_a_message(tmp_path:
     result = invoke("jobs", "worker", "--until-idle", "--poll", "0.05", "--home", db.parent)
     assert (result.exit_code, "Traceback" in result.output) == (1, False)
     assert result.stderr.splitlines()[-1] == f"error: job database {db}: database disk image is malformed"
+    # whichever slot meets the damage first (claiming, or handling what it claimed), no traceback is logged
+    assert [r.getMessage() for r in caplog.records if r.exc_info] == []

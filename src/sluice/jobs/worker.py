@@ -18,7 +18,7 @@ import uuid
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from sluice.errors import SluiceError
+from sluice.errors import SluiceError, StoreError
 from sluice.jobs.failpoints import Failpoints
 from sluice.jobs.finish import finish_job
 from sluice.jobs.ids import resolve_job_id
@@ -202,6 +202,10 @@ class Worker:
                 return
             try:
                 self._handle(claim)
+            except StoreError as exc:  # the job database went bad under this claim: as above
+                self._fatal = self._fatal or exc
+                self.stop()
+                return
             except Exception as exc:  # e.g. storage down while finishing: give the work back, go on
                 log.exception("worker %s: unexpected error on %s of job %s", self.id, claim.kind, claim.job_id)
                 self._give_back(claim, _describe(exc))
