@@ -12,13 +12,7 @@ _SUCCESS not yet), ``job.succeeded`` (_SUCCESS written, final state not yet reco
 
 from __future__ import annotations
 
-import os
-import signal
-import threading
-from collections import Counter
-from collections.abc import Mapping
-
-from sluice.errors import ConfigError
+from sluice._failpoints import CrashPoints
 
 __all__ = ["ENV", "POINTS", "Failpoints"]
 
@@ -34,34 +28,8 @@ POINTS = (
 )
 
 
-class Failpoints:
-    """Counts visits to named points and kills the process at the configured visit."""
+class Failpoints(CrashPoints):
+    """Counts visits to these points and kills the process at the configured visit."""
 
-    def __init__(self, kill_at: Mapping[str, int]) -> None:
-        unknown = sorted(set(kill_at) - set(POINTS))
-        if unknown:
-            raise ConfigError(f"{ENV}: unknown failpoint(s) {unknown}; known: {', '.join(POINTS)}")
-        self.kill_at = dict(kill_at)
-        self._seen: Counter[str] = Counter()
-        self._lock = threading.Lock()
-
-    @classmethod
-    def from_env(cls) -> Failpoints:
-        """The points in ``$SLUICE_JOBS_FAILPOINTS`` (``name=N,name=N``), or none."""
-        text = os.environ.get(ENV, "").strip()
-        kill_at: dict[str, int] = {}
-        for item in filter(None, (part.strip() for part in text.split(","))):
-            name, _, count = item.partition("=")
-            if not count.strip().isdigit() or int(count) < 1:
-                raise ConfigError(f"{ENV}: expected NAME=N with N >= 1, found {item!r}")
-            kill_at[name.strip()] = int(count)
-        return cls(kill_at)
-
-    def hit(self, name: str) -> None:
-        """Pass point ``name``; SIGKILL this process if this is the configured visit."""
-        if name not in self.kill_at:
-            return
-        with self._lock:
-            self._seen[name] += 1
-            if self._seen[name] == self.kill_at[name]:
-                os.kill(os.getpid(), signal.SIGKILL)
+    env = ENV
+    points = POINTS

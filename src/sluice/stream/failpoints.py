@@ -13,12 +13,7 @@ source not yet acknowledged).
 
 from __future__ import annotations
 
-import os
-import signal
-from collections import Counter
-from collections.abc import Mapping
-
-from sluice.errors import ConfigError
+from sluice._failpoints import CrashPoints
 
 __all__ = ["ENV", "POINTS", "StreamFailpoints"]
 
@@ -26,31 +21,8 @@ ENV = "SLUICE_STREAM_FAILPOINTS"
 POINTS = ("group.read", "group.written", "group.committed", "group.published")
 
 
-class StreamFailpoints:
-    """Counts visits to named points and kills the process at the configured visit."""
+class StreamFailpoints(CrashPoints):
+    """Counts visits to these points and kills the process at the configured visit."""
 
-    def __init__(self, kill_at: Mapping[str, int]) -> None:
-        unknown = sorted(set(kill_at) - set(POINTS))
-        if unknown:
-            raise ConfigError(f"{ENV}: unknown failpoint(s) {unknown}; known: {', '.join(POINTS)}")
-        self.kill_at = dict(kill_at)
-        self._seen: Counter[str] = Counter()
-
-    @classmethod
-    def from_env(cls) -> StreamFailpoints:
-        """The points in ``$SLUICE_STREAM_FAILPOINTS`` (``name=N,name=N``), or none."""
-        kill_at: dict[str, int] = {}
-        for item in filter(None, (part.strip() for part in os.environ.get(ENV, "").split(","))):
-            name, _, count = item.partition("=")
-            if not count.strip().isdigit() or int(count) < 1:
-                raise ConfigError(f"{ENV}: expected NAME=N with N >= 1, found {item!r}")
-            kill_at[name.strip()] = int(count)
-        return cls(kill_at)
-
-    def hit(self, name: str) -> None:
-        """Pass point ``name``; SIGKILL this process if this is the configured visit."""
-        if name not in self.kill_at:
-            return
-        self._seen[name] += 1
-        if self._seen[name] == self.kill_at[name]:
-            os.kill(os.getpid(), signal.SIGKILL)
+    env = ENV
+    points = POINTS
