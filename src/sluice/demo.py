@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,25 +43,7 @@ def make_demo_data(directory: Path, rows: int = 1_000_000, files: int = 8, featu
 
     Deterministic: the same arguments always produce the same values. Existing files are kept.
     """
-    directory.mkdir(parents=True, exist_ok=True)
-    paths = []
-    per_file = -(-rows // files)
-    names = feature_names(features)
-    for i in range(files):
-        path = directory / f"demo-{i:02d}.parquet"
-        paths.append(path)
-        start = i * per_file
-        count = max(0, min(per_file, rows - start))
-        if path.exists():
-            continue
-        rng = np.random.default_rng([SEED, i])
-        x = rng.normal(size=(count, features)).astype(np.float32)
-        columns = [pa.array(np.arange(start, start + count, dtype=np.int64))]
-        columns += [pa.array(x[:, j]) for j in range(features)]
-        tmp = path.with_name(f".{path.name}.tmp")
-        pq.write_table(pa.table(columns, names=["id", *names]), tmp, row_group_size=1 << 16)
-        tmp.replace(path)
-    return paths
+    return _write_parts(directory, "demo", rows, files, features, seed=0, row_group_size=1 << 16)
 
 
 def make_labelled_data(
@@ -71,25 +54,48 @@ def make_labelled_data(
     The target follows the demo model's hidden weights with noise, so a model trained on it has
     something to learn (accuracy around 0.9). Deterministic; existing files are kept.
     """
+
+    def label(rng: np.random.Generator, x: np.ndarray) -> np.ndarray:
+        noisy: np.ndarray = x @ _weights(features) + rng.normal(scale=2.0, size=len(x))
+        return (noisy > 0).astype(np.int64)
+
+    return _write_parts(directory, "train", rows, files, features, seed=500, label=(target, label))
+
+
+def _write_parts(
+    directory: Path,
+    stem: str,
+    rows: int,
+    files: int,
+    features: int,
+    *,
+    seed: int,
+    label: tuple[str, Callable[[np.random.Generator, np.ndarray], np.ndarray]] | None = None,
+    row_group_size: int | None = None,
+) -> list[Path]:
+    """``files`` Parquet files ``STEM-NN.parquet`` of ``id`` and float32 features (and a label
+    column); file ``i`` draws from seed ``[SEED, seed + i]``. Existing files are kept."""
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
     per_file = -(-rows // files)
-    names = feature_names(features)
+    names = ["id", *feature_names(features)]
     for i in range(files):
-        path = directory / f"train-{i:02d}.parquet"
+        path = directory / f"{stem}-{i:02d}.parquet"
         paths.append(path)
         start = i * per_file
         count = max(0, min(per_file, rows - start))
         if path.exists():
             continue
-        rng = np.random.default_rng([SEED, 500 + i])
+        rng = np.random.default_rng([SEED, seed + i])
         x = rng.normal(size=(count, features)).astype(np.float32)
-        y = (x @ _weights(features) + rng.normal(scale=2.0, size=count) > 0).astype(np.int64)
         columns = [pa.array(np.arange(start, start + count, dtype=np.int64))]
         columns += [pa.array(x[:, j]) for j in range(features)]
-        columns.append(pa.array(y))
+        if label is not None:
+            columns.append(pa.array(label[1](rng, x)))
         tmp = path.with_name(f".{path.name}.tmp")
-        pq.write_table(pa.table(columns, names=["id", *names, target]), tmp)
+        pq.write_table(
+            pa.table(columns, names=names + ([label[0]] if label else [])), tmp, row_group_size=row_group_size
+        )
         tmp.replace(path)
     return paths
 
