@@ -19,7 +19,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
-ENGINES = ("torch", "pyspark", "ray")
+ENGINES = ("torch", "transformers", "pyspark", "ray")
 
 
 def _lint_imports(src: Path) -> subprocess.CompletedProcess[str]:

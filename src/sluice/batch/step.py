@@ -41,6 +41,7 @@ class StepResult:
     batch: pa.RecordBatch
     rows: np.ndarray
     failures: list[RowFailure] = field(default_factory=list)
+    counters: dict[str, int] = field(default_factory=dict)  # the model's per-batch counts (Prepared.counters)
 
 
 def _ignore(_seconds: float) -> None:
@@ -68,26 +69,48 @@ def predict_step(
     if strict:
         bound.raise_first_failure()
     failures = [RowFailure(row, fld, message) for row, fld, message in bound.failures]
-    signature = predictor.model.signature
     keep = bound.rows
     outputs: list[tuple[str, pa.Array]] | None = None
+    counters: dict[str, int] = {}
     if bound.num_rows:
-        result = predictor.run(bound.inputs, bound.num_rows, on_latency)
-        if strict and result.failed:
-            row, message = result.failed[0]
-            raise PredictError(f"row {int(keep[row])}: {message}")
-        failures += [RowFailure(int(keep[i]), None, message) for i, message in result.failed]
-        keep = keep[result.ok]
-        if keep.size:
-            outputs = signature.unbind(result.outputs, int(keep.size))
+        keep, outputs, counters = _predict_bound(bound.inputs, keep, predictor, strict, failures, on_latency)
     if outputs is None:
-        outputs = empty_outputs(signature)
+        outputs = empty_outputs(predictor.model.signature)
     kept = batch.select(list(passthrough))
     if keep.size != batch.num_rows:
         kept = kept.take(pa.array(keep))
     names = [*kept.schema.names, *(n for n, _ in outputs)]
     out = pa.RecordBatch.from_arrays([*kept.columns, *(a for _, a in outputs)], names=names)
-    return StepResult(out, keep, failures)
+    return StepResult(out, keep, failures, counters)
+
+
+def _predict_bound(
+    inputs: dict[str, np.ndarray],
+    keep: np.ndarray,
+    predictor: Predictor,
+    strict: bool,
+    failures: list[RowFailure],
+    on_latency: Callable[[float], None],
+) -> tuple[np.ndarray, list[tuple[str, pa.Array]] | None, dict[str, int]]:
+    """Prepare and predict the bound rows ``keep``; returns the rows that got outputs, the
+    output columns (None when no row did) and the model's counters. Failures are appended."""
+    prepared = predictor.model.prepare(inputs)
+    if strict and prepared.failed:
+        row, message = prepared.failed[0]
+        raise PredictError(f"row {int(keep[row])}: {message}")
+    failures += [RowFailure(int(keep[i]), None, message) for i, message in prepared.failed]
+    keep = keep[prepared.ok]
+    if not keep.size:
+        return keep, None, prepared.counters
+    result = predictor.run(prepared.inputs, int(keep.size), on_latency)
+    if strict and result.failed:
+        row, message = result.failed[0]
+        raise PredictError(f"row {int(keep[row])}: {message}")
+    failures += [RowFailure(int(keep[i]), None, message) for i, message in result.failed]
+    keep = keep[result.ok]
+    if not keep.size:
+        return keep, None, prepared.counters
+    return keep, predictor.model.signature.unbind(result.outputs, int(keep.size)), prepared.counters
 
 
 def empty_outputs(signature: Signature) -> list[tuple[str, pa.Array]]:

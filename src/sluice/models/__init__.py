@@ -1,7 +1,7 @@
 """Models: the :class:`Model` contract, signatures, adapters and the model repository."""
 
 from sluice.arrowcast import RowFailures
-from sluice.models.base import Model, ModelSource
+from sluice.models.base import Model, ModelSource, Prepared
 from sluice.models.config import LoadOptions, ModelConfig, TensorConfig
 from sluice.models.loader import default_repository, load_model, load_source, resolve_model
 from sluice.models.repository import ModelRepository
@@ -15,6 +15,7 @@ __all__ = [
     "ModelConfig",
     "ModelRepository",
     "ModelSource",
+    "Prepared",
     "RowFailures",
     "Signature",
     "TensorConfig",

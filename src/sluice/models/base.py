@@ -9,11 +9,28 @@ from pathlib import Path
 
 import numpy as np
 
+from sluice.errors import PredictError
 from sluice.models.checks import check_outputs
 from sluice.models.config import Concurrency, LoadOptions, ModelConfig, ModelFormat
 from sluice.models.signature import Signature
 
-__all__ = ["Model", "ModelSource"]
+__all__ = ["Model", "ModelSource", "Prepared"]
+
+
+@dataclass
+class Prepared:
+    """A bound batch after the model's own per-record preparation (tokenizing, decoding images).
+
+    ``inputs`` holds the rows ``ok`` of the bound batch (indices, ascending), in the form
+    :meth:`Model.predict` takes; ``failed`` lists the rows that could not be prepared, each with
+    the reason. ``counters`` are per-batch counts the model reports (e.g. truncated records),
+    added up into the run's summary.
+    """
+
+    inputs: dict[str, np.ndarray]
+    ok: np.ndarray
+    failed: list[tuple[int, str]] = field(default_factory=list)
+    counters: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -52,7 +69,17 @@ class Model(abc.ABC):
 
     @abc.abstractmethod
     def predict(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run the model on one batch; every output has one entry per input row."""
+        """Run the model on one prepared batch (:meth:`prepare`); every output has one entry per row."""
+
+    def prepare(self, inputs: Mapping[str, np.ndarray]) -> Prepared:
+        """The model's per-record preparation of bound inputs, run by the engines off the thread
+        that runs :meth:`predict`, so the model computes while the next batch is prepared.
+
+        Most models take bound tensors as they are (the default); text and image models
+        tokenize or decode here, and a record that cannot be prepared fails alone.
+        """
+        num_rows = next(iter(inputs.values())).shape[0] if inputs else 0
+        return Prepared(dict(inputs), np.arange(num_rows))
 
     @property
     def default_features(self) -> list[str] | None:
@@ -66,8 +93,19 @@ class Model(abc.ABC):
         return f"<{type(self).__name__} {self.source.display_name} {self.signature.describe()}>"
 
     def predict_checked(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """:meth:`predict`, with the output names and row counts checked against the input
-        (:func:`~sluice.models.checks.check_outputs`)."""
+        """:meth:`prepare` then :meth:`predict` on bound inputs, with the output names and row
+        counts checked against the input (:func:`~sluice.models.checks.check_outputs`).
+
+        A record that cannot be prepared raises :class:`~sluice.errors.PredictError` naming its row.
+        """
+        prepared = self.prepare(inputs)
+        if prepared.failed:
+            row, message = prepared.failed[0]
+            raise PredictError(f"row {row}: {message}")
+        return self.predict_prepared(prepared.inputs)
+
+    def predict_prepared(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """:meth:`predict` on inputs :meth:`prepare` returned, with the outputs checked."""
         num_rows = next(iter(inputs.values())).shape[0] if inputs else 0
         outputs = self.predict(inputs)
         return check_outputs(outputs, num_rows, signature=self.signature, source=f"model {self.source.display_name}")

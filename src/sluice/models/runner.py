@@ -27,7 +27,8 @@ Tensors = dict[str, np.ndarray]
 
 
 class ModelRunner:
-    """``call(inputs)`` runs ``predict_checked`` here or in one of ``workers`` processes."""
+    """``call(inputs)`` runs ``predict_prepared`` (inputs the model's ``prepare`` returned) here
+    or in one of ``workers`` processes."""
 
     def __init__(self, model: Model, workers: int) -> None:
         self.model = model
@@ -56,7 +57,7 @@ class ModelRunner:
 
     def call(self, inputs: Mapping[str, np.ndarray]) -> Tensors:
         if self._pool is None:
-            return self.model.predict_checked(inputs)
+            return self.model.predict_prepared(inputs)
         return self._pool.submit(_worker_predict, dict(inputs)).result()
 
     def worker_memory_bytes(self) -> int:
@@ -89,4 +90,4 @@ def _worker_init(source: ModelSource, owner: Owner) -> None:
 def _worker_predict(inputs: Tensors) -> Tensors:
     if _WORKER_MODEL is None:
         raise PredictError("worker process has no model loaded")
-    return _WORKER_MODEL.predict_checked(inputs)
+    return _WORKER_MODEL.predict_prepared(inputs)
