@@ -111,8 +111,8 @@ def check_weights(directory: Path, options: LoadOptions) -> bool:
     if not options.trust_pickle:
         raise UnsafeModelError(
             f"{directory / pickled} is a pickle (PyTorch's torch.save format), and loading a pickle can run "
-            "whatever code it contains. Convert it to model.safetensors (save_pretrained(DIR, "
-            "safe_serialization=True)), or, for a file you made or fully trust, pass `trust_pickle=True` "
+            "whatever code it contains. Convert it to model.safetensors (load the model "
+            "and save_pretrained(DIR) again), or, for a file you made or fully trust, pass `trust_pickle=True` "
             "(or opt the repository in with 'trust_pickle: true' in its sluice-repository.yaml)",
             params=("trust_pickle",),
         )
