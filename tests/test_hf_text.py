@@ -8,8 +8,8 @@ import pytest
 
 pytest.importorskip("transformers")
 
-import sluice  # noqa: E402
-from hf_text_support import (  # noqa: E402
+import sluice
+from hf_text_support import (
     MAX_LENGTH,
     TextModels,
     direct_embeddings,
@@ -18,9 +18,9 @@ from hf_text_support import (  # noqa: E402
     text_models,
     token_counts,
 )
-from sluice.errors import PredictError  # noqa: E402
-from sluice.models.config import ModelConfig, TextConfig  # noqa: E402
-from sluice.models.deep.text_batches import forward_passes, pad_rows, padding_counts  # noqa: E402
+from sluice.errors import PredictError
+from sluice.models.config import ModelConfig, TextConfig
+from sluice.models.deep.text_batches import forward_passes, pad_rows, padding_counts
 
 __all__ = ["text_models"]
 

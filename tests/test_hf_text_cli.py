@@ -15,8 +15,8 @@ import pytest
 
 pytest.importorskip("transformers")
 
-import sluice  # noqa: E402
-from hf_text_support import (  # noqa: E402
+import sluice
+from hf_text_support import (
     TextModels,
     direct_embeddings,
     direct_probabilities,
@@ -85,7 +85,8 @@ def test_predict_labels_and_summary_table(
 ) -> None:
     path, texts = corpus
     out = tmp_path / "out"
-    result = _sluice("predict", "-m", str(text_models.classifier), "-i", str(path), "-o", str(out), "--include", "doc_id")
+    model = str(text_models.classifier)
+    result = _sluice("predict", "-m", model, "-i", str(path), "-o", str(out), "--include", "doc_id")
     assert result.returncode == 0, result.stderr
     table = pq.read_table(out / "part-00000.parquet")
     assert table.schema.names == ["doc_id", "label", "score", "probabilities"]

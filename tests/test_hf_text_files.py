@@ -12,13 +12,13 @@ import pytest
 
 pytest.importorskip("transformers")
 
-import sluice  # noqa: E402
-from hf_text_support import TextModels, direct_embeddings, documents, text_models  # noqa: E402
-from sluice.batch import JobSpec  # noqa: E402
-from sluice.batch.plan import plan_columns  # noqa: E402
-from sluice.errors import BindError, DataError, ModelLoadError, ModelNotFound, UnsafeModelError  # noqa: E402
-from sluice.models.config import LoadOptions, ModelConfig  # noqa: E402
-from sluice.models.deep.hf import TASKS  # noqa: E402
+import sluice
+from hf_text_support import TextModels, direct_embeddings, documents, text_models
+from sluice.batch import JobSpec
+from sluice.batch.plan import plan_columns
+from sluice.errors import BindError, DataError, ModelLoadError, ModelNotFound, UnsafeModelError
+from sluice.models.config import LoadOptions, ModelConfig
+from sluice.models.deep.hf import TASKS
 
 __all__ = ["text_models"]
 

@@ -8,7 +8,6 @@ import http.client
 import re
 import shutil
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
