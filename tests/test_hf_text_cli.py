@@ -110,7 +110,7 @@ def test_text_column_errors_exit_2(text_models: TextModels, tmp_path: Path) -> N
     unknown = _sluice(
         "predict", "-m", str(text_models.embedding), "-i", str(path), "-o", str(tmp_path / "o"), "--task", "nope"
     )
-    assert unknown.returncode == 2 and "unknown task 'nope'" in unknown.stderr
+    assert unknown.returncode == 2 and "unknown --task 'nope'" in unknown.stderr
 
 
 def test_help_lists_the_text_flags() -> None:

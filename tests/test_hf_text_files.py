@@ -103,14 +103,14 @@ def test_task_from_config_yaml_and_unknown(text_models: TextModels, tmp_path: Pa
     with pytest.raises(ModelLoadError) as info:
         sluice.load_model(str(text_models.embedding), config=ModelConfig(task="summarization"))
     assert str(info.value) == (
-        f"unknown task 'summarization' for {text_models.embedding}: the known tasks are "
+        f"unknown `task` 'summarization' for {text_models.embedding}: the known tasks are "
         "feature-extraction, image-classification, text-classification"
     )
     directory = _copy(text_models.embedding, tmp_path / "m")
     config = json.loads((directory / "config.json").read_text())
     config["architectures"] = ["BertForMaskedLM"]
     (directory / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ModelLoadError, match=r"cannot tell the task .* \(\['BertForMaskedLM'\]\); name it with --task"):
+    with pytest.raises(ModelLoadError, match=r"cannot tell the task .* \(\['BertForMaskedLM'\]\); name it with `task`"):
         sluice.load_model(str(directory))
 
 

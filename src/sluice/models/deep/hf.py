@@ -126,11 +126,13 @@ def task_of(hf_config: dict[str, Any], config: ModelConfig, directory: Path) -> 
         architectures = hf_config.get("architectures") or "none"
         raise ModelLoadError(
             f"cannot tell the task of the Hugging Face model in {directory} from its architectures "
-            f"({architectures}); name it with --task or 'task:' in model.yaml, one of {_known()}",
+            f"({architectures}); name it with `task` or 'task:' in model.yaml, one of {_known()}",
             params=("task",),
         )
     if task not in TASKS:
-        raise ModelLoadError(f"unknown task {task!r} for {directory}: the known tasks are {_known()}", params=("task",))
+        raise ModelLoadError(
+            f"unknown `task` {task!r} for {directory}: the known tasks are {_known()}", params=("task",)
+        )
     return task
 
 

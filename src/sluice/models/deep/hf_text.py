@@ -38,7 +38,9 @@ _UNBOUNDED = 1_000_000  # transformers' stand-in model_max_length for "no limit"
 def _device(options: LoadOptions) -> torch.device:
     """``auto``: CUDA when torch sees a GPU, else the CPU."""
     if options.device == "cuda" and not torch.cuda.is_available():
-        raise ModelLoadError("device 'cuda' was requested but torch sees no CUDA device here", params=("device",))
+        raise ModelLoadError(
+            "device 'cuda' was requested but torch sees no CUDA device here; use `device='cpu'`", params=("device",)
+        )
     if options.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(options.device)
@@ -88,7 +90,7 @@ def _max_length(settings: TextConfig, extra: Mapping[str, Any], hf_config: Mappi
     if settings.max_length is not None:
         if limit is not None and settings.max_length > limit:
             raise ModelLoadError(
-                f"max_length {settings.max_length} is more than the model's max_position_embeddings {limit}",
+                f"`max_length` {settings.max_length} is more than the model's max_position_embeddings {limit}",
                 params=("max_length",),
             )
         return settings.max_length
