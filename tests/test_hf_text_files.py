@@ -154,3 +154,9 @@ def test_text_column_binding(text_models: TextModels) -> None:
     with pytest.raises(DataError) as wrong:
         _plan(model, one, text_column="id")
     assert str(wrong.value) == "`text_column` 'id' has type int64; expected a string column"
+
+
+def test_max_length_beyond_the_position_embeddings(text_models: TextModels) -> None:
+    with pytest.raises(ModelLoadError) as info:
+        sluice.load_model(str(text_models.embedding), config=ModelConfig(text={"max_length": 65}))  # type: ignore[arg-type]
+    assert str(info.value) == "`max_length` 65 is more than the model's max_position_embeddings 64"

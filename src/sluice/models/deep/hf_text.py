@@ -237,6 +237,10 @@ def _module(auto: Any, directory: Path, source: ModelSource) -> Any:
         logging.set_verbosity(verbosity)
         if bars:
             logging.enable_progress_bar()
+    if source.options.intra_op_threads:
+        # torch has one intra-op pool per process, not one per model: the engines give every
+        # worker its share of the cores, as ONNX Runtime's per-session setting does
+        torch.set_num_threads(source.options.intra_op_threads)
     return module.to(_device(source.options)).eval()
 
 
