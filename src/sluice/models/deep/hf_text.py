@@ -190,7 +190,9 @@ class HfTextModel(Model):
                         if name not in results:
                             results[name] = np.empty((len(rows), *value.shape[1:]), dtype=value.dtype)
                         results[name][index] = value
-        except RuntimeError as exc:  # torch's errors (shapes, memory) are RuntimeErrors
+        except torch.OutOfMemoryError:
+            raise  # as it is, so that the engines can tell it from a broken model and retry smaller
+        except RuntimeError as exc:  # torch's other errors (shapes, devices) are RuntimeErrors
             raise PredictError(f"model {self.source.display_name} failed: {exc}") from exc
         if not results:
             results = {s.name: _empty(s) for s in self.signature.outputs}
