@@ -80,12 +80,10 @@ PoolingOption = Annotated[
     ),
 ]
 NormalizeOption = Annotated[
-    bool | None,
+    bool,
     typer.Option(
-        "--normalize/--no-normalize",
-        help="feature-extraction: scale each embedding to unit length "
-        "(default: model.yaml's text.normalize, else off).",
-        show_default=False,
+        "--normalize",
+        help="feature-extraction: scale each embedding to unit length (default: model.yaml's text.normalize).",
     ),
 ]
 MaxLengthOption = Annotated[
@@ -95,13 +93,12 @@ MaxLengthOption = Annotated[
         "truncated_records in the summary (default: the tokenizer's model_max_length)."
     ),
 ]
-BucketingOption = Annotated[
-    bool | None,
+NoBucketingOption = Annotated[
+    bool,
     typer.Option(
-        "--bucketing/--no-bucketing",
-        help="Text models: order each batch's records by length before the forward passes, so little padding "
-        "is computed; output order is input order either way (default: on).",
-        show_default=False,
+        "--no-bucketing",
+        help="Text models: forward passes take the records in input order, not ordered by length "
+        "(length bucketing, the default, computes less padding; output order is input order either way).",
     ),
 ]
 ForwardBatchSizeOption = Annotated[
@@ -171,8 +168,7 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print the summary as J
 _AS_GIVEN = (
     "model", "output", "repository", "input_format", "output_format", "key_column", "key_type", "batch_size",
     "workers", "readers", "intra_op_threads", "device", "max_error_fraction", "price_per_hour", "backend",
-    "spark_master", "ray_address", "text_column", "task", "pooling", "normalize", "max_length", "bucketing",
-    "forward_batch_size",
+    "spark_master", "ray_address", "text_column", "task", "pooling", "max_length", "forward_batch_size",
 )  # fmt: skip
 
 
@@ -191,9 +187,9 @@ def predict(
     text_column: TextColumnOption = None,
     task: TaskOption = None,
     pooling: PoolingOption = None,
-    normalize: NormalizeOption = None,
+    normalize: NormalizeOption = False,
     max_length: MaxLengthOption = None,
-    bucketing: BucketingOption = None,
+    no_bucketing: NoBucketingOption = False,
     forward_batch_size: ForwardBatchSizeOption = None,
     include: IncludeOption = None,
     exclude: ExcludeOption = None,
@@ -271,6 +267,8 @@ def spec_fields(flags: Mapping[str, Any]) -> dict[str, Any]:
         include=split_csv(flags["include"]),
         exclude=split_csv(flags["exclude"]),
         overwrite=flags["overwrite"] or None,
+        normalize=flags["normalize"] or None,
+        bucketing=False if flags["no_bucketing"] else None,
         trust_pickle=flags["trust_pickle"] or None,
         trusted_types=flags["trust_type"] or None,
         storage_options=parse_key_values(flags["storage_option"] or [], "--storage-option") or None,
