@@ -70,7 +70,7 @@ def with_defaults(spec: JobSpec, engine: Engine) -> tuple[JobSpec, Model, Worker
     source = resolve_model(spec.model, spec.repository, options=spec.load_options(), search_path=spec.model_search_path)
     setup = engine.worker_setup(spec, source.config.concurrency or _concurrency_of(source.format))
     spec = spec.model_copy(update={"workers": setup.workers, "intra_op_threads": setup.intra_op_threads})
-    model = load_source(source.with_options(spec.load_options()))
+    model = load_source(source.with_options(spec.load_options()).with_config(spec.model_settings(source.config)))
     if model.concurrency == "serial":
         setup = replace(setup, workers=1, predict_threads=1)
         spec = spec.model_copy(update={"workers": 1})
@@ -208,7 +208,7 @@ def summarize(run: PlannedRun, backend: str, result: EngineRun, seconds: float, 
         shards_skipped=run.skipped,
         error_files=sorted([*result.error_files, *run.resumed.error_files]),
         backend=backend,
-    )
+    ).with_counters(result.counters)
 
 
 def kept_summary(run: PlannedRun) -> RunSummary | None:

@@ -78,9 +78,12 @@ class EngineRun:
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     error_files: list[str] = field(default_factory=list)
+    counters: dict[str, int] = field(default_factory=dict)  # the model's counts, summed over the shards
 
     def add(self, outcome: ShardOutcome) -> None:
         """Count one shard's outcome in."""
+        for name, count in outcome.counters.items():
+            self.counters[name] = self.counters.get(name, 0) + count
         self.rows += outcome.rows
         self.rows_failed += outcome.rows_failed
         self.latency.merge(outcome.latency)

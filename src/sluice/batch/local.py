@@ -62,4 +62,5 @@ class LocalEngine:
             latency=stats.latency,
             stage_seconds=dict(stats.stages.seconds),
             error_files=list(stats.error_files),
+            counters=dict(stats.counters),
         )

@@ -54,6 +54,16 @@ class PipelineStats:
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     stages: StageTimer = field(default_factory=lambda: StageTimer(("read", "predict", "write")))
     error_files: list[str] = field(default_factory=list)
+    counters: dict[str, int] = field(default_factory=dict)  # the model's counts (Prepared.counters), summed
+    _counters_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def count(self, counters: dict[str, int]) -> None:
+        """Add one batch's model counters in (from any worker thread)."""
+        if not counters:
+            return
+        with self._counters_lock:
+            for name, value in counters.items():
+                self.counters[name] = self.counters.get(name, 0) + value
 
 
 class ShardRun:
@@ -323,6 +333,7 @@ class Pipeline:
             passthrough=self.plan.columns.passthrough,
             on_latency=self.stats.latency.record,
         )
+        self.stats.count(step.counters)
         failures = [*item.source.failures, *(self._failure_at(item, f) for f in step.failures)]
         failures.sort(key=lambda f: (f.row is None, f.row or 0))
         errors = [error_record(item.shard.shard.source, f, self._key is not None) for f in failures]

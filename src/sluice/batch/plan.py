@@ -64,7 +64,7 @@ def plan_job(spec: JobSpec, model: Model | None = None) -> JobPlan:
         source = resolve_model(
             spec.model, spec.repository, options=spec.load_options(), search_path=spec.model_search_path
         )
-        model = load_source(source)
+        model = load_source(source.with_config(spec.model_settings(source.config)))
     shards = plan_shards(
         spec.input, spec.input_format, shard_rows=spec.shard_rows, storage_options=spec.storage_options
     )
@@ -75,6 +75,22 @@ def plan_job(spec: JobSpec, model: Model | None = None) -> JobPlan:
     columns = plan_columns(spec, model, schema, text_input=shards[0].format != "parquet")
     check_input_columns(columns_by_file, columns.read)
     return JobPlan(spec, model, shards, schema, columns, model_digest(model))
+
+
+def _text_column(spec: JobSpec, schema: pa.Schema) -> list[str] | None:
+    """The ``text_column`` a text model reads, checked to be a string column of the input."""
+    name = spec.text_column
+    if name is None:
+        return None
+    index = schema.get_field_index(name)
+    if index < 0:
+        raise DataError(
+            f"`text_column` '{name}' is not a column of the input; columns: {schema.names}", params=("text_column",)
+        )
+    found = schema.field(index).type
+    if not (pa.types.is_string(found) or pa.types.is_large_string(found)):
+        raise DataError(f"`text_column` '{name}' has type {found}; expected a string column", params=("text_column",))
+    return [name]
 
 
 def plan_columns(spec: JobSpec, model: Model, schema: pa.Schema, *, text_input: bool) -> ColumnPlan:
@@ -101,7 +117,7 @@ def plan_columns(spec: JobSpec, model: Model, schema: pa.Schema, *, text_input: 
             "leave them out with `exclude` or `include`",
             params=("exclude", "include"),
         )
-    features = spec.features or model.source.config.features or model.default_features
+    features = spec.features or _text_column(spec, schema) or model.source.config.features or model.default_features
     bind = model.signature.plan(schema, features, not_features=passthrough, allow_nan=model.source.config.allow_nan)
     read = tuple(dict.fromkeys([*passthrough, *bind.columns]))
     raw = tuple(c for c in bind.columns if c not in passthrough) if text_input else ()

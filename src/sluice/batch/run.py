@@ -47,8 +47,11 @@ def predict_batches(
     *,
     batch_size: int = DEFAULT_BATCH_SIZE,
     features: FeatureSpec = None,
+    text_column: str | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """Predict over in-memory Arrow data; yields one batch of output columns per input batch.
+
+    ``text_column`` names the string column a text model reads (default: the only string column).
 
     Rows the model cannot take raise :class:`~sluice.errors.BindError` or
     :class:`~sluice.errors.PredictError` naming the row; use :func:`run_job` for per-record
@@ -61,7 +64,8 @@ def predict_batches(
     else:
         batches = data
     predictor = Predictor(model, 1)
-    features = features or model.source.config.features or model.default_features
+    features = features or ([text_column] if text_column else None) or model.source.config.features
+    features = features or model.default_features
     plans: dict[pa.Schema, BindPlan] = {}
     try:
         for batch in batches:

@@ -61,6 +61,7 @@ class ShardOutcome:
     error_file: str | None = None
     latency: dict[str, Any] = field(default_factory=dict)  # LatencyHistogram.snapshot()
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    counters: dict[str, int] = field(default_factory=dict)  # the model's counts (e.g. truncated records)
     pid: int = 0
     model_loaded: bool = False  # this task loaded the model (False: a previous task's was reused)
     error_type: str | None = None
@@ -113,6 +114,7 @@ def run_planned_shard(
         error_file=stats.error_files[0] if stats.error_files else None,
         latency=stats.latency.snapshot(),
         stage_seconds=dict(stats.stages.seconds),
+        counters=dict(stats.counters),
         pid=os.getpid(),
     )
 

@@ -12,7 +12,7 @@ from sluice.data.location import DataFormat
 from sluice.data.shards import DEFAULT_SHARD_ROWS
 from sluice.data.writers import OutputFormat
 from sluice.errors import ConfigError
-from sluice.models.config import LoadOptions
+from sluice.models.config import LoadOptions, ModelConfig
 
 __all__ = ["DEFAULT_BATCH_SIZE", "JobSpec"]
 
@@ -45,6 +45,28 @@ class JobSpec(BaseModel):
     )
     include: list[str] | None = None
     exclude: list[str] | None = None
+    text_column: str | None = Field(
+        default=None,
+        description="The string column a text model reads (default: the only string column not passed through).",
+    )
+    task: str | None = Field(
+        default=None,
+        description="Hugging Face task: feature-extraction, text-classification or image-classification "
+        "(default: model.yaml's task, else from config.json).",
+    )
+    pooling: Literal["mean", "cls"] | None = Field(
+        default=None, description="feature-extraction pooling (default: model.yaml's, else mean)."
+    )
+    normalize: bool | None = Field(default=None, description="feature-extraction: unit-length embeddings.")
+    max_length: int | None = Field(
+        default=None, ge=2, description="Tokens per record; longer records are truncated and counted."
+    )
+    bucketing: bool | None = Field(
+        default=None, description="Order each batch's records by length for the forward passes (default: on)."
+    )
+    forward_batch_size: int | None = Field(
+        default=None, ge=1, le=1 << 16, description="Records per forward pass of a text model (default 64)."
+    )
     batch_size: int | Literal["auto"] = Field(
         default="auto", description="Rows per model call, or 'auto' to tune it on the first rows."
     )
@@ -101,6 +123,14 @@ class JobSpec(BaseModel):
         except ValidationError as exc:
             raise ConfigError(f"invalid job: {format_validation_error(exc)}") from exc
 
+    def model_settings(self, config: ModelConfig) -> ModelConfig:
+        """``config`` with the model settings this job gives (task, text options) over it."""
+        text = {name: getattr(self, name) for name in _TEXT_SETTINGS if getattr(self, name) is not None}
+        update: dict[str, Any] = {"task": self.task} if self.task is not None else {}
+        if text:
+            update["text"] = config.text.model_copy(update=text)
+        return config.model_copy(update=update) if update else config
+
     def load_options(self) -> LoadOptions:
         return LoadOptions(
             intra_op_threads=self.intra_op_threads,
@@ -108,6 +138,9 @@ class JobSpec(BaseModel):
             trust_pickle=self.trust_pickle,
             trusted_types=tuple(self.trusted_types),
         )
+
+
+_TEXT_SETTINGS = ("pooling", "normalize", "max_length", "bucketing", "forward_batch_size")
 
 
 class _PartialSpec(JobSpec):

@@ -104,6 +104,13 @@ def _nvml_handles() -> tuple[Any, list[Any]] | None:
     return pynvml, [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
 
 
+def _waste(counters: Mapping[str, int], padded_key: str) -> float | None:
+    padded = counters.get(padded_key)
+    if not padded or "tokens" not in counters:
+        return None
+    return round(1 - counters["tokens"] / padded, 4)
+
+
 @dataclass
 class RunSummary:
     """The figures of one run, with the stable keys of ``_summary.json``."""
@@ -130,9 +137,21 @@ class RunSummary:
     error_files: list[str] = field(default_factory=list)
     backend: str = "local"
     engine_start_seconds: float = 0.0  # starting Spark or Ray, not part of ``seconds``
+    # the model's counts over this run (e.g. truncated_records, tokens, padded_tokens of a text model)
+    counters: dict[str, int] = field(default_factory=dict)
+    # text models: padding cells / all cells of the forward passes, as run and as input order would pad
+    padding_waste: float | None = None
+    padding_waste_unbucketed: float | None = None
     # this run found every part complete and kept the summary of the run that wrote them;
     # not a key of ``_summary.json``
     complete_before: bool = field(default=False, repr=False)
+
+    def with_counters(self, counters: Mapping[str, int]) -> RunSummary:
+        """This summary with the model's ``counters`` and the padding waste they imply."""
+        self.counters = dict(sorted(counters.items()))
+        self.padding_waste = _waste(counters, "padded_tokens")
+        self.padding_waste_unbucketed = _waste(counters, "padded_tokens_unbucketed")
+        return self
 
     @property
     def error_fraction(self) -> float:

@@ -33,7 +33,8 @@ ModelOption = Annotated[
     str | None,
     _option(
         "Model file (.onnx, .skops, .pkl, XGBoost .json/.ubj, LightGBM .txt), 'module:function', an MLflow "
-        "model (directory, models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/PATH), "
+        "model (directory, models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/PATH), a Hugging Face "
+        "model directory (config.json, model.safetensors, tokenizer.json), "
         "or NAME, NAME@VERSION, NAME@LABEL in the repository.",
         "--model",
         "-m",
@@ -58,6 +59,51 @@ KeyTypeOption = Annotated[
         "that fits, else text; never a float).",
         metavar="string|int64",
     ),
+]
+TextColumnOption = Annotated[
+    str | None, _option("String column a text model reads (default: the only string column not passed through).")
+]
+TaskOption = Annotated[
+    str | None,
+    _option(
+        "Hugging Face task: feature-extraction, text-classification or image-classification "
+        "(default: model.yaml's task:, else config.json's architectures).",
+        metavar="TASK",
+    ),
+]
+PoolingOption = Annotated[
+    str | None,
+    _option(
+        "feature-extraction: 'mean' of the token embeddings over the attention mask, or the 'cls' token's "
+        "(default: model.yaml's text.pooling, else mean).",
+        metavar="mean|cls",
+    ),
+]
+NormalizeOption = Annotated[
+    bool,
+    typer.Option(
+        "--normalize",
+        help="feature-extraction: scale each embedding to unit length (default: model.yaml's text.normalize).",
+    ),
+]
+MaxLengthOption = Annotated[
+    int | None,
+    _option(
+        "Tokens per record (special tokens included); longer records are truncated and counted as "
+        "truncated_records in the summary (default: the tokenizer's model_max_length)."
+    ),
+]
+NoBucketingOption = Annotated[
+    bool,
+    typer.Option(
+        "--no-bucketing",
+        help="Text models: forward passes take the records in input order, not ordered by length "
+        "(length bucketing, the default, computes less padding; output order is input order either way).",
+    ),
+]
+ForwardBatchSizeOption = Annotated[
+    int | None,
+    _option("Text models: records per forward pass, each padded to its longest record (default: 64)."),
 ]
 IncludeOption = Annotated[str | None, _option("Comma-separated columns to copy to the output.")]
 ExcludeOption = Annotated[str | None, _option("Copy every column except these (comma-separated) to the output.")]
@@ -122,7 +168,7 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print the summary as J
 _AS_GIVEN = (
     "model", "output", "repository", "input_format", "output_format", "key_column", "key_type", "batch_size",
     "workers", "readers", "intra_op_threads", "device", "max_error_fraction", "price_per_hour", "backend",
-    "spark_master", "ray_address",
+    "spark_master", "ray_address", "text_column", "task", "pooling", "max_length", "forward_batch_size",
 )  # fmt: skip
 
 
@@ -138,6 +184,13 @@ def predict(
     features: FeaturesOption = None,
     key_column: KeyColumnOption = None,
     key_type: KeyTypeOption = None,
+    text_column: TextColumnOption = None,
+    task: TaskOption = None,
+    pooling: PoolingOption = None,
+    normalize: NormalizeOption = False,
+    max_length: MaxLengthOption = None,
+    no_bucketing: NoBucketingOption = False,
+    forward_batch_size: ForwardBatchSizeOption = None,
     include: IncludeOption = None,
     exclude: ExcludeOption = None,
     batch_size: BatchSizeOption = None,
@@ -214,6 +267,8 @@ def spec_fields(flags: Mapping[str, Any]) -> dict[str, Any]:
         include=split_csv(flags["include"]),
         exclude=split_csv(flags["exclude"]),
         overwrite=flags["overwrite"] or None,
+        normalize=flags["normalize"] or None,
+        bucketing=False if flags["no_bucketing"] else None,
         trust_pickle=flags["trust_pickle"] or None,
         trusted_types=flags["trust_type"] or None,
         storage_options=parse_key_values(flags["storage_option"] or [], "--storage-option") or None,

@@ -56,9 +56,19 @@ def summary_table(s: RunSummary) -> Table:
             "n/a (pass --price-per-hour)" if s.cost_per_million_usd is None else f"${s.cost_per_million_usd:.4f}",
         ),
     ]
+    rows += _counter_rows(s)
     for key, value in rows:
         table.add_row(key, value)
     return table
+
+
+def _counter_rows(s: RunSummary) -> list[tuple[str, str]]:
+    """The model's counts (truncated records, padding of a text model), when it reported any."""
+    rows = [(name.replace("_", " "), f"{value:,}") for name, value in s.counters.items()]
+    if s.padding_waste is not None:
+        unbucketed = "n/a" if s.padding_waste_unbucketed is None else _pct(s.padding_waste_unbucketed)
+        rows.append(("padding waste", f"{_pct(s.padding_waste)} (in input order: {unbucketed})"))
+    return rows
 
 
 def models_table(repo: ModelRepository) -> Table:

@@ -41,6 +41,9 @@ FLAGS: Mapping[str, str] = {
     "trusted_types": "--trust-type",
     "device": "--device",
     "backend": "--backend",
+    "text_column": "--text-column",
+    "task": "--task",
+    "max_length": "--max-length",
     # sluice serve
     "port": "--port",
     # sluice tune, sluice cost

@@ -54,6 +54,10 @@ class ModelSource:
     def with_options(self, options: LoadOptions) -> ModelSource:
         return ModelSource(self.format, self.location, self.config, options, self.name, self.version, self.search_path)
 
+    def with_config(self, config: ModelConfig) -> ModelSource:
+        """This source with ``config`` (e.g. model.yaml's with a job's settings over it)."""
+        return ModelSource(self.format, self.location, config, self.options, self.name, self.version, self.search_path)
+
 
 class Model(abc.ABC):
     """A loaded model: a :class:`Signature` and a whole-batch :meth:`predict`.

@@ -20,12 +20,14 @@ __all__ = [
     "ModelConfig",
     "ModelFormat",
     "TensorConfig",
+    "TextConfig",
     "format_validation_error",
     "read_yaml_model",
 ]
 
-ModelFormat = Literal["onnx", "sklearn", "pickle", "python", "xgboost", "lightgbm", "mlflow"]
-"""``mlflow``: an MLflow model run through its ``python_function`` flavor."""
+ModelFormat = Literal["onnx", "sklearn", "pickle", "python", "xgboost", "lightgbm", "mlflow", "hf"]
+"""``mlflow``: an MLflow model run through its ``python_function`` flavor; ``hf``: a Hugging Face
+model directory (config.json beside safetensors weights and tokenizer or image-processor files)."""
 Concurrency = Literal["threads", "processes", "serial"]
 
 
@@ -83,6 +85,33 @@ class BatchingConfig(BaseModel):
         return 1000 if self.max_queue_delay_us is None else self.max_queue_delay_us
 
 
+class TextConfig(BaseModel):
+    """How a Hugging Face text model tokenizes, batches and pools (``text:`` in model.yaml)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    pooling: Literal["mean", "cls"] = Field(
+        default="mean",
+        description="feature-extraction: the mean of the token embeddings over the attention mask, "
+        "or the first (CLS) token's.",
+    )
+    normalize: bool = Field(default=False, description="feature-extraction: scale each embedding to unit length.")
+    max_length: int | None = Field(
+        default=None,
+        ge=2,
+        description="Tokens per record, special tokens included; longer records are truncated and counted "
+        "(default: the tokenizer's model_max_length, at most the model's max_position_embeddings).",
+    )
+    bucketing: bool = Field(
+        default=True,
+        description="Order each batch's records by length before splitting it into forward passes, so that "
+        "little padding is computed; outputs keep the input order.",
+    )
+    forward_batch_size: int = Field(
+        default=64, ge=1, description="Records per forward pass, each pass padded to its longest record."
+    )
+
+
 class ModelConfig(BaseModel):
     """The per-model settings kept in ``model.yaml``, shared by every version."""
 
@@ -109,6 +138,12 @@ class ModelConfig(BaseModel):
     outputs: list[TensorConfig] | None = Field(
         default=None, description="For format 'python': the outputs (default: one float64 'prediction')."
     )
+    task: str | None = Field(
+        default=None,
+        description="For format 'hf': feature-extraction, text-classification or image-classification "
+        "(default: from config.json's architectures).",
+    )
+    text: TextConfig = Field(default_factory=TextConfig, description="For Hugging Face text models.")
     allow_nan: bool = Field(default=False, description="Whether NaN feature values are valid input.")
     concurrency: Concurrency | None = Field(
         default=None, description="Override how predict may run in parallel (threads/processes/serial)."

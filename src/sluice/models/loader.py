@@ -9,6 +9,7 @@ from pathlib import Path
 from sluice.errors import ModelNotFound
 from sluice.models.base import Model, ModelSource
 from sluice.models.config import LoadOptions, ModelConfig
+from sluice.models.deep.hf import hf_source, is_hf_model_dir
 from sluice.models.mlflow_format import is_mlflow_model_dir, mlflow_source
 from sluice.models.mlflow_registry import MlflowRegistry, is_mlflow_uri
 from sluice.models.repository import (
@@ -36,7 +37,7 @@ def resolve_model(
     search_path: str | None = None,
 ) -> ModelSource:
     """Where ``ref`` points: a model file, an MLflow model (its directory, ``models:/…`` or ``runs:/…``),
-    ``module:function``, or ``NAME[@VERSION|@LABEL]``.
+    a Hugging Face model directory (with its config.json), ``module:function``, or ``NAME[@VERSION|@LABEL]``.
 
     ``config`` applies to file and callable references, which have no model.yaml;
     ``search_path`` is the directory a ``module:function`` is imported from (default: the
@@ -50,6 +51,8 @@ def resolve_model(
     path = Path(ref)
     if path.is_dir() and is_mlflow_model_dir(path):
         return mlflow_source(path, config, options)
+    if is_hf_model_dir(path):
+        return hf_source(path, config, options)
     if path.is_file():
         return ModelSource(format_for_path(path), str(path), config or ModelConfig(), options)
     if os.sep in ref or path.suffix.lower() in MODEL_EXTENSIONS:
@@ -79,6 +82,10 @@ def load_source(source: ModelSource) -> Model:
         from sluice.models.mlflow_pyfunc import PyfuncModel
 
         return PyfuncModel(source)
+    if source.format == "hf":
+        from sluice.models.deep.hf import load_hf_model
+
+        return load_hf_model(source)
     from sluice.models.python import PythonModel
 
     return PythonModel(source)

@@ -15,6 +15,7 @@ from sluice.configfile import read_yaml_model
 from sluice.errors import ConfigError, ModelNotFound, UnsafeModelError
 from sluice.models.base import ModelSource
 from sluice.models.config import LoadOptions, ModelConfig, ModelFormat
+from sluice.models.deep.hf import hf_source, is_hf_model_dir
 from sluice.models.mlflow_format import is_mlflow_model_dir, mlflow_source
 from sluice.models.mlflow_registry import MlflowRegistry, parse_mlflow_uri
 
@@ -290,6 +291,8 @@ def _source_in(version_dir: Path, config: ModelConfig, options: LoadOptions, nam
         return ModelSource("python", config.callable, config, options, name, version, str(version_dir))
     if not config.artifact and is_mlflow_model_dir(version_dir):
         return mlflow_source(version_dir, config, options, name, version)
+    if not config.artifact and _is_hf_version(version_dir, config):
+        return hf_source(version_dir, config, options, name, version)
     if config.artifact:
         artifact = version_dir / config.artifact
         if not artifact.is_file():
@@ -305,6 +308,15 @@ def _source_in(version_dir: Path, config: ModelConfig, options: LoadOptions, nam
         artifact = candidates[0]
     fmt = config.format or format_for_path(artifact)
     return ModelSource(fmt, str(artifact), config, options, name, version)
+
+
+def _is_hf_version(version_dir: Path, config: ModelConfig) -> bool:
+    """A Hugging Face model directory: format 'hf', or a config.json and no other model file."""
+    if config.format == "hf":
+        return True
+    if not is_hf_model_dir(version_dir):
+        return False
+    return not any(p.is_file() and detect_format(p) is not None for p in version_dir.iterdir())
 
 
 def is_callable_reference(ref: str) -> bool:

@@ -245,6 +245,8 @@ def _column_binding(spec: TensorSpec, schema: pa.Schema) -> InputBinding:
 
 
 def _default_binding(spec: TensorSpec, schema: pa.Schema, excluded: set[str]) -> InputBinding:
+    if spec.dtype.kind == "O" and len(spec.shape) == 1:
+        return _text_binding(spec, schema, excluded)
     names = default_feature_columns(schema, excluded)
     if not names:
         raise BindError(
@@ -261,6 +263,19 @@ def _default_binding(spec: TensorSpec, schema: pa.Schema, excluded: set[str]) ->
             params=("features", "key_column", "include"),
         )
     return InputBinding(spec, tuple(names), stacked=True)
+
+
+def _text_binding(spec: TensorSpec, schema: pa.Schema, excluded: set[str]) -> InputBinding:
+    """A text input takes the one string column that is not passed through."""
+    names = [f.name for f in schema if f.name not in excluded and _is_text(f.type)]
+    if len(names) != 1:
+        found = f"{len(names)} ({_abbrev(names)})" if names else "none"
+        raise BindError(
+            f"model input '{spec.name}' takes one text column, the only string column not passed through; "
+            f"the data has {found} (columns: {schema.names}): name it with `text_column`",
+            params=("text_column",),
+        )
+    return InputBinding(spec, (names[0],), stacked=True)
 
 
 def _abbrev(names: Sequence[str], limit: int = 6) -> str:
