@@ -6,9 +6,10 @@ re-exported here for existing imports.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import re
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from sluice.configfile import format_validation_error, read_yaml_model
 from sluice.models.policy_config import LatestVersions, RoutingConfig, VersionPolicy
@@ -16,17 +17,34 @@ from sluice.models.policy_config import LatestVersions, RoutingConfig, VersionPo
 __all__ = [
     "BatchingConfig",
     "Concurrency",
+    "DeviceName",
     "LoadOptions",
     "ModelConfig",
     "ModelFormat",
+    "Precision",
     "TensorConfig",
     "format_validation_error",
     "read_yaml_model",
 ]
 
-ModelFormat = Literal["onnx", "sklearn", "pickle", "python", "xgboost", "lightgbm", "mlflow"]
-"""``mlflow``: an MLflow model run through its ``python_function`` flavor."""
+ModelFormat = Literal["onnx", "sklearn", "pickle", "python", "xgboost", "lightgbm", "mlflow", "torch"]
+"""``mlflow``: an MLflow model run through its ``python_function`` flavor; ``torch``: a TorchScript
+(``.pt``) or ``torch.export`` (``.pt2``) program."""
 Concurrency = Literal["threads", "processes", "serial"]
+Precision = Literal["fp32", "fp16", "bf16"]
+"""Floating-point precision a PyTorch model computes in (``fp32``: as saved)."""
+
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def _device_name(value: str) -> str:
+    if not _DEVICE.fullmatch(value):
+        raise ValueError(f"must be auto, cpu, cuda or cuda:N (N a GPU index); found {value!r}")
+    return value
+
+
+DeviceName = Annotated[str, AfterValidator(_device_name)]
+"""Where a model runs: ``auto`` (a GPU when there is one), ``cpu``, ``cuda`` or ``cuda:N``."""
 
 
 class TensorConfig(BaseModel):
@@ -158,7 +176,10 @@ class LoadOptions(BaseModel):
 
     intra_op_threads: int | None = Field(default=None, ge=1, description="Threads inside one predict call.")
     inter_op_threads: int | None = Field(default=None, ge=1, description="Threads across graph branches.")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: DeviceName = Field(default="auto", description="auto (a GPU when there is one), cpu, cuda or cuda:N.")
+    precision: Precision = Field(
+        default="fp32", description="fp32 (as saved), fp16 or bf16: what PyTorch and Hugging Face models compute in."
+    )
     trust_pickle: bool = Field(
         default=False, description="Allow pickle/joblib artifacts, which can run arbitrary code."
     )

@@ -1,0 +1,148 @@
+"""The signature of a PyTorch program: read from an export program, declared in model.yaml, or defaulted.
+
+An export program records its inputs' dtypes and shapes (a dynamic dimension is a symbol, here
+``-1``) and its outputs'; a TorchScript program records only its forward arguments' names. What
+model.yaml declares must agree with what the program records, and the outputs are checked on a
+warm-up call; a disagreement names the tensor and both sides.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sluice.errors import ModelLoadError, PredictError
+from sluice.models.config import TensorConfig
+from sluice.models.signature import TensorSpec
+
+__all__ = [
+    "check_agrees",
+    "config_specs",
+    "default_inputs",
+    "export_inputs",
+    "export_output_shapes",
+    "name_outputs",
+    "numpy_dtype",
+    "warmup_arrays",
+]
+
+_DEFAULT_DTYPE = np.dtype(np.float32)
+
+
+def numpy_dtype(dtype: torch.dtype) -> np.dtype[np.generic]:
+    """The numpy dtype of a torch dtype (bfloat16, which numpy lacks, is held as float32)."""
+    if dtype == torch.bfloat16:
+        return _DEFAULT_DTYPE
+    return np.dtype(torch.empty((), dtype=dtype).numpy().dtype)
+
+
+def config_specs(tensors: Sequence[TensorConfig], where: str) -> tuple[TensorSpec, ...]:
+    """Tensors declared in model.yaml as specs; an unknown dtype names the tensor."""
+    specs = []
+    for t in tensors:
+        try:
+            dtype = np.dtype(t.dtype)
+        except TypeError:
+            raise ModelLoadError(f"{where}: tensor '{t.name}' has unknown dtype {t.dtype!r}") from None
+        if dtype.kind not in "biuf":
+            raise ModelLoadError(f"{where}: tensor '{t.name}' is {t.dtype}; PyTorch programs take numeric tensors")
+        specs.append(TensorSpec(t.name, dtype, tuple(t.shape)))
+    return tuple(specs)
+
+
+def default_inputs(names: Sequence[str]) -> tuple[TensorSpec, ...]:
+    """One 2-D float32 input per forward argument: what a program that records no dtypes gets."""
+    return tuple(TensorSpec(name, _DEFAULT_DTYPE, (-1, -1)) for name in names)
+
+
+def _shape(value: Any) -> tuple[int, ...]:
+    return tuple(d if isinstance(d, int) else -1 for d in value.shape)
+
+
+def export_inputs(program: torch.export.ExportedProgram, path: Path) -> tuple[TensorSpec, ...]:
+    """The user inputs an export program records; a fixed first (batch) dimension is refused."""
+    placeholders = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
+    specs = []
+    for name in program.graph_signature.user_inputs:
+        value = placeholders[str(name)].meta.get("val")
+        if not isinstance(value, torch.Tensor):
+            raise ModelLoadError(f"{path}: input '{name}' is a {type(value).__name__}; only tensor inputs are supported")
+        shape = _shape(value)
+        if not shape or shape[0] >= 0:
+            raise ModelLoadError(
+                f"{path}: input '{name}' was exported with a fixed batch size (shape {list(shape)}); export it "
+                f"with a dynamic first dimension, e.g. dynamic_shapes={{'{name}': {{0: torch.export.Dim('batch')}}}}"
+            )
+        specs.append(TensorSpec(str(name), numpy_dtype(value.dtype), shape))
+    return tuple(specs)
+
+
+def export_output_shapes(program: torch.export.ExportedProgram) -> list[tuple[int, ...]]:
+    """The shapes of an export program's outputs, in their flattened order."""
+    output = next(n for n in program.graph.nodes if n.op == "output")
+    values = output.args[0] if isinstance(output.args[0], (list, tuple)) else [output.args[0]]
+    shapes = []
+    for node in values[-len(program.graph_signature.user_outputs) :]:
+        value = node.meta.get("val") if isinstance(node, torch.fx.Node) else None
+        shapes.append(_shape(value) if isinstance(value, torch.Tensor) else (-1,))
+    return shapes
+
+
+def check_agrees(declared: Sequence[TensorSpec], found: Sequence[TensorSpec], kind: str, finder: str) -> None:
+    """Every declared tensor exists in ``found`` with the same dtype and the same fixed dimensions."""
+    by_name = {s.name: s for s in found}
+    for spec in declared:
+        other = by_name.get(spec.name)
+        if other is None:
+            names = ", ".join(s.name for s in found)
+            raise ModelLoadError(f"{kind} '{spec.name}': model.yaml declares it but {finder} has only {names}")
+        fixed_differ = len(spec.shape) != len(other.shape) or any(
+            a >= 0 and b >= 0 and a != b for a, b in zip(spec.shape, other.shape, strict=False)
+        )
+        if spec.dtype != other.dtype or fixed_differ:
+            raise ModelLoadError(
+                f"{kind} '{spec.name}': model.yaml declares {spec.describe()}, {finder} has {other.describe()}"
+            )
+
+
+def warmup_arrays(specs: Sequence[TensorSpec], rows: int = 2) -> dict[str, np.ndarray] | None:
+    """Zeros of every input for a ``rows``-row call, or None when an input has a dynamic inner dimension."""
+    if any(d < 0 for s in specs for d in s.shape[1:]):
+        return None
+    return {s.name: np.zeros((rows, *s.shape[1:]), dtype=s.dtype) for s in specs}
+
+
+def name_outputs(result: object, declared: Sequence[str] | None, source: str) -> dict[str, torch.Tensor]:
+    """A program's result as named tensors: ``output`` for one tensor, ``output_I`` for a tuple or
+    list, the keys of a dict; names declared in model.yaml replace the first two by position."""
+    if isinstance(result, torch.Tensor):
+        result = (result,)
+        default = ["output"]
+    elif isinstance(result, (tuple, list)):
+        default = [f"output_{i}" for i in range(len(result))]
+    elif isinstance(result, Mapping):
+        return _dict_outputs(result, declared, source)
+    else:
+        raise PredictError(f"{source} returned a {type(result).__name__}; expected a tensor, or a tuple or dict of them")
+    names = list(declared) if declared else default
+    if len(names) != len(result):
+        raise PredictError(f"{source} returned {len(result)} outputs but model.yaml declares {len(names)}: {names}")
+    return {name: _tensor(value, name, source) for name, value in zip(names, result, strict=True)}
+
+
+def _dict_outputs(result: Mapping[Any, Any], declared: Sequence[str] | None, source: str) -> dict[str, torch.Tensor]:
+    names = list(declared) if declared else [str(k) for k in result]
+    missing = [n for n in names if n not in result]
+    if missing:
+        raise PredictError(f"{source} returned outputs {sorted(map(str, result))}, not {missing}")
+    return {name: _tensor(result[name], name, source) for name in names}
+
+
+def _tensor(value: object, name: str, source: str) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise PredictError(f"{source} returned a {type(value).__name__} as output '{name}'; expected a tensor")
+    return value
