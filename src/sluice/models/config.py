@@ -23,6 +23,7 @@ __all__ = [
     "ModelFormat",
     "Precision",
     "TensorConfig",
+    "check_device_name",
     "format_validation_error",
     "read_yaml_model",
 ]
@@ -37,13 +38,14 @@ Precision = Literal["fp32", "fp16", "bf16"]
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
-def _device_name(value: str) -> str:
+def check_device_name(value: str) -> str:
+    """``value`` when it names a device (see :data:`DeviceName`), else :class:`ValueError` saying what would."""
     if not _DEVICE.fullmatch(value):
         raise ValueError(f"must be auto, cpu, cuda or cuda:N (N a GPU index); found {value!r}")
     return value
 
 
-DeviceName = Annotated[str, AfterValidator(_device_name)]
+DeviceName = Annotated[str, AfterValidator(check_device_name)]
 """Where a model runs: ``auto`` (a GPU when there is one), ``cpu``, ``cuda`` or ``cuda:N``."""
 
 
@@ -122,10 +124,12 @@ class ModelConfig(BaseModel):
         default=None, description="Feature columns: a list for a one-input model, or per input."
     )
     inputs: list[TensorConfig] | None = Field(
-        default=None, description="For format 'python': the inputs (default: one 2-D float64 'input')."
+        default=None, description="For format 'python': the inputs (default: one 2-D float64 'input'); for format 'torch': "
+        "what a TorchScript program takes (an export program records them; a declaration must agree).",
     )
     outputs: list[TensorConfig] | None = Field(
-        default=None, description="For format 'python': the outputs (default: one float64 'prediction')."
+        default=None, description="For format 'python': the outputs (default: one float64 'prediction'); for format "
+        "'torch': names for a program's outputs by position (default: read from a warm-up call), checked on it.",
     )
     allow_nan: bool = Field(default=False, description="Whether NaN feature values are valid input.")
     concurrency: Concurrency | None = Field(

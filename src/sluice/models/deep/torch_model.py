@@ -24,9 +24,9 @@ from sluice.models.deep.torch_archive import archive_kind, export_pickled_parts,
 from sluice.models.deep.torch_signature import (
     check_agrees,
     config_specs,
-    default_inputs,
     export_inputs,
     export_output_shapes,
+    WARMUP_ROWS,
     name_outputs,
     warmup_arrays,
 )
@@ -63,11 +63,11 @@ class TorchModel(Model):
         self._input_names = [s.name for s in inputs]
         self._output_names = [s.name for s in declared_outputs] if declared_outputs else None
         self._to_device = HostToDevice(self.device)
-        self.signature = Signature(inputs, declared_outputs or (TensorSpec("output", np.dtype(np.float32), (-1, -1)),))
+        self.signature = Signature(inputs, declared_outputs or ())
         found_outputs = self._warm_up(inputs, output_shapes)
-        if declared_outputs and found_outputs:
-            check_agrees(declared_outputs, found_outputs, "output", "the warm-up call returned")
-        elif found_outputs:
+        if declared_outputs:
+            check_agrees(declared_outputs, found_outputs, "output", "the warm-up call")
+        else:
             self.signature = Signature(inputs, found_outputs)
             self._output_names = [s.name for s in found_outputs]
 
@@ -80,7 +80,7 @@ class TorchModel(Model):
         except torch.OutOfMemoryError:
             raise  # the engines' out-of-memory back-off handles it
         except Exception as exc:  # a program raises whatever its ops raise; translate at this edge
-            raise PredictError(f"{where} failed: {type(exc).__name__}: {_first_line(exc)}") from exc
+            raise PredictError(f"{where} failed: {_reason(exc)}") from exc
         named = name_outputs(result, self._output_names, where)
         return {name: self._to_host(value) for name, value in named.items()}
 
@@ -97,30 +97,42 @@ class TorchModel(Model):
 
     def _warm_up(
         self, inputs: Sequence[TensorSpec], output_shapes: list[tuple[int, ...]] | None
-    ) -> tuple[TensorSpec, ...] | None:
-        """Run two rows of zeros through the program; the outputs' specs, or None when an input
-        has a dynamic inner dimension (its size is unknown until real data arrives)."""
-        arrays = warmup_arrays(inputs)
-        if arrays is None:
-            return None
+    ) -> tuple[TensorSpec, ...]:
+        """Run two rows of zeros through the program; the specs of what it returned.
+
+        Output shapes come from an export program's graph when it records them; otherwise from
+        the call, with every inner dimension dynamic when an input's inner dimension was.
+        """
         try:
-            outputs = self.predict(arrays)
+            outputs = self.predict(warmup_arrays(inputs))
         except PredictError as exc:
             described = ", ".join(s.describe() for s in inputs)
             raise ModelLoadError(
-                f"{exc} on the warm-up call with inputs {described}; "
-                "declare the inputs the program takes under 'inputs:' in model.yaml"
+                f"{exc} (the warm-up call with inputs {described}); check 'inputs:' and 'outputs:' in model.yaml"
             ) from exc
+        dynamic = any(d < 0 for s in inputs for d in s.shape[1:])
         specs = []
         for i, (name, value) in enumerate(outputs.items()):
-            shape = output_shapes[i] if output_shapes and i < len(output_shapes) else (-1, *value.shape[1:])
+            if output_shapes is not None and i < len(output_shapes):
+                shape = output_shapes[i]
+            else:
+                shape = (-1, *(-1 if dynamic else d for d in value.shape[1:]))
+            if value.ndim == 0 or value.shape[0] != WARMUP_ROWS:
+                raise ModelLoadError(
+                    f"model {self.source.display_name}: output '{name}' has shape {list(value.shape)} for "
+                    f"{WARMUP_ROWS} rows of input; its first dimension must be the batch"
+                )
             specs.append(TensorSpec(name, value.dtype, shape))
         return tuple(specs)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else "(no message)"
+def _reason(exc: BaseException) -> str:
+    """The error's type and first line; for a TorchScript traceback its last line, the error raised
+    inside the program (after the program's source), which names its own type."""
+    lines = str(exc).strip().splitlines()
+    if lines and lines[0].startswith("The following operation failed in the TorchScript"):
+        return lines[-1]
+    return f"{type(exc).__name__}: {lines[0] if lines else '(no message)'}"
 
 
 def _load_program(
@@ -140,7 +152,7 @@ def _load_program(
     except (ModelLoadError, UnsafeModelError):
         raise
     except Exception as exc:
-        raise ModelLoadError(f"PyTorch cannot load {path}: {type(exc).__name__}: {_first_line(exc)}") from exc
+        raise ModelLoadError(f"PyTorch cannot load {path}: {_reason(exc)}") from exc
     return program.module(), export_inputs(program, path), export_output_shapes(program)
 
 
@@ -172,7 +184,7 @@ def _load_pickle(path: Path, source: ModelSource) -> torch.nn.Module:
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=False)  # noqa: S614 - trust_pickle=True
     except Exception as exc:
-        raise ModelLoadError(f"cannot unpickle {path}: {type(exc).__name__}: {_first_line(exc)}") from exc
+        raise ModelLoadError(f"cannot unpickle {path}: {_reason(exc)}") from exc
     if not isinstance(loaded, torch.nn.Module):
         raise ModelLoadError(
             f"{path} holds a {type(loaded).__name__}, not an nn.Module; save the program with "
@@ -189,21 +201,25 @@ def _placed(program: torch.nn.Module, device: torch.device, dtype: torch.dtype) 
 def _input_specs(
     source: ModelSource, found: tuple[TensorSpec, ...] | None, program: torch.nn.Module, where: str
 ) -> tuple[TensorSpec, ...]:
-    """What the program records, checked against model.yaml; else model.yaml's; else the default."""
+    """What the program records, checked against model.yaml; else what model.yaml declares."""
     declared = config_specs(source.config.inputs, where) if source.config.inputs else None
     if found is not None:
         if declared:
             check_agrees(declared, found, "input", "the program")
         return found
     names = _forward_arguments(program)
-    if declared:
-        if len(declared) != len(names):
-            raise ModelLoadError(
-                f"{where}: model.yaml declares {len(declared)} inputs but the program's forward takes "
-                f"{len(names)}: {', '.join(names)}"
-            )
-        return declared
-    return default_inputs(names)
+    if not declared:
+        raise ModelLoadError(
+            f"{where}: {Path(source.location).name} records its inputs' names ({', '.join(names)}) but not their "
+            "dtypes and shapes; declare them under 'inputs:' in model.yaml (name, dtype, shape), or save the "
+            "model with torch.export.save (.pt2), which records them"
+        )
+    if len(declared) != len(names):
+        raise ModelLoadError(
+            f"{where}: model.yaml declares {len(declared)} inputs but the program's forward takes "
+            f"{len(names)}: {', '.join(names)}"
+        )
+    return declared
 
 
 def _forward_arguments(program: torch.nn.Module) -> list[str]:

@@ -20,9 +20,9 @@ from sluice.models.config import TensorConfig
 from sluice.models.signature import TensorSpec
 
 __all__ = [
+    "WARMUP_ROWS",
     "check_agrees",
     "config_specs",
-    "default_inputs",
     "export_inputs",
     "export_output_shapes",
     "name_outputs",
@@ -52,11 +52,6 @@ def config_specs(tensors: Sequence[TensorConfig], where: str) -> tuple[TensorSpe
             raise ModelLoadError(f"{where}: tensor '{t.name}' is {t.dtype}; PyTorch programs take numeric tensors")
         specs.append(TensorSpec(t.name, dtype, tuple(t.shape)))
     return tuple(specs)
-
-
-def default_inputs(names: Sequence[str]) -> tuple[TensorSpec, ...]:
-    """One 2-D float32 input per forward argument: what a program that records no dtypes gets."""
-    return tuple(TensorSpec(name, _DEFAULT_DTYPE, (-1, -1)) for name in names)
 
 
 def _shape(value: Any) -> tuple[int, ...]:
@@ -99,21 +94,26 @@ def check_agrees(declared: Sequence[TensorSpec], found: Sequence[TensorSpec], ki
         other = by_name.get(spec.name)
         if other is None:
             names = ", ".join(s.name for s in found)
-            raise ModelLoadError(f"{kind} '{spec.name}': model.yaml declares it but {finder} has only {names}")
+            raise ModelLoadError(f"{kind} '{spec.name}': model.yaml declares it but {finder} gives only {names}")
         fixed_differ = len(spec.shape) != len(other.shape) or any(
             a >= 0 and b >= 0 and a != b for a, b in zip(spec.shape, other.shape, strict=False)
         )
         if spec.dtype != other.dtype or fixed_differ:
             raise ModelLoadError(
-                f"{kind} '{spec.name}': model.yaml declares {spec.describe()}, {finder} has {other.describe()}"
+                f"{kind} '{spec.name}': model.yaml declares {spec.describe()}, {finder} gives {other.describe()}"
             )
 
 
-def warmup_arrays(specs: Sequence[TensorSpec], rows: int = 2) -> dict[str, np.ndarray] | None:
-    """Zeros of every input for a ``rows``-row call, or None when an input has a dynamic inner dimension."""
-    if any(d < 0 for s in specs for d in s.shape[1:]):
-        return None
-    return {s.name: np.zeros((rows, *s.shape[1:]), dtype=s.dtype) for s in specs}
+WARMUP_ROWS = 2
+_WARMUP_DYNAMIC_SIZE = 8
+
+
+def warmup_arrays(specs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
+    """Zeros of every input for a two-row call; a dynamic inner dimension (a sequence length) gets 8."""
+    return {
+        s.name: np.zeros((WARMUP_ROWS, *(d if d >= 0 else _WARMUP_DYNAMIC_SIZE for d in s.shape[1:])), dtype=s.dtype)
+        for s in specs
+    }
 
 
 def name_outputs(result: object, declared: Sequence[str] | None, source: str) -> dict[str, torch.Tensor]:
