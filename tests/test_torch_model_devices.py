@@ -59,7 +59,9 @@ def test_a_gpu_asked_for_where_there_is_none(device: str, export_path: Path) -> 
 def test_an_unknown_device_name_is_refused() -> None:
     with pytest.raises(ValidationError) as info:
         LoadOptions(device="gpu")
-    assert info.value.errors()[0]["msg"] == "Value error, must be auto, cpu, cuda or cuda:N (N a GPU index); found 'gpu'"
+    assert (
+        info.value.errors()[0]["msg"] == "Value error, must be auto, cpu, cuda or cuda:N (N a GPU index); found 'gpu'"
+    )
 
 
 def test_on_the_cpu_a_batch_is_handed_over_without_a_copy() -> None:

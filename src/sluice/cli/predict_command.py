@@ -75,7 +75,9 @@ IntraOpThreadsOption = Annotated[
 ]
 DeviceOption = Annotated[
     str | None,
-    _option("auto, cpu, cuda or cuda:N: where PyTorch, Hugging Face and ONNX models run (default: auto, a GPU if any)."),
+    _option(
+        "auto, cpu, cuda or cuda:N: where PyTorch, Hugging Face and ONNX models run (default: auto, a GPU if any)."
+    ),
 ]
 PrecisionOption = Annotated[
     str | None, _option("fp32, fp16 or bf16: what PyTorch and Hugging Face models compute in (default: fp32).")

@@ -124,11 +124,13 @@ class ModelConfig(BaseModel):
         default=None, description="Feature columns: a list for a one-input model, or per input."
     )
     inputs: list[TensorConfig] | None = Field(
-        default=None, description="For format 'python': the inputs (default: one 2-D float64 'input'); for format 'torch': "
+        default=None,
+        description="For format 'python': the inputs (default: one 2-D float64 'input'); for format 'torch': "
         "what a TorchScript program takes (an export program records them; a declaration must agree).",
     )
     outputs: list[TensorConfig] | None = Field(
-        default=None, description="For format 'python': the outputs (default: one float64 'prediction'); for format "
+        default=None,
+        description="For format 'python': the outputs (default: one float64 'prediction'); for format "
         "'torch': names for a program's outputs by position (default: read from a warm-up call), checked on it.",
     )
     allow_nan: bool = Field(default=False, description="Whether NaN feature values are valid input.")

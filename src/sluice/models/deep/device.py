@@ -42,7 +42,8 @@ def resolve_device(options: LoadOptions) -> torch.device:
     count = torch.cuda.device_count()
     if device.index is not None and device.index >= count:
         raise ModelLoadError(
-            f"device '{name}' was requested but PyTorch sees {count} GPU(s) here (cuda:0 to cuda:{count - 1})",
+            f"device '{name}' was requested but PyTorch sees {count} GPU(s) here; use one of them, "
+            f"`device='cuda:0'` to `device='cuda:{count - 1}'`",
             params=("device",),
         )
     return device if device.index is not None else torch.device("cuda", 0)
@@ -91,6 +92,6 @@ class HostToDevice:
     def _copy_stream(self) -> torch.cuda.Stream:
         stream: torch.cuda.Stream | None = getattr(self._streams, "stream", None)
         if stream is None:
-            stream = torch.cuda.Stream(self.device)
+            stream = torch.cuda.Stream(self.device)  # type: ignore[no-untyped-call]
             self._streams.stream = stream
         return stream

@@ -22,19 +22,17 @@ from sluice.models.base import Model, ModelSource
 from sluice.models.deep.device import HostToDevice, apply_threads, compute_dtype, resolve_device
 from sluice.models.deep.torch_archive import archive_kind, export_pickled_parts, pickled_classes
 from sluice.models.deep.torch_signature import (
+    WARMUP_ROWS,
     check_agrees,
     config_specs,
     export_inputs,
     export_output_shapes,
-    WARMUP_ROWS,
     name_outputs,
     warmup_arrays,
 )
 from sluice.models.signature import Signature, TensorSpec
 
 __all__ = ["TorchModel"]
-
-_TRUST_HINT = "or pass `trust_pickle=True` if you created this file yourself or fully trust its source"
 
 
 class TorchModel(Model):
@@ -144,10 +142,10 @@ def _load_program(
         return _load_pickle(path, source), None, None
     try:
         with warnings.catch_warnings():
-            # the TorchScript loader is deprecated in favour of torch.export, not going away: keep it quiet
+            # torch.jit warns that it is deprecated in favour of torch.export; TorchScript files still load
             warnings.simplefilter("ignore", DeprecationWarning)
             if kind == "torchscript":
-                return torch.jit.load(str(path), map_location="cpu").eval(), None, None
+                return torch.jit.load(str(path), map_location="cpu").eval(), None, None  # type: ignore[no-untyped-call]
             program = _load_export(path, source)
     except (ModelLoadError, UnsafeModelError):
         raise
@@ -161,7 +159,8 @@ def _load_export(path: Path, source: ModelSource) -> torch.export.ExportedProgra
     if pickled and not source.options.trust_pickle:
         raise UnsafeModelError(
             f"{path} is a torch.export program, but {', '.join(pickled)} in it are pickles, and loading "
-            f"a pickle runs whatever code it names; export plain tensors, {_TRUST_HINT}.",
+            "a pickle runs whatever code it names; export plain tensors, or pass `trust_pickle=True` if you "
+            "created this file yourself or fully trust its source.",
             params=("trust_pickle",),
         )
     return torch.export.load(str(path))
@@ -178,11 +177,12 @@ def _load_pickle(path: Path, source: ModelSource) -> torch.nn.Module:
         what = f"a pickled {classes[0]}" if classes else "a pickle"
         raise UnsafeModelError(
             f"{path} was written by torch.save: {what}, and loading a pickle runs whatever code it names. "
-            f"Save the program with torch.export.save (.pt2) or torch.jit.save (.pt) instead, {_TRUST_HINT}.",
+            "Save the program with torch.export.save (.pt2) or torch.jit.save (.pt) instead, or pass "
+            "`trust_pickle=True` if you created this file yourself or fully trust its source.",
             params=("trust_pickle",),
         )
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=False)  # noqa: S614 - trust_pickle=True
+        loaded = torch.load(path, map_location="cpu", weights_only=False)  # the user passed trust_pickle=True
     except Exception as exc:
         raise ModelLoadError(f"cannot unpickle {path}: {_reason(exc)}") from exc
     if not isinstance(loaded, torch.nn.Module):
@@ -224,7 +224,7 @@ def _input_specs(
 
 def _forward_arguments(program: torch.nn.Module) -> list[str]:
     if isinstance(program, torch.jit.ScriptModule):
-        return [a.name for a in program.forward.schema.arguments[1:]]
+        schema = getattr(program.forward, "schema")  # noqa: B009 - TorchScript methods are untyped
+        return [a.name for a in schema.arguments[1:]]
     parameters = inspect.signature(program.forward).parameters.values()
     return [p.name for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-

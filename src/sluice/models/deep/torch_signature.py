@@ -65,7 +65,9 @@ def export_inputs(program: torch.export.ExportedProgram, path: Path) -> tuple[Te
     for name in program.graph_signature.user_inputs:
         value = placeholders[str(name)].meta.get("val")
         if not isinstance(value, torch.Tensor):
-            raise ModelLoadError(f"{path}: input '{name}' is a {type(value).__name__}; only tensor inputs are supported")
+            raise ModelLoadError(
+                f"{path}: input '{name}' is a {type(value).__name__}; only tensor inputs are supported"
+            )
         shape = _shape(value)
         if not shape or shape[0] >= 0:
             raise ModelLoadError(
@@ -127,7 +129,9 @@ def name_outputs(result: object, declared: Sequence[str] | None, source: str) ->
     elif isinstance(result, Mapping):
         return _dict_outputs(result, declared, source)
     else:
-        raise PredictError(f"{source} returned a {type(result).__name__}; expected a tensor, or a tuple or dict of them")
+        raise PredictError(
+            f"{source} returned a {type(result).__name__}; expected a tensor, or a tuple or dict of them"
+        )
     names = list(declared) if declared else default
     if len(names) != len(result):
         raise PredictError(f"{source} returned {len(result)} outputs but model.yaml declares {len(names)}: {names}")
