@@ -138,3 +138,26 @@ def test_served_programs_answer_as_torch_computes(server: ServerThread, data: tu
             np.testing.assert_allclose(answer.as_numpy("probabilities"), probabilities, rtol=0, atol=1e-4)
     finally:
         client.close()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_tune_loads_the_model_on_the_device_asked_for(repository: Path, data: tuple[Path, np.ndarray]) -> None:
+    result = invoke("tune", "-m", "tiny-ep", "-r", repository, "-i", data[0], "--device", "cuda:1")
+    assert result.exit_code == 2
+    assert result.output.strip() == (
+        "error: device 'cuda:1' was requested but PyTorch cannot use a GPU here (it finds no CUDA GPU); "
+        "use --device cpu or --device auto"
+    )
+
+
+def test_tune_measures_a_program_in_bfloat16(repository: Path, data: tuple[Path, np.ndarray], tmp_path: Path) -> None:
+    result = invoke(
+        "tune", "-m", "tiny-ep", "-r", repository, "-i", data[0], "--key-column", "id",
+        "--features", ",".join(FEATURES), "--precision", "bf16", "--max-batch-size", "64",
+        "--json-file", tmp_path / "tune.json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    profile = json.loads((tmp_path / "tune.json").read_text())
+    assert profile["sample_rows"] == ROWS
+    assert profile["chosen"]["status"] == "ok"
+    assert profile["chosen"]["setup"]["batch_size"] <= 64
