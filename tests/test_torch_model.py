@@ -204,3 +204,12 @@ def test_out_of_memory_reaches_the_engine_as_torchs_own_error(tmp_path: Path) ->
     assert model.predict_checked({"x": X[:4]})["output"].shape == (4, 4)
     with pytest.raises(torch.OutOfMemoryError):
         model.predict_checked({"x": X[:5]})
+
+
+def test_format_torch_in_model_yaml_names_a_file_of_any_extension(programs: Programs, tmp_path: Path) -> None:
+    (tmp_path / "net" / "3").mkdir(parents=True)
+    (tmp_path / "net" / "3" / "program.bin").write_bytes(programs.export.read_bytes())
+    (tmp_path / "net" / "model.yaml").write_text("format: torch\nartifact: program.bin\n")
+    model = load_model("net@3", repository=tmp_path)
+    assert (model.source.format, Path(model.source.location).name) == ("torch", "program.bin")
+    _assert_as_torch(model.predict_checked({"x": X}), ("output_0", "output_1"))

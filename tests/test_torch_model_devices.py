@@ -70,6 +70,13 @@ def test_on_the_cpu_a_batch_is_handed_over_without_a_copy() -> None:
     assert tensor.dtype == torch.float32 and tuple(tensor.shape) == X.shape
 
 
+def test_a_read_only_batch_is_copied_not_shared() -> None:
+    frozen = np.frombuffer(X.tobytes(), dtype=np.float32).reshape(X.shape)  # as a request body's bytes are
+    (tensor,) = HostToDevice(torch.device("cpu"))([frozen])  # warnings are errors here: torch warns on sharing
+    assert tensor.data_ptr() != frozen.ctypes.data
+    np.testing.assert_array_equal(tensor.numpy(), X)
+
+
 def test_a_strided_view_is_made_contiguous_for_the_program() -> None:
     (tensor,) = HostToDevice(torch.device("cpu"))([X[:, ::2]])
     assert tensor.is_contiguous()

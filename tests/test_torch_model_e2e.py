@@ -161,3 +161,17 @@ def test_tune_measures_a_program_in_bfloat16(repository: Path, data: tuple[Path,
     assert profile["sample_rows"] == ROWS
     assert profile["chosen"]["status"] == "ok"
     assert profile["chosen"]["setup"]["batch_size"] <= 64
+
+
+def test_serve_refuses_an_unknown_device_before_it_starts(repository: Path) -> None:
+    result = invoke("serve", "-r", repository, "--device", "tpu", "--port", "0", "--no-grpc")
+    assert result.exit_code == 2
+    assert result.output.strip() == "error: device: must be auto, cpu, cuda or cuda:N (N a GPU index); found 'tpu'"
+
+
+def test_predict_refuses_an_unknown_precision(repository: Path, data: tuple[Path, np.ndarray], tmp_path: Path) -> None:
+    result = invoke(
+        "predict", "-m", "tiny-ep", "-r", repository, "-i", data[0], "-o", tmp_path / "o", "--precision", "fp8"
+    )
+    assert result.exit_code == 2
+    assert result.output.strip() == "error: invalid job: precision: Input should be 'fp32', 'fp16' or 'bf16'"

@@ -63,7 +63,8 @@ def apply_threads(options: LoadOptions) -> None:
 class HostToDevice:
     """Moves a batch's host arrays onto ``device``.
 
-    On the CPU the tensors share the arrays' memory (no copy). On a GPU each array is staged in
+    On the CPU the tensors share the arrays' memory (no copy) unless an array is read-only (a
+    request body's buffer, say), which is copied, since a program may write to its inputs. On a GPU each array is staged in
     pinned (page-locked) host memory and copied on a side stream of the calling thread; the
     compute stream waits for that copy only, so while one worker thread's batch computes the next
     thread's batch is already crossing the bus. PyTorch's caching host allocator keeps a pinned
@@ -76,7 +77,7 @@ class HostToDevice:
 
     def __call__(self, arrays: Sequence[np.ndarray]) -> list[torch.Tensor]:
         """The arrays as tensors on the device, ready for use on the current stream."""
-        tensors = [torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]
+        tensors = [torch.from_numpy(_writable(a)) for a in arrays]
         if self.device.type != "cuda":
             return tensors
         copy_stream = self._copy_stream()
@@ -95,3 +96,8 @@ class HostToDevice:
             stream = torch.cuda.Stream(self.device)  # type: ignore[no-untyped-call]
             self._streams.stream = stream
         return stream
+
+
+def _writable(array: np.ndarray) -> np.ndarray:
+    contiguous = np.ascontiguousarray(array)
+    return contiguous if contiguous.flags.writeable else contiguous.copy()
