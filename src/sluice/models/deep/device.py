@@ -64,11 +64,12 @@ class HostToDevice:
     """Moves a batch's host arrays onto ``device``.
 
     On the CPU the tensors share the arrays' memory (no copy) unless an array is read-only (a
-    request body's buffer, say), which is copied, since a program may write to its inputs. On a GPU each array is staged in
-    pinned (page-locked) host memory and copied on a side stream of the calling thread; the
-    compute stream waits for that copy only, so while one worker thread's batch computes the next
-    thread's batch is already crossing the bus. PyTorch's caching host allocator keeps a pinned
-    block until the copies recorded on it are done, which makes the staging memory safe to reuse.
+    request body's buffer, say), which is copied, since a program may write to its inputs. On a
+    GPU each array is staged in pinned (page-locked) host memory and copied on a side stream of
+    the calling thread; the compute stream waits for that copy only, so while one worker thread's
+    batch computes the next thread's batch is already crossing the bus. PyTorch's caching host
+    allocator keeps a pinned block until the copies recorded on it are done, which makes the
+    staging memory safe to reuse.
     """
 
     def __init__(self, device: torch.device) -> None:
