@@ -13,7 +13,7 @@ import torch
 
 from sluice.errors import ModelLoadError, UnsafeModelError
 from sluice.models import LoadOptions, ModelConfig, TensorConfig, load_model
-from torch_support import OomAbove, direct, save_export, save_torchscript, tiny_net
+from torch_support import OomAbove, SequenceNet, direct, save_export, save_torchscript, tiny_net
 
 TINY_YAML = """\
 format: torch
@@ -213,3 +213,16 @@ def test_format_torch_in_model_yaml_names_a_file_of_any_extension(programs: Prog
     model = load_model("net@3", repository=tmp_path)
     assert (model.source.format, Path(model.source.location).name) == ("torch", "program.bin")
     _assert_as_torch(model.predict_checked({"x": X}), ("output_0", "output_1"))
+
+
+def test_warm_up_tells_dynamic_output_dimensions_from_fixed_ones(tmp_path: Path) -> None:
+    path = save_torchscript(SequenceNet(), tmp_path / "sequence.pt")
+    config = ModelConfig(inputs=[TensorConfig(name="steps", dtype="float32", shape=[-1, -1, 4])])
+    model = load_model(str(path), config=config)
+    assert model.signature.describe() == (
+        "inputs: steps: float32[?, ?, 4] -> outputs: mean: float32[?, 4]; scores: float32[?, ?]"
+    )
+    steps = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)
+    outputs = model.predict_checked({"steps": steps})
+    np.testing.assert_array_equal(outputs["mean"], steps.mean(axis=1))
+    np.testing.assert_array_equal(outputs["scores"], steps.sum(axis=-1))

@@ -61,3 +61,10 @@ class OomAbove(nn.Module):
         if x.shape[0] > self.limit:
             raise torch.OutOfMemoryError(f"a batch of {x.shape[0]} rows does not fit")
         return x
+
+
+class SequenceNet(nn.Module):
+    """Sequences of 4-feature steps ``[rows, steps, 4]`` → their mean ``[rows, 4]`` and a score per step."""
+
+    def forward(self, steps: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"mean": steps.mean(dim=1), "scores": steps.sum(dim=-1)}

@@ -22,11 +22,11 @@ from sluice.models.base import Model, ModelSource
 from sluice.models.deep.device import HostToDevice, apply_threads, compute_dtype, resolve_device
 from sluice.models.deep.torch_archive import archive_kind, export_pickled_parts, pickled_classes
 from sluice.models.deep.torch_signature import (
+    WARMUP_DYNAMIC_SIZES,
     WARMUP_ROWS,
     check_agrees,
     config_specs,
     export_inputs,
-    export_output_shapes,
     name_outputs,
     warmup_arrays,
 )
@@ -53,7 +53,7 @@ class TorchModel(Model):
         self._dtype = compute_dtype(options)
         apply_threads(options)
         path = Path(source.location)
-        program, found, output_shapes = _load_program(path, source)
+        program, found = _load_program(path, source)
         self._program: Callable[..., Any] = _placed(program, self.device, self._dtype)
         where = f"model {source.display_name}"
         inputs = _input_specs(source, found, program, where)
@@ -62,7 +62,7 @@ class TorchModel(Model):
         self._output_names = [s.name for s in declared_outputs] if declared_outputs else None
         self._to_device = HostToDevice(self.device)
         self.signature = Signature(inputs, declared_outputs or ())
-        found_outputs = self._warm_up(inputs, output_shapes)
+        found_outputs = self._warm_up(inputs)
         if declared_outputs:
             check_agrees(declared_outputs, found_outputs, "output", "the warm-up call")
         else:
@@ -93,35 +93,35 @@ class TorchModel(Model):
             tensor = tensor.float()
         return tensor.cpu().numpy()
 
-    def _warm_up(
-        self, inputs: Sequence[TensorSpec], output_shapes: list[tuple[int, ...]] | None
-    ) -> tuple[TensorSpec, ...]:
-        """Run two rows of zeros through the program; the specs of what it returned.
+    def _warm_up(self, inputs: Sequence[TensorSpec]) -> tuple[TensorSpec, ...]:
+        """Call the program on two rows of zeros; the specs of what it returned.
 
-        Output shapes come from an export program's graph when it records them; otherwise from
-        the call, with every inner dimension dynamic when an input's inner dimension was.
+        When an input has a dynamic inner dimension (a sequence length) a second call with
+        another size tells the outputs' dynamic dimensions from their fixed ones.
         """
-        try:
-            outputs = self.predict(warmup_arrays(inputs))
-        except PredictError as exc:
-            described = ", ".join(s.describe() for s in inputs)
-            raise ModelLoadError(
-                f"{exc} (the warm-up call with inputs {described}); check 'inputs:' and 'outputs:' in model.yaml"
-            ) from exc
+        outputs = self._warm_up_call(inputs, WARMUP_DYNAMIC_SIZES[0])
         dynamic = any(d < 0 for s in inputs for d in s.shape[1:])
+        again = self._warm_up_call(inputs, WARMUP_DYNAMIC_SIZES[1]) if dynamic else outputs
         specs = []
-        for i, (name, value) in enumerate(outputs.items()):
-            if output_shapes is not None and i < len(output_shapes):
-                shape = output_shapes[i]
-            else:
-                shape = (-1, *(-1 if dynamic else d for d in value.shape[1:]))
+        for name, value in outputs.items():
             if value.ndim == 0 or value.shape[0] != WARMUP_ROWS:
                 raise ModelLoadError(
                     f"model {self.source.display_name}: output '{name}' has shape {list(value.shape)} for "
                     f"{WARMUP_ROWS} rows of input; its first dimension must be the batch"
                 )
-            specs.append(TensorSpec(name, value.dtype, shape))
+            other = again[name].shape[1:]
+            inner = [d if len(other) == value.ndim - 1 and d == other[i] else -1 for i, d in enumerate(value.shape[1:])]
+            specs.append(TensorSpec(name, value.dtype, (-1, *inner)))
         return tuple(specs)
+
+    def _warm_up_call(self, inputs: Sequence[TensorSpec], dynamic_size: int) -> dict[str, np.ndarray]:
+        try:
+            return self.predict(warmup_arrays(inputs, dynamic_size))
+        except PredictError as exc:
+            described = ", ".join(s.describe() for s in inputs)
+            raise ModelLoadError(
+                f"{exc} (the warm-up call with inputs {described}); check 'inputs:' and 'outputs:' in model.yaml"
+            ) from exc
 
 
 def _reason(exc: BaseException) -> str:
@@ -133,25 +133,23 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[0] if lines else '(no message)'}"
 
 
-def _load_program(
-    path: Path, source: ModelSource
-) -> tuple[torch.nn.Module, tuple[TensorSpec, ...] | None, list[tuple[int, ...]] | None]:
-    """The program, the inputs it records (export programs) and its output shapes (likewise)."""
+def _load_program(path: Path, source: ModelSource) -> tuple[torch.nn.Module, tuple[TensorSpec, ...] | None]:
+    """The program, and the inputs it records (export programs do)."""
     kind = archive_kind(path)
     if kind == "pickle":
-        return _load_pickle(path, source), None, None
+        return _load_pickle(path, source), None
     try:
         with warnings.catch_warnings():
             # torch.jit warns that it is deprecated in favour of torch.export; TorchScript files still load
             warnings.simplefilter("ignore", DeprecationWarning)
             if kind == "torchscript":
-                return torch.jit.load(str(path), map_location="cpu").eval(), None, None  # type: ignore[no-untyped-call]
+                return torch.jit.load(str(path), map_location="cpu").eval(), None  # type: ignore[no-untyped-call]
             program = _load_export(path, source)
     except (ModelLoadError, UnsafeModelError):
         raise
     except Exception as exc:
         raise ModelLoadError(f"PyTorch cannot load {path}: {_reason(exc)}") from exc
-    return program.module(), export_inputs(program, path), export_output_shapes(program)
+    return program.module(), export_inputs(program, path)
 
 
 def _load_export(path: Path, source: ModelSource) -> torch.export.ExportedProgram:

@@ -1,9 +1,9 @@
 """The signature of a PyTorch program: read from an export program, declared in model.yaml, or defaulted.
 
 An export program records its inputs' dtypes and shapes (a dynamic dimension is a symbol, here
-``-1``) and its outputs'; a TorchScript program records only its forward arguments' names. What
-model.yaml declares must agree with what the program records, and the outputs are checked on a
-warm-up call; a disagreement names the tensor and both sides.
+``-1``); a TorchScript program records only its forward arguments' names. What model.yaml
+declares must agree with what the program records; the outputs are read from warm-up calls and
+checked against what model.yaml declares. A disagreement names the tensor and both sides.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from sluice.models.config import TensorConfig
 from sluice.models.signature import TensorSpec
 
 __all__ = [
+    "WARMUP_DYNAMIC_SIZES",
     "WARMUP_ROWS",
     "check_agrees",
     "config_specs",
     "export_inputs",
-    "export_output_shapes",
     "name_outputs",
     "numpy_dtype",
     "warmup_arrays",
@@ -78,17 +78,6 @@ def export_inputs(program: torch.export.ExportedProgram, path: Path) -> tuple[Te
     return tuple(specs)
 
 
-def export_output_shapes(program: torch.export.ExportedProgram) -> list[tuple[int, ...]]:
-    """The shapes of an export program's outputs, in their flattened order."""
-    output = next(n for n in program.graph.nodes if n.op == "output")
-    values = output.args[0] if isinstance(output.args[0], (list, tuple)) else [output.args[0]]
-    shapes = []
-    for node in values[-len(program.graph_signature.user_outputs) :]:
-        value = node.meta.get("val") if isinstance(node, torch.fx.Node) else None
-        shapes.append(_shape(value) if isinstance(value, torch.Tensor) else (-1,))
-    return shapes
-
-
 def check_agrees(declared: Sequence[TensorSpec], found: Sequence[TensorSpec], kind: str, finder: str) -> None:
     """Every declared tensor exists in ``found`` with the same dtype and the same fixed dimensions."""
     by_name = {s.name: s for s in found}
@@ -107,13 +96,14 @@ def check_agrees(declared: Sequence[TensorSpec], found: Sequence[TensorSpec], ki
 
 
 WARMUP_ROWS = 2
-_WARMUP_DYNAMIC_SIZE = 8
+WARMUP_DYNAMIC_SIZES = (8, 5)
+"""Sizes of a dynamic inner dimension in the two warm-up calls: outputs that change with it are dynamic."""
 
 
-def warmup_arrays(specs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
-    """Zeros of every input for a two-row call; a dynamic inner dimension (a sequence length) gets 8."""
+def warmup_arrays(specs: Sequence[TensorSpec], dynamic_size: int) -> dict[str, np.ndarray]:
+    """Zeros of every input for a two-row call, ``dynamic_size`` long in each dynamic inner dimension."""
     return {
-        s.name: np.zeros((WARMUP_ROWS, *(d if d >= 0 else _WARMUP_DYNAMIC_SIZE for d in s.shape[1:])), dtype=s.dtype)
+        s.name: np.zeros((WARMUP_ROWS, *(d if d >= 0 else dynamic_size for d in s.shape[1:])), dtype=s.dtype)
         for s in specs
     }
 
