@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from sluice.errors import ModelLoadError, UnsafeModelError
+from sluice.errors import ModelLoadError, PredictError, UnsafeModelError
 from sluice.models import LoadOptions, ModelConfig, TensorConfig, load_model
 from torch_support import OomAbove, SequenceNet, direct, save_export, save_torchscript, tiny_net
 
@@ -226,3 +226,11 @@ def test_warm_up_tells_dynamic_output_dimensions_from_fixed_ones(tmp_path: Path)
     outputs = model.predict_checked({"steps": steps})
     np.testing.assert_array_equal(outputs["mean"], steps.mean(axis=1))
     np.testing.assert_array_equal(outputs["scores"], steps.sum(axis=-1))
+
+
+def test_a_closed_model_lets_go_of_its_program(programs: Programs) -> None:
+    model = load_model(str(programs.export))
+    model.close()
+    with pytest.raises(PredictError) as info:
+        model.predict_checked({"x": X})
+    assert str(info.value) == "model tiny.pt2 failed: RuntimeError: model tiny.pt2 was closed"

@@ -123,3 +123,23 @@ def test_onnx_runtime_without_a_cuda_provider_says_so() -> None:
         "device 'cuda:1' was requested but ONNX Runtime has no CUDA provider here; "
         "install onnxruntime-gpu on a machine with an NVIDIA GPU, or use `device='cpu'`"
     )
+
+
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@needs_gpu
+def test_on_a_gpu_a_batch_arrives_through_pinned_memory_on_the_device() -> None:
+    device = torch.device("cuda", 0)
+    (tensor,) = HostToDevice(device)([X])
+    assert tensor.device == device
+    np.testing.assert_array_equal(tensor.cpu().numpy(), X)
+
+
+@needs_gpu
+def test_on_a_gpu_a_program_predicts_as_on_the_cpu(export_path: Path) -> None:
+    cpu = load_model(str(export_path), options=LoadOptions(device="cpu")).predict_checked({"x": X})
+    model = load_model(str(export_path), options=LoadOptions(device="cuda"))
+    assert model.device == torch.device("cuda", 0)  # type: ignore[attr-defined]
+    for name, value in model.predict_checked({"x": X}).items():
+        np.testing.assert_allclose(value, cpu[name], rtol=0, atol=1e-4)

@@ -82,6 +82,12 @@ class TorchModel(Model):
         named = name_outputs(result, self._output_names, where)
         return {name: self._to_host(value) for name, value in named.items()}
 
+    def close(self) -> None:
+        """Drop the program, and on a GPU hand its cached memory back (a version being unloaded)."""
+        self._program = _closed(f"model {self.source.display_name}")
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
     def _as_compute(self, tensor: torch.Tensor) -> torch.Tensor:
         if tensor.is_floating_point() and self._dtype != torch.float32:
             return tensor.to(self._dtype)
@@ -122,6 +128,13 @@ class TorchModel(Model):
             raise ModelLoadError(
                 f"{exc} (the warm-up call with inputs {described}); check 'inputs:' and 'outputs:' in model.yaml"
             ) from exc
+
+
+def _closed(where: str) -> Callable[..., Any]:
+    def closed(*_: object) -> None:
+        raise RuntimeError(f"{where} was closed")
+
+    return closed
 
 
 def _reason(exc: BaseException) -> str:
