@@ -238,7 +238,7 @@ def test_unknown_model_extension(tmp_path: Path) -> None:
         resolve_model(str(path))
     assert str(info.value) == (
         f"cannot tell the format of model file {path}: "
-        "expected one of .joblib, .json, .onnx, .pickle, .pkl, .skops, .txt, .ubj"
+        "expected one of .joblib, .json, .onnx, .pickle, .pkl, .pt, .pt2, .pth, .skops, .txt, .ubj"
     )
 
 

@@ -12,7 +12,7 @@ from sluice.data.location import DataFormat
 from sluice.data.shards import DEFAULT_SHARD_ROWS
 from sluice.data.writers import OutputFormat
 from sluice.errors import ConfigError
-from sluice.models.config import LoadOptions, ModelConfig
+from sluice.models.config import DeviceName, LoadOptions, ModelConfig, Precision
 
 __all__ = ["DEFAULT_BATCH_SIZE", "JobSpec"]
 
@@ -74,7 +74,8 @@ class JobSpec(BaseModel):
     workers: int | None = Field(default=None, ge=1, le=256, description="Predict workers (default: measured).")
     readers: int | None = Field(default=None, ge=1, le=64, description="Shards read at once.")
     intra_op_threads: int | None = Field(default=None, ge=1, le=256)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: DeviceName = Field(default="auto", description="auto (a GPU when there is one), cpu, cuda or cuda:N.")
+    precision: Precision = Field(default="fp32", description="fp32 (as saved), fp16 or bf16, for PyTorch models.")
     shard_rows: int = Field(default=DEFAULT_SHARD_ROWS, ge=1)
     max_error_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
     price_per_hour: float | None = Field(default=None, ge=0.0)
@@ -135,6 +136,7 @@ class JobSpec(BaseModel):
         return LoadOptions(
             intra_op_threads=self.intra_op_threads,
             device=self.device,
+            precision=self.precision,
             trust_pickle=self.trust_pickle,
             trusted_types=tuple(self.trusted_types),
         )

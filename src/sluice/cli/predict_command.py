@@ -119,7 +119,15 @@ ReadersOption = Annotated[int | None, _option("Input shards read at once (defaul
 IntraOpThreadsOption = Annotated[
     int | None, _option("Threads inside one model call: ONNX Runtime, XGBoost, LightGBM (default: cores / workers).")
 ]
-DeviceOption = Annotated[str | None, _option("auto, cpu or cuda (default: auto).")]
+DeviceOption = Annotated[
+    str | None,
+    _option(
+        "auto, cpu, cuda or cuda:N: where PyTorch, Hugging Face and ONNX models run (default: auto, a GPU if any)."
+    ),
+]
+PrecisionOption = Annotated[
+    str | None, _option("fp32, fp16 or bf16: what PyTorch and Hugging Face models compute in (default: fp32).")
+]
 MaxErrorFractionOption = Annotated[
     float | None, _option("Fraction of records allowed to fail before the exit code is 3 (default: 0).")
 ]
@@ -167,8 +175,8 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print the summary as J
 # flags whose value is the job-spec field of the same name, as given
 _AS_GIVEN = (
     "model", "output", "repository", "input_format", "output_format", "key_column", "key_type", "batch_size",
-    "workers", "readers", "intra_op_threads", "device", "max_error_fraction", "price_per_hour", "backend",
-    "spark_master", "ray_address", "text_column", "task", "pooling", "max_length", "forward_batch_size",
+    "workers", "readers", "intra_op_threads", "device", "precision", "max_error_fraction", "price_per_hour",
+    "backend", "spark_master", "ray_address", "text_column", "task", "pooling", "max_length", "forward_batch_size",
 )  # fmt: skip
 
 
@@ -198,6 +206,7 @@ def predict(
     readers: ReadersOption = None,
     intra_op_threads: IntraOpThreadsOption = None,
     device: DeviceOption = None,
+    precision: PrecisionOption = None,
     max_error_fraction: MaxErrorFractionOption = None,
     price_per_hour: PricePerHourOption = None,
     overwrite: OverwriteOption = False,

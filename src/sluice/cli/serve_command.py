@@ -68,6 +68,17 @@ def serve(
             "small batches fastest; raise it for heavy models with large batches on many cores.",
         ),
     ] = 1,
+    device: Annotated[
+        str,
+        typer.Option(
+            metavar="DEVICE",
+            help="auto, cpu, cuda or cuda:N: where PyTorch, Hugging Face and ONNX models run (auto: a GPU if any).",
+        ),
+    ] = "auto",
+    precision: Annotated[
+        str,
+        typer.Option(metavar="PRECISION", help="fp32, fp16 or bf16: what PyTorch and Hugging Face models compute in."),
+    ] = "fp32",
     log_level: Annotated[str, typer.Option(help="critical, error, warning, info or debug.")] = "info",
     access_log: Annotated[
         str | None,
@@ -202,6 +213,8 @@ def serve(
                     "target_p99_ms": target_p99_ms,
                     "trust_pickle": trust_pickle,
                     "intra_op_threads": intra_op_threads,
+                    "device": device,
+                    "precision": precision,
                     "log_level": log_level.lower(),
                     "access_log": access_log,
                     "watch": watch,

@@ -73,7 +73,7 @@ StorageOption = Annotated[
 OnceOption = Annotated[bool, typer.Option("--once", help="Process what the source holds now, commit it, and exit.")]
 OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Start the sink over instead of resuming it.")]
 IntraOpThreadsOption = Annotated[int | None, _option("Threads inside one model call (default: every core).")]
-DeviceOption = Annotated[str | None, _option("auto, cpu or cuda (default: auto).")]
+DeviceOption = Annotated[str | None, _option("auto, cpu, cuda or cuda:N (default: auto, a GPU if any).")]
 TrustPickleOption = Annotated[
     bool, typer.Option("--trust-pickle", help="Allow pickle/joblib model files (they can run arbitrary code).")
 ]

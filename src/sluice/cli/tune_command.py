@@ -64,6 +64,12 @@ def tune(
     sweep: Annotated[bool, typer.Option("--sweep", help="Measure the whole grid instead of searching it.")] = False,
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow pickle/joblib model files.")] = False,
     trust_type: TrustTypeOption = None,
+    device: Annotated[
+        str, typer.Option(help="auto, cpu, cuda or cuda:N: where PyTorch, Hugging Face and ONNX models run.")
+    ] = "auto",
+    precision: Annotated[
+        str, typer.Option(help="fp32, fp16 or bf16: what PyTorch and Hugging Face models compute in.")
+    ] = "fp32",
 ) -> None:
     """Find the batch size and worker set-up with the highest throughput within the budgets.
 
@@ -78,12 +84,10 @@ def tune(
 
         # a missing plotting package is found before the measurements, not after them
         run_cli(lambda: check_plot(plot))
-    from sluice.models import LoadOptions
-
+    options = run_cli(lambda: _load_options(trust_pickle, trust_type, device, precision))
     profile = run_cli(
         lambda: _tune(model, input_, repository, features, key_column, max_latency_ms, memory_limit,
-                      price_per_hour, instance, sample_rows, max_batch_size, sweep,
-                      LoadOptions(trust_pickle=trust_pickle, trusted_types=tuple(trust_type or ())))
+                      price_per_hour, instance, sample_rows, max_batch_size, sweep, options)
     )  # fmt: skip
     if as_json:
         print(json.dumps(profile.to_dict(), indent=2))
@@ -96,6 +100,20 @@ def tune(
         from sluice.tune.plot import write_plot
 
         run_cli(lambda: write_plot(profile, plot))
+
+
+def _load_options(trust_pickle: bool, trust_type: list[str] | None, device: str, precision: str) -> LoadOptions:
+    from pydantic import ValidationError
+
+    from sluice.configfile import format_validation_error
+    from sluice.errors import ConfigError
+    from sluice.models import LoadOptions
+
+    fields = {"trust_pickle": trust_pickle, "trusted_types": tuple(trust_type or ()), "device": device}
+    try:
+        return LoadOptions.model_validate({**fields, "precision": precision})
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
 
 
 def _tune(

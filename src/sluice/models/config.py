@@ -6,9 +6,10 @@ re-exported here for existing imports.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import re
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from sluice.configfile import format_validation_error, read_yaml_model
 from sluice.models.policy_config import LatestVersions, RoutingConfig, VersionPolicy
@@ -16,19 +17,38 @@ from sluice.models.policy_config import LatestVersions, RoutingConfig, VersionPo
 __all__ = [
     "BatchingConfig",
     "Concurrency",
+    "DeviceName",
     "LoadOptions",
     "ModelConfig",
     "ModelFormat",
+    "Precision",
     "TensorConfig",
     "TextConfig",
+    "check_device_name",
     "format_validation_error",
     "read_yaml_model",
 ]
 
-ModelFormat = Literal["onnx", "sklearn", "pickle", "python", "xgboost", "lightgbm", "mlflow", "hf"]
+ModelFormat = Literal["onnx", "sklearn", "pickle", "python", "xgboost", "lightgbm", "mlflow", "hf", "torch"]
 """``mlflow``: an MLflow model run through its ``python_function`` flavor; ``hf``: a Hugging Face
-model directory (config.json beside safetensors weights and tokenizer or image-processor files)."""
+model directory (config.json beside safetensors weights and tokenizer or image-processor files);
+``torch``: a TorchScript (``.pt``) or ``torch.export`` (``.pt2``) program."""
 Concurrency = Literal["threads", "processes", "serial"]
+Precision = Literal["fp32", "fp16", "bf16"]
+"""Floating-point precision a PyTorch model computes in (``fp32``: as saved)."""
+
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def check_device_name(value: str) -> str:
+    """``value`` when it names a device (see :data:`DeviceName`), else :class:`ValueError` saying what would."""
+    if not _DEVICE.fullmatch(value):
+        raise ValueError(f"must be auto, cpu, cuda or cuda:N (N a GPU index); found {value!r}")
+    return value
+
+
+DeviceName = Annotated[str, AfterValidator(check_device_name)]
+"""Where a model runs: ``auto`` (a GPU when there is one), ``cpu``, ``cuda`` or ``cuda:N``."""
 
 
 class TensorConfig(BaseModel):
@@ -133,10 +153,14 @@ class ModelConfig(BaseModel):
         default=None, description="Feature columns: a list for a one-input model, or per input."
     )
     inputs: list[TensorConfig] | None = Field(
-        default=None, description="For format 'python': the inputs (default: one 2-D float64 'input')."
+        default=None,
+        description="For format 'python': the inputs (default: one 2-D float64 'input'); for format 'torch': "
+        "what a TorchScript program takes (an export program records them; a declaration must agree).",
     )
     outputs: list[TensorConfig] | None = Field(
-        default=None, description="For format 'python': the outputs (default: one float64 'prediction')."
+        default=None,
+        description="For format 'python': the outputs (default: one float64 'prediction'); for format "
+        "'torch': names for a program's outputs by position (default: read from a warm-up call), checked on it.",
     )
     task: str | None = Field(
         default=None,
@@ -193,7 +217,10 @@ class LoadOptions(BaseModel):
 
     intra_op_threads: int | None = Field(default=None, ge=1, description="Threads inside one predict call.")
     inter_op_threads: int | None = Field(default=None, ge=1, description="Threads across graph branches.")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: DeviceName = Field(default="auto", description="auto (a GPU when there is one), cpu, cuda or cuda:N.")
+    precision: Precision = Field(
+        default="fp32", description="fp32 (as saved), fp16 or bf16: what PyTorch and Hugging Face models compute in."
+    )
     trust_pickle: bool = Field(
         default=False, description="Allow pickle/joblib artifacts, which can run arbitrary code."
     )

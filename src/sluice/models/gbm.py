@@ -122,7 +122,7 @@ class _BoostedTrees(Model):
     def __init__(self, source: ModelSource) -> None:
         self.source = _missing_values_allowed(source)
         path = Path(source.location)
-        if source.options.device == "cuda":
+        if source.options.device.startswith("cuda"):
             raise ModelLoadError(
                 f"{path}: {self.library} models run on the CPU in Sluice; use `device='cpu'` (or auto), "
                 "or convert the model to ONNX (onnxmltools) to run it on a GPU",

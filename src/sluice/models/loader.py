@@ -78,6 +78,10 @@ def load_source(source: ModelSource) -> Model:
         from sluice.models.gbm import LightGBMModel
 
         return LightGBMModel(source)
+    if source.format == "torch":
+        from sluice.models.deep.torch_model import TorchModel
+
+        return TorchModel(source)
     if source.format == "mlflow":
         from sluice.models.mlflow_pyfunc import PyfuncModel
 

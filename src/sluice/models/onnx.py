@@ -89,15 +89,20 @@ class OnnxModel(Model):
         return dict(zip(self._output_names, values, strict=True))
 
 
-def _providers(device: str, available: list[str]) -> list[str]:
-    if device == "cuda" and "CUDAExecutionProvider" not in available:
+def _providers(device: str, available: list[str]) -> list[str | tuple[str, dict[str, str]]]:
+    """ONNX Runtime's CUDA provider (on GPU ``N`` for ``cuda:N``) when the device asks for or allows
+    a GPU and this ONNX Runtime has one; the CPU provider otherwise, and as the fallback for
+    operators the CUDA provider lacks."""
+    gpu = device.startswith("cuda")
+    if gpu and "CUDAExecutionProvider" not in available:
         raise ModelLoadError(
-            "device 'cuda' was requested but ONNX Runtime has no CUDA provider here; "
+            f"device '{device}' was requested but ONNX Runtime has no CUDA provider here; "
             "install onnxruntime-gpu on a machine with an NVIDIA GPU, or use `device='cpu'`",
             params=("device",),
         )
     if device != "cpu" and "CUDAExecutionProvider" in available:
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        _, _, index = device.partition(":")
+        return [("CUDAExecutionProvider", {"device_id": index or "0"}), "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
 
 

@@ -44,6 +44,9 @@ _EXTENSIONS: dict[str, ModelFormat] = {
     ".pickle": "pickle",
     ".joblib": "pickle",
     ".ubj": "xgboost",
+    ".pt": "torch",
+    ".pt2": "torch",
+    ".pth": "torch",
 }
 # Extensions that other files share too: such a file is a model only when its content says so.
 _SNIFFED = {".json": "an XGBoost JSON model", ".txt": "a LightGBM text model"}

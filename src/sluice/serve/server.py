@@ -22,7 +22,7 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from sluice.errors import ConfigError, MissingDependency
 
@@ -72,6 +72,11 @@ class ServeSettings(BaseModel):
         description="Threads inside one predict call. One leaves the other cores to the HTTP loop and "
         "makes small batches fastest; more can help large batches of heavy models on a many-core machine.",
     )
+    device: str = Field(default="auto", description="auto (a GPU when there is one), cpu, cuda or cuda:N.")
+    precision: Literal["fp32", "fp16", "bf16"] = Field(
+        default="fp32", description="What PyTorch and Hugging Face models compute in (fp32: as saved)."
+    )
+
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     access_log: str | None = Field(
         default=None, description="Write one JSON line per request to this file ('-': stderr); off by default."
@@ -105,6 +110,13 @@ class ServeSettings(BaseModel):
         "writes them and tritonclient reads them) or null (strict JSON; the values become null).",
     )
 
+    @field_validator("device")
+    @classmethod
+    def _device(cls, device: str) -> str:
+        from sluice.models.config import check_device_name  # here: the settings load without the model layer
+
+        return check_device_name(device)
+
 
 def build_app(settings: ServeSettings, *, mounts: Mapping[str, ASGIApp] | None = None) -> ServeApp:
     """The ASGI application for ``settings`` (models load when the server starts).
@@ -122,7 +134,12 @@ def build_app(settings: ServeSettings, *, mounts: Mapping[str, ASGIApp] | None =
         raise ConfigError(f"model repository {settings.repository} is not a directory")
     host = ModelHost(
         ModelRepository(settings.repository),
-        options=LoadOptions(trust_pickle=settings.trust_pickle, intra_op_threads=settings.intra_op_threads),
+        options=LoadOptions(
+            trust_pickle=settings.trust_pickle,
+            intra_op_threads=settings.intra_op_threads,
+            device=settings.device,
+            precision=settings.precision,
+        ),
         target_p99_ms=settings.target_p99_ms,
     )
     token = settings.auth_token.get_secret_value() if settings.auth_token else None

@@ -10,6 +10,7 @@ from sluice.batch.spec import JobSpec
 from sluice.configfile import format_validation_error
 from sluice.data.location import DataFormat
 from sluice.errors import ConfigError
+from sluice.models.config import DeviceName
 
 __all__ = ["StreamSpec"]
 
@@ -50,7 +51,7 @@ class StreamSpec(BaseModel):
         default_factory=dict, description="fsspec options for an s3:// (or other) source prefix, as for batch jobs."
     )
     intra_op_threads: int | None = Field(default=None, ge=1, le=256)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: DeviceName = Field(default="auto", description="auto (a GPU when there is one), cpu, cuda or cuda:N.")
     trust_pickle: bool = False
     overwrite: bool = False
 
