@@ -20,7 +20,8 @@ import torch
 
 from sluice.errors import ModelLoadError, PredictError
 from sluice.models.base import Model, ModelSource, Prepared
-from sluice.models.config import LoadOptions, TextConfig
+from sluice.models.config import TextConfig
+from sluice.models.deep.device import compute_dtype, resolve_device
 from sluice.models.deep.hf import check_weights, require_file
 from sluice.models.deep.text_batches import forward_passes, pad_rows, padding_counts, row_lengths
 from sluice.models.signature import Signature, TensorSpec
@@ -33,17 +34,6 @@ TEXT_INPUT = "text"
 _TOKENIZER = "tokenizer.json"
 _TOKENIZER_CONFIG = "tokenizer_config.json"
 _UNBOUNDED = 1_000_000  # transformers' stand-in model_max_length for "no limit" is ~1e30
-
-
-def _device(options: LoadOptions) -> torch.device:
-    """``auto``: CUDA when torch sees a GPU, else the CPU."""
-    if options.device == "cuda" and not torch.cuda.is_available():
-        raise ModelLoadError(
-            "device 'cuda' was requested but torch sees no CUDA device here; use `device='cpu'`", params=("device",)
-        )
-    if options.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(options.device)
 
 
 @dataclass(frozen=True)
@@ -243,7 +233,10 @@ def _module(auto: Any, directory: Path, source: ModelSource) -> Any:
         # torch has one intra-op pool per process, not one per model: the engines give every
         # worker its share of the cores, as ONNX Runtime's per-session setting does
         torch.set_num_threads(source.options.intra_op_threads)
-    return module.to(_device(source.options)).eval()
+    module = module.to(resolve_device(source.options))
+    if source.options.precision != "fp32":  # fp32 leaves the weights as saved; the heads return float32
+        module = module.to(dtype=compute_dtype(source.options))
+    return module.eval()
 
 
 def _embedding_head(settings: TextConfig, hidden: int) -> _Head:
