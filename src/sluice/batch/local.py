@@ -54,7 +54,7 @@ class LocalEngine:
             progress=progress,
         )
         stats = pipeline.run()
-        return EngineRun(
+        result = EngineRun(
             workers=workers,
             stage_slots={"read": pipeline.readers, "predict": workers, "write": workers},
             rows=stats.rows,
@@ -63,3 +63,5 @@ class LocalEngine:
             stage_seconds=dict(stats.stages.seconds),
             error_files=list(stats.error_files),
         )
+        result.add_backoffs(stats.oom_backoffs, stats.oom_max_rows)
+        return result

@@ -54,6 +54,8 @@ class PipelineStats:
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     stages: StageTimer = field(default_factory=lambda: StageTimer(("read", "predict", "write")))
     error_files: list[str] = field(default_factory=list)
+    oom_backoffs: int = 0  # batches halved because the model ran out of memory
+    oom_max_rows: int | None = None  # rows per model call after those halvings (None: none happened)
 
 
 class ShardRun:
@@ -192,6 +194,7 @@ class Pipeline:
         # own predictor, so worker processes start once, not once per shard
         self._owns_predictor = predictor is None
         self.predictor = predictor or Predictor(plan.model, workers)
+        self._backoffs_before = self.predictor.backoff.count  # a lent predictor's earlier halvings are not ours
         self.output_schema = plan.output_schema()
         self._read_schema = plan.columns.read_schema(plan.schema)
 
@@ -217,6 +220,8 @@ class Pipeline:
         self._shutdown(threads)
         if self._failure is not None:
             raise self._failure
+        self.stats.oom_backoffs = self.predictor.backoff.count - self._backoffs_before
+        self.stats.oom_max_rows = self.predictor.backoff.max_rows
         return self.stats
 
     def _shutdown(self, threads: list[threading.Thread]) -> None:
