@@ -117,8 +117,8 @@ class MemoryFit:
         """The figures in words, for the summary's batch-size reason."""
         return (
             f"{format_bytes(self.per_row_bytes)} per record + {format_bytes(self.fixed_bytes)} per call "
-            f"measured on {self.where}; `memory_limit` {format_bytes(self.limit_bytes)} less {MARGIN:.0%} margin "
-            f"holds {self.batch_size:,} records"
+            f"measured on {self.where}; the memory limit {format_bytes(self.limit_bytes)} less its {MARGIN:.0%} "
+            f"margin holds {self.batch_size:,} records"
         )
 
 
