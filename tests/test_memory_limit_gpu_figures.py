@@ -35,7 +35,9 @@ def _nvml_answer() -> str | None:
 @pytest.fixture
 def run(tmp_path: Path, models: Models) -> tuple[dict[str, object], str]:
     write_table(make_table(50), tmp_path / "in.parquet")
-    result = invoke("predict", "-m", models.onnx, "-i", tmp_path / "in.parquet", "-o", tmp_path / "out", "--key-column", "id")
+    result = invoke(
+        "predict", "-m", models.onnx, "-i", tmp_path / "in.parquet", "-o", tmp_path / "out", "--key-column", "id"
+    )
     assert result.exit_code == 0, result.output
     summary: dict[str, object] = json.loads((tmp_path / "out" / "_summary.json").read_text())
     return summary, result.output
