@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from sluice.errors import ConfigError
@@ -77,6 +78,20 @@ def test_fit_refuses_a_limit_below_one_record_naming_the_figures() -> None:
         "20% margin; raise the limit"
     )
     assert caught.value.params == ("memory_limit",)
+
+
+def test_the_probe_grows_fourfold_and_stops_at_half_the_usable_limit(work: Path) -> None:
+    from sluice.models import load_model
+    from sluice.tune.memory import memory_bound
+
+    model = load_model("alloc_mib_rows:predict")
+    sample = {"input": np.ones((50, 4))}
+    fit = memory_bound(model, sample, 64 * MIB, 4096)
+    assert [p.rows for p in fit.probes] == [8, 32]  # 32 MiB is over half of 0.8 × 64 MiB
+    assert fit.where == "host"
+    fit = memory_bound(model, sample, 1 << 30, 100)
+    assert [p.rows for p in fit.probes] == [8, 32, 100]  # up to the batch size asked for
+    assert 0.95 * MIB <= fit.per_row_bytes <= 1.05 * MIB
 
 
 # -- sluice predict --memory-limit ------------------------------------------------------------

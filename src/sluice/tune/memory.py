@@ -1,13 +1,14 @@
 """Batch size from a memory limit: measure peak memory per row, fit the batch under the limit.
 
 A predict call's peak memory grows with its rows: ``fixed + per_row × rows``. The probe calls
-the loaded model on batches growing fourfold from :data:`FIRST_PROBE_ROWS` (each after a
-warm-up call of the same size, so first-call allocations are not counted) and measures each
-call's peak memory above the memory in use before it: on the GPU the model computes on when
-torch has put it there (``torch.cuda.max_memory_allocated``), else this process's resident
-memory (its peak RSS). It stops once a probe uses half the usable limit or reaches the largest
-size asked for. The two largest probes give the line; :func:`fit_batch` takes the largest batch
-whose predicted peak, plus the batch's own inputs, fits the limit less :data:`MARGIN`.
+the loaded model twice on batches growing fourfold from :data:`FIRST_PROBE_ROWS` and measures
+the peak of each pair of calls above the memory in use before the first probe: on the GPU the
+model computes on when torch has put it there (``torch.cuda.max_memory_allocated``), else this
+process's resident memory (its peak RSS). Measuring from before the first call counts what a
+runtime keeps between calls (ONNX Runtime's arena, caches) as well as what a call frees again.
+It stops once a probe uses half the usable limit or reaches the largest size asked for. The two
+largest probes give the line; :func:`fit_batch` takes the largest batch whose predicted peak,
+plus the batch's own inputs, fits the limit less :data:`MARGIN`.
 """
 
 from __future__ import annotations
@@ -56,6 +57,9 @@ class MemoryMeter(Protocol):
     def start(self) -> None:
         """Take the baseline and forget earlier peaks."""
 
+    def reset_peak(self) -> None:
+        """Forget earlier peaks, keeping the baseline."""
+
     def peak_growth_bytes(self) -> int:
         """The highest memory use above the baseline since :meth:`start`."""
 
@@ -70,12 +74,16 @@ class HostMemoryMeter:
 
     def start(self) -> None:
         """Free what can be freed, then take the resident memory as the baseline."""
-        gc.collect()
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL("libc.so.6").malloc_trim(0)  # freed heap back to the system: an honest baseline
+        self.reset_peak()
         import psutil
 
         self._baseline = int(psutil.Process().memory_info().rss)
+
+    def reset_peak(self) -> None:
+        """Give freed memory back to the system, then restart the peak-RSS mark."""
+        gc.collect()
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6").malloc_trim(0)  # freed heap back to the system: an honest peak
         reset_peak_rss()
 
     def peak_growth_bytes(self) -> int:
@@ -170,12 +178,13 @@ def probe_memory(model: Model, sample: Mapping[str, np.ndarray], limit_bytes: in
     largest = max(1, min(max_rows, MAX_PROBE_ROWS))
     probes: list[Probe] = []
     rows = min(FIRST_PROBE_ROWS, largest)
+    meter.start()
     while True:
         prepared = model.prepare(_cut(sample, rows)).inputs
+        meter.reset_peak()
         try:
-            model.predict_prepared(prepared)  # warm-up: first calls of a size allocate and plan
-            meter.start()
-            model.predict_prepared(prepared)
+            for _ in range(2):  # a first call of a size may allocate differently from the next
+                model.predict_prepared(prepared)
         except ModelOutOfMemory:
             if not probes:
                 raise

@@ -34,9 +34,13 @@ class CudaMemoryMeter:
 
     def start(self) -> None:
         """Forget earlier peaks: what :meth:`peak_growth_bytes` reports starts from here."""
+        self.reset_peak()
+        self._baseline = int(torch.cuda.memory_allocated(self.device))
+
+    def reset_peak(self) -> None:
+        """Forget earlier peaks, keeping the baseline."""
         torch.cuda.synchronize(self.device)
         torch.cuda.reset_peak_memory_stats(self.device)
-        self._baseline = int(torch.cuda.memory_allocated(self.device))
 
     def peak_growth_bytes(self) -> int:
         """The highest allocation above the baseline since :meth:`start`."""
