@@ -170,3 +170,22 @@ def test_other_torch_errors_stay_record_failures(work: Path) -> None:
     assert str(caught.value) == (
         "torch_broken:predict raised RuntimeError: CUDA error: an illegal memory access was encountered"
     )
+
+
+def test_any_adapter_letting_torch_out_of_memory_through_gives_model_out_of_memory(work: Path) -> None:
+    import torch
+
+    from sluice.models.base import Model
+
+    loaded = load_model("oom_never:predict")
+
+    class RawTorch(Model):  # an adapter that lets torch's error through unwrapped
+        signature = loaded.signature
+        source = loaded.source
+
+        def predict(self, inputs: object) -> dict[str, np.ndarray]:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB.\nGPU 0 has 1 GiB")
+
+    with pytest.raises(ModelOutOfMemory) as caught:
+        RawTorch().predict_prepared({"input": np.ones((2, 4))})
+    assert str(caught.value) == "oom_never:predict ran out of memory: CUDA out of memory. Tried to allocate 20.00 MiB."

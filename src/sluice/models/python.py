@@ -63,7 +63,7 @@ class PythonModel(Model):
             else:
                 result = self._fn(**inputs)
         except Exception as exc:
-            raise _predict_error(exc, self.source.location) from exc
+            raise PredictError(f"{self.source.location} raised {type(exc).__name__}: {exc}") from exc
         if isinstance(result, Mapping):
             declared = {s.name for s in self.signature.outputs}
             if not declared.issubset(result):
@@ -79,17 +79,6 @@ class PythonModel(Model):
                 "return a mapping of output name to array"
             )
         return {self.signature.outputs[0].name: np.asarray(result)}
-
-
-def _predict_error(exc: Exception, location: str) -> PredictError:
-    """The Sluice error for what the callable raised; torch's out-of-memory becomes
-    :class:`~sluice.errors.ModelOutOfMemory`, so the batch is halved instead of its rows failed."""
-    if "torch" in sys.modules:  # only a callable that imported torch can raise torch's error
-        from sluice.models.deep.memory import is_out_of_memory, out_of_memory_error
-
-        if is_out_of_memory(exc):
-            return out_of_memory_error(exc, location)
-    return PredictError(f"{location} raised {type(exc).__name__}: {exc}")
 
 
 def _spec(t: TensorConfig) -> TensorSpec:
