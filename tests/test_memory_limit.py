@@ -28,9 +28,16 @@ def predict(x):
 """
 
 
+REFUSING_MODULE = """
+def predict(x):
+    raise ValueError("no record is welcome")
+"""
+
+
 @pytest.fixture
 def work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     write_module(tmp_path / "work", "alloc_mib_rows", ALLOC_MODULE)
+    write_module(tmp_path / "work", "refusing_rows", REFUSING_MODULE)
     monkeypatch.chdir(tmp_path / "work")
     write_table(make_table(300), tmp_path / "in.parquet")
     return tmp_path
@@ -176,6 +183,18 @@ def test_a_limit_below_one_record_is_a_usage_error_naming_the_figures(work: Path
     assert output.startswith("error: --memory-limit 1.0 MiB cannot hold one record: measured on host, ")
     assert "over the 819.2 KiB the limit leaves after its 20% margin; raise the limit" in output
     assert not (out / "_SUCCESS").exists()
+
+
+def test_a_model_failing_on_the_first_records_says_the_probe_could_not_measure(work: Path) -> None:
+    result = invoke(
+        "predict", "-m", "refusing_rows:predict", "-i", work / "in.parquet", "-o", work / "out",
+        "--key-column", "id", "--memory-limit", "1GiB", "-q",
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert result.output.strip() == (
+        "error: measuring the memory per record for --memory-limit: the model failed on the input's first 8 "
+        "records: refusing_rows:predict raised ValueError: no record is welcome"
+    )
 
 
 # -- sluice tune --memory-limit ---------------------------------------------------------------

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from sluice.errors import PredictError
+from sluice.errors import ModelOutOfMemory, PredictError
 from sluice.metrics import LatencyHistogram, peak_rss_bytes, reset_peak_rss
 from sluice.models.base import Model, ModelSource
 from sluice.models.loader import load_source
@@ -82,6 +82,8 @@ class ModelBench:
             return self._measure(runner, setup)
         except MemoryError:
             return Measurement(setup, "oom", note="MemoryError")
+        except ModelOutOfMemory as exc:
+            return Measurement(setup, "oom", note=str(exc)[:300])
         except PredictError as exc:
             if any(h in str(exc).lower() for h in _OOM_HINTS):
                 return Measurement(setup, "oom", note=str(exc)[:300])

@@ -23,7 +23,7 @@ from typing import Protocol
 
 import numpy as np
 
-from sluice.errors import ConfigError, ModelOutOfMemory
+from sluice.errors import ConfigError, ModelOutOfMemory, PredictError
 from sluice.metrics import peak_rss_bytes, reset_peak_rss
 from sluice.models.base import Model
 
@@ -188,6 +188,14 @@ def probe_memory(model: Model, sample: Mapping[str, np.ndarray], limit_bytes: in
         except ModelOutOfMemory:
             if not probes:
                 raise
+            break
+        except PredictError as exc:  # a record the model rejects: the smaller probes must do
+            if not probes:
+                raise PredictError(
+                    f"measuring the memory per record for `memory_limit`: the model failed on the input's "
+                    f"first {rows} records: {exc}",
+                    params=("memory_limit",),
+                ) from exc
             break
         probes.append(Probe(rows, meter.peak_growth_bytes()))
         del prepared
