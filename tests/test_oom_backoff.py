@@ -69,6 +69,7 @@ def work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     directory = tmp_path / "work"
     write_module(directory, "oom_at_12", OOM_MODULE.format(max_rows=12))
     write_module(directory, "oom_never", OOM_MODULE.format(max_rows=1 << 30))
+    write_module(directory, "oom_at_3", OOM_MODULE.format(max_rows=3))
     write_module(directory, "oom_always", OOM_MODULE.format(max_rows=0))
     write_module(directory, "torch_oom_at_12", TORCH_MODULE.format(max_rows=12))
     write_module(directory, "torch_oom_never", TORCH_MODULE.format(max_rows=1 << 30))
@@ -151,6 +152,27 @@ def test_a_record_that_never_fits_fails_the_run_naming_the_memory(work: Path) ->
     assert "the model failed on every one of 100 records of a batch: oom_always:predict ran out of memory: " in output
     assert "CUDA out of memory. Tried to allocate 1 MiB" in output
     assert not (out / "_SUCCESS").exists()
+
+
+def test_the_memory_probe_halves_a_first_probe_that_runs_out(work: Path) -> None:
+    code, output, out = _predict(work, "oom_at_3:predict", "out", "--memory-limit", "1GiB")
+    assert code == 0, output
+    calls = _calls(work)
+    assert calls[:7] == [8, 4, 2, 2, 8, 100, 50]  # the probe: 8 and 4 ran out, 2 twice, 8 ran out; then the run
+    summary = _summary(out)
+    assert (summary["rows"], summary["rows_failed"]) == (250, 0)
+    assert (summary["batch_size"], summary["oom_backoffs"], summary["final_batch_size"]) == (100, 5, 3)
+    assert _part(out).column("id").to_pylist() == list(range(250))
+
+
+def test_a_probe_out_of_memory_on_one_record_stops_the_run(work: Path) -> None:
+    code, output, out = _predict(work, "oom_always:predict", "out", "--memory-limit", "1GiB")
+    assert code == 1
+    assert output.strip() == (
+        "error: measuring the memory per record for --memory-limit: the model ran out of memory on one record: "
+        "oom_always:predict ran out of memory: CUDA out of memory. Tried to allocate 1 MiB"
+    )
+    assert not out.exists() or not (out / "_SUCCESS").exists()
 
 
 def test_torch_out_of_memory_becomes_model_out_of_memory(work: Path) -> None:

@@ -172,7 +172,8 @@ def probe_memory(model: Model, sample: Mapping[str, np.ndarray], limit_bytes: in
     """Peak memory of ``model``'s predict on batches of growing size cut from the bound ``sample``.
 
     Stops after the probe of ``max_rows`` rows (at most :data:`MAX_PROBE_ROWS`), after one that
-    used half the usable limit, or before one that ran out of memory (a CUDA out-of-memory).
+    used half the usable limit, or before one that ran out of memory (a CUDA out-of-memory);
+    when the first probe runs out, it is halved until one record.
     """
     meter = memory_meter()
     largest = max(1, min(max_rows, MAX_PROBE_ROWS))
@@ -180,29 +181,37 @@ def probe_memory(model: Model, sample: Mapping[str, np.ndarray], limit_bytes: in
     rows = min(FIRST_PROBE_ROWS, largest)
     meter.start()
     while True:
-        prepared = model.prepare(_cut(sample, rows)).inputs
-        meter.reset_peak()
         try:
-            for _ in range(2):  # a first call of a size may allocate differently from the next
-                model.predict_prepared(prepared)
-        except ModelOutOfMemory:
-            if not probes:
-                raise
-            break
+            probes.append(Probe(rows, _peak_of(model, _cut(sample, rows), meter)))
+        except ModelOutOfMemory as exc:
+            if probes:
+                break
+            if rows == 1:
+                raise _probe_error(ModelOutOfMemory, "ran out of memory on one record", exc) from exc
+            rows //= 2
+            continue
         except PredictError as exc:  # a record the model rejects: the smaller probes must do
-            if not probes:
-                raise PredictError(
-                    f"measuring the memory per record for `memory_limit`: the model failed on the input's "
-                    f"first {rows} records: {exc}",
-                    params=("memory_limit",),
-                ) from exc
-            break
-        probes.append(Probe(rows, meter.peak_growth_bytes()))
-        del prepared
+            if probes:
+                break
+            raise _probe_error(PredictError, f"failed on the input's first {rows} records", exc) from exc
         if rows >= largest or probes[-1].peak_bytes >= limit_bytes * (1 - MARGIN) / 2:
             break
         rows = min(rows * PROBE_FACTOR, largest)
     return probes
+
+
+def _peak_of(model: Model, batch: dict[str, np.ndarray], meter: MemoryMeter) -> int:
+    """The peak memory above the meter's baseline of two predict calls on ``batch``."""
+    prepared = model.prepare(batch).inputs
+    meter.reset_peak()
+    for _ in range(2):  # a first call of a size may allocate differently from the next
+        model.predict_prepared(prepared)
+    return meter.peak_growth_bytes()
+
+
+def _probe_error(kind: type[PredictError], what: str, exc: Exception) -> PredictError:
+    message = f"measuring the memory per record for `memory_limit`: the model {what}: {exc}"
+    return kind(message, params=("memory_limit",))
 
 
 def memory_bound(model: Model, sample: Mapping[str, np.ndarray], limit_bytes: int, max_rows: int) -> MemoryFit:
