@@ -55,6 +55,14 @@ RUN_KEYS = {
     "tuning_seconds",
     "backend",  # local, spark or ray: the same keys on every backend
     "engine_start_seconds",
+    # the batch size's why, the memory limit, out-of-memory halvings and the GPU figures
+    "batch_size_reason",
+    "memory_limit_bytes",
+    "memory_per_row_bytes",
+    "oom_backoffs",
+    "final_batch_size",
+    "gpu_peak_memory_bytes",
+    "gpu_unavailable_reason",
 }
 
 
@@ -547,7 +555,7 @@ def test_text_passthrough_with_separators_and_quotes(tmp_path: Path, models, out
 
 PREDICT_FLAGS = [
     "--model", "--input", "--output", "--spec", "--repository", "--input-format", "--output-format", "--features",
-    "--key-column", "--key-type", "--include", "--exclude", "--batch-size", "--workers", "--readers",
+    "--key-column", "--key-type", "--include", "--exclude", "--batch-size", "--memory-limit", "--workers", "--readers",
     "--intra-op-threads", "--device", "--precision",
     "--max-error-fraction", "--price-per-hour", "--overwrite", "--trust-pickle", "--trust-type",
     "--storage-option", "--backend", "--spark-master", "--ray-address", "--quiet", "--json", "--help",
@@ -573,8 +581,8 @@ def test_every_job_spec_field_but_the_tuning_knobs_has_a_flag() -> None:
         "model": "m", "input_": "in/", "output": "out/", "repository": "repo", "input_format": "csv",
         "output_format": "jsonl", "features": "f0, f1", "key_column": "id", "key_type": "string", "include": "name",
         "exclude": None,
-        "batch_size": "64", "workers": 2, "readers": 1, "intra_op_threads": 1, "device": "cpu",
-        "precision": "bf16",
+        "batch_size": "64", "memory_limit": "2GiB", "workers": 2, "readers": 1, "intra_op_threads": 1,
+        "device": "cpu", "precision": "bf16",
         "max_error_fraction": 0.5, "price_per_hour": 1.0, "overwrite": True, "trust_pickle": False,
         "trust_type": ["a.B"], "storage_option": ["endpoint_url=http://127.0.0.1:9000", "anon=true"],
         "backend": "local", "spark_master": None, "ray_address": None,
@@ -586,8 +594,8 @@ def test_every_job_spec_field_but_the_tuning_knobs_has_a_flag() -> None:
     assert fields == {
         "model": "m", "input": "in/", "output": "out/", "repository": "repo", "input_format": "csv",
         "output_format": "jsonl", "features": ["f0", "f1"], "key_column": "id", "key_type": "string",
-        "include": ["name"], "exclude": None, "batch_size": "64", "workers": 2, "readers": 1, "intra_op_threads": 1,
-        "device": "cpu", "precision": "bf16",
+        "include": ["name"], "exclude": None, "batch_size": "64", "memory_limit": "2GiB", "workers": 2, "readers": 1,
+        "intra_op_threads": 1, "device": "cpu", "precision": "bf16",
         "max_error_fraction": 0.5, "price_per_hour": 1.0, "overwrite": True, "trust_pickle": None,
         "trusted_types": ["a.B"], "storage_options": {"endpoint_url": "http://127.0.0.1:9000", "anon": True},
         "backend": "local", "spark_master": None, "ray_address": None,

@@ -22,6 +22,7 @@ __all__ = [
     "ModelError",
     "ModelLoadError",
     "ModelNotFound",
+    "ModelOutOfMemory",
     "NotPermitted",
     "OutputConflict",
     "OutputError",
@@ -118,6 +119,13 @@ class PredictError(ModelError):
 
     exit_code = 1
     http_status = 500
+
+
+class ModelOutOfMemory(PredictError):
+    """The model ran out of memory (a CUDA out-of-memory) on a batch: a smaller batch may fit.
+
+    The batch engine halves the batch and retries it rather than treating its records as bad.
+    """
 
 
 class DataError(SluiceError):

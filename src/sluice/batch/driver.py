@@ -208,6 +208,13 @@ def summarize(run: PlannedRun, backend: str, result: EngineRun, seconds: float, 
         shards_skipped=run.skipped,
         error_files=sorted([*result.error_files, *run.resumed.error_files]),
         backend=backend,
+        batch_size_reason=run.batch.reason,
+        memory_limit_bytes=run.batch.memory_limit_bytes,
+        memory_per_row_bytes=run.batch.memory_per_row_bytes,
+        oom_backoffs=result.oom_backoffs,
+        final_batch_size=min(run.batch.batch_size, result.oom_max_rows or run.batch.batch_size),
+        gpu_peak_memory_bytes=usage.gpu_peak_memory_bytes,
+        gpu_unavailable_reason=usage.gpu_unavailable_reason,
     ).with_counters(result.counters)
 
 

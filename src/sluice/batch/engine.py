@@ -79,11 +79,14 @@ class EngineRun:
     stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     error_files: list[str] = field(default_factory=list)
     counters: dict[str, int] = field(default_factory=dict)  # the model's counts, summed over the shards
+    oom_backoffs: int = 0  # batches halved because the model ran out of memory
+    oom_max_rows: int | None = None  # the fewest rows per model call any task was held to
 
     def add(self, outcome: ShardOutcome) -> None:
         """Count one shard's outcome in."""
         for name, count in outcome.counters.items():
             self.counters[name] = self.counters.get(name, 0) + count
+        self.add_backoffs(outcome.oom_backoffs, outcome.oom_max_rows)
         self.rows += outcome.rows
         self.rows_failed += outcome.rows_failed
         self.latency.merge(outcome.latency)
@@ -91,6 +94,12 @@ class EngineRun:
             self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + value
         if outcome.error_file:
             self.error_files.append(outcome.error_file)
+
+    def add_backoffs(self, count: int, max_rows: int | None) -> None:
+        """Count in ``count`` out-of-memory halvings that held a task to ``max_rows`` rows per call."""
+        self.oom_backoffs += count
+        if max_rows is not None:
+            self.oom_max_rows = max_rows if self.oom_max_rows is None else min(self.oom_max_rows, max_rows)
 
     def busy_fraction(self, seconds: float) -> dict[str, float]:
         """Each stage's busy time as a fraction of what its slots could have done in ``seconds``."""

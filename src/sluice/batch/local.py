@@ -54,7 +54,7 @@ class LocalEngine:
             progress=progress,
         )
         stats = pipeline.run()
-        return EngineRun(
+        result = EngineRun(
             workers=workers,
             stage_slots={"read": pipeline.readers, "predict": workers, "write": workers},
             rows=stats.rows,
@@ -64,3 +64,5 @@ class LocalEngine:
             error_files=list(stats.error_files),
             counters=dict(stats.counters),
         )
+        result.add_backoffs(stats.oom_backoffs, stats.oom_max_rows)
+        return result

@@ -65,6 +65,9 @@ class PipelineStats:
             for name, value in counters.items():
                 self.counters[name] = self.counters.get(name, 0) + value
 
+    oom_backoffs: int = 0  # batches halved because the model ran out of memory
+    oom_max_rows: int | None = None  # rows per model call after those halvings (None: none happened)
+
 
 class ShardRun:
     """One shard in flight: its writers, and the results waiting for their turn.
@@ -202,6 +205,7 @@ class Pipeline:
         # own predictor, so worker processes start once, not once per shard
         self._owns_predictor = predictor is None
         self.predictor = predictor or Predictor(plan.model, workers)
+        self._backoffs_before = self.predictor.backoff.count  # a lent predictor's earlier halvings are not ours
         self.output_schema = plan.output_schema()
         self._read_schema = plan.columns.read_schema(plan.schema)
 
@@ -227,6 +231,8 @@ class Pipeline:
         self._shutdown(threads)
         if self._failure is not None:
             raise self._failure
+        self.stats.oom_backoffs = self.predictor.backoff.count - self._backoffs_before
+        self.stats.oom_max_rows = self.predictor.backoff.max_rows
         return self.stats
 
     def _shutdown(self, threads: list[threading.Thread]) -> None:

@@ -66,6 +66,8 @@ class ShardOutcome:
     model_loaded: bool = False  # this task loaded the model (False: a previous task's was reused)
     error_type: str | None = None
     error: str | None = None
+    oom_backoffs: int = 0  # batches halved because the model ran out of memory
+    oom_max_rows: int | None = None  # rows per model call after those halvings
 
     @property
     def index(self) -> int:
@@ -116,6 +118,8 @@ def run_planned_shard(
         stage_seconds=dict(stats.stages.seconds),
         counters=dict(stats.counters),
         pid=os.getpid(),
+        oom_backoffs=stats.oom_backoffs,
+        oom_max_rows=stats.oom_max_rows,
     )
 
 

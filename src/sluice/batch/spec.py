@@ -70,6 +70,12 @@ class JobSpec(BaseModel):
     batch_size: int | Literal["auto"] = Field(
         default="auto", description="Rows per model call, or 'auto' to tune it on the first rows."
     )
+    memory_limit: int | None = Field(
+        default=None,
+        description="Peak memory one batch may take (bytes, or e.g. 2GiB, 512MiB): the batch size is cut to the "
+        "largest batch whose memory, measured per record on the first rows (on the GPU when the model runs "
+        "there), fits with a margin.",
+    )
     tune_min_rows: int = Field(default=1 << 18, ge=0, description="Smaller inputs skip auto-tuning.")
     workers: int | None = Field(default=None, ge=1, le=256, description="Predict workers (default: measured).")
     readers: int | None = Field(default=None, ge=1, le=64, description="Shards read at once.")
@@ -102,6 +108,20 @@ class JobSpec(BaseModel):
     def _batch_size(cls, value: int | str) -> int | str:
         if isinstance(value, int) and not 1 <= value <= 1 << 24:
             raise ValueError(f"must be between 1 and {1 << 24}, or 'auto'; found {value}")
+        return value
+
+    @field_validator("memory_limit", mode="before")
+    @classmethod
+    def _memory_limit(cls, value: object) -> object:
+        if isinstance(value, str):
+            from sluice.tune.api import parse_bytes
+
+            try:
+                value = parse_bytes(value)
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+        if isinstance(value, int) and not isinstance(value, bool) and value <= 0:
+            raise ValueError(f"must be more than 0 bytes, e.g. 2GiB or 512MiB; found {value}")
         return value
 
     @model_validator(mode="after")

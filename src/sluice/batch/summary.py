@@ -21,6 +21,11 @@ class ResourceUsage:
     peak_rss_bytes: int
     cpu_utilization: float
     gpu_utilization: float | None
+    gpu_peak_memory_bytes: int | None = None  # device memory in use above the run's start (NVML)
+    gpu_unavailable_reason: str | None = None  # why both GPU figures are None
+
+
+_NO_NVML = "no GPU figures: nvidia-ml-py is not installed (pip install 'sluice[gpu]')"
 
 
 class ResourceMonitor:
@@ -33,15 +38,21 @@ class ResourceMonitor:
         self._process = psutil.Process()
         self._peak_children = 0
         self._gpu_samples: list[float] = []
+        self._gpu_baseline: list[int] = []  # device memory in use on each GPU at the start
+        self._gpu_peak = 0
         self._start_wall = 0.0
         self._start_cpu = 0.0
         self._nvml: Any = None
+        self._no_gpu: str | None = None
 
     def start(self) -> None:
         reset_peak_rss()
         self._start_wall = time.perf_counter()
         self._start_cpu = _cpu_seconds(self._process)
-        self._nvml = _nvml_handles()
+        found = _nvml_handles()
+        self._nvml, self._no_gpu = (None, found) if isinstance(found, str) else (found, None)
+        if self._nvml is not None:
+            self._gpu_baseline = _gpu_memory_used(self._nvml)
         self._thread = threading.Thread(target=self._run, name="sluice-monitor", daemon=True)
         self._thread.start()
 
@@ -59,6 +70,8 @@ class ResourceMonitor:
             nvml, handles = self._nvml
             util = [nvml.nvmlDeviceGetUtilizationRates(h).gpu for h in handles]
             self._gpu_samples.append(sum(util) / len(util) / 100)
+            grown = sum(max(0, u - b) for u, b in zip(_gpu_memory_used(self._nvml), self._gpu_baseline, strict=True))
+            self._gpu_peak = max(self._gpu_peak, grown)
 
     def stop(self) -> ResourceUsage:
         self._sample()
@@ -75,6 +88,8 @@ class ResourceMonitor:
             peak_rss_bytes=peak_self + self._peak_children,
             cpu_utilization=round(cpu / (wall * (os.cpu_count() or 1)), 3),
             gpu_utilization=None if gpu is None else round(gpu, 3),
+            gpu_peak_memory_bytes=None if self._no_gpu else self._gpu_peak,
+            gpu_unavailable_reason=self._no_gpu,
         )
 
 
@@ -88,19 +103,20 @@ def _cpu_seconds(process: psutil.Process) -> float:
     return float(own + live)
 
 
-def _nvml_handles() -> tuple[Any, list[Any]] | None:
+def _nvml_handles() -> tuple[Any, list[Any]] | str:
+    """NVML and a handle per GPU, or why there are no GPU figures."""
     try:
         import pynvml
     except ImportError:
-        return None
+        return _NO_NVML
     try:
         pynvml.nvmlInit()
         count = pynvml.nvmlDeviceGetCount()
-    except Exception:  # noqa: BLE001 - no driver / no GPU: NVML raises its own error types
-        return None
+    except Exception as exc:  # noqa: BLE001 - no driver / no GPU: NVML raises its own error types
+        return f"no GPU figures: NVML did not start ({exc})"
     if not count:
         pynvml.nvmlShutdown()
-        return None
+        return "no GPU figures: NVML found no GPU"
     return pynvml, [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
 
 
@@ -109,6 +125,11 @@ def _waste(counters: Mapping[str, int], padded_key: str) -> float | None:
     if not padded or "tokens" not in counters:
         return None
     return round(1 - counters["tokens"] / padded, 4)
+
+
+def _gpu_memory_used(nvml: tuple[Any, list[Any]]) -> list[int]:
+    module, handles = nvml
+    return [int(module.nvmlDeviceGetMemoryInfo(h).used) for h in handles]
 
 
 @dataclass
@@ -142,6 +163,13 @@ class RunSummary:
     # text models: padding cells / all cells of the forward passes, as run and as input order would pad
     padding_waste: float | None = None
     padding_waste_unbucketed: float | None = None
+    batch_size_reason: str = ""  # why this batch size: tuned, cached, the option, bounded by memory
+    memory_limit_bytes: int | None = None  # the job's `memory_limit`
+    memory_per_row_bytes: int | None = None  # peak memory per record measured for the limit
+    oom_backoffs: int = 0  # batches halved because the model ran out of memory
+    final_batch_size: int | None = None  # rows per model call at the end: ``batch_size`` unless halved
+    gpu_peak_memory_bytes: int | None = None  # device memory in use above the run's start (NVML)
+    gpu_unavailable_reason: str | None = None  # why the GPU figures are None
     # this run found every part complete and kept the summary of the run that wrote them;
     # not a key of ``_summary.json``
     complete_before: bool = field(default=False, repr=False)

@@ -111,6 +111,14 @@ BatchSizeOption = Annotated[
     str | None,
     _option("Rows per model call, or 'auto': tune it on the first rows, cached per model and machine (default: auto)."),
 ]
+MemoryLimitOption = Annotated[
+    str | None,
+    _option(
+        "Peak memory one batch may take, e.g. 2GiB or 512MiB: the batch size is cut to the largest batch whose "
+        "memory, measured per record on the first rows (GPU memory when the model runs on one), fits with a margin.",
+        metavar="BYTES",
+    ),
+]
 WorkersOption = Annotated[
     int | None,
     _option("Parallel predict workers (threads, or processes for Python models) (default: one per core)."),
@@ -175,8 +183,9 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print the summary as J
 # flags whose value is the job-spec field of the same name, as given
 _AS_GIVEN = (
     "model", "output", "repository", "input_format", "output_format", "key_column", "key_type", "batch_size",
-    "workers", "readers", "intra_op_threads", "device", "precision", "max_error_fraction", "price_per_hour",
-    "backend", "spark_master", "ray_address", "text_column", "task", "pooling", "max_length", "forward_batch_size",
+    "memory_limit", "workers", "readers", "intra_op_threads", "device", "precision", "max_error_fraction",
+    "price_per_hour", "backend", "spark_master", "ray_address", "text_column", "task", "pooling", "max_length",
+    "forward_batch_size",
 )  # fmt: skip
 
 
@@ -202,6 +211,7 @@ def predict(
     include: IncludeOption = None,
     exclude: ExcludeOption = None,
     batch_size: BatchSizeOption = None,
+    memory_limit: MemoryLimitOption = None,
     workers: WorkersOption = None,
     readers: ReadersOption = None,
     intra_op_threads: IntraOpThreadsOption = None,

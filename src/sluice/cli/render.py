@@ -29,6 +29,20 @@ def _skipped_note(s: RunSummary) -> str:
     return f"  ({s.shards_skipped} already complete, skipped)" if s.shards_skipped else ""
 
 
+def _batch_note(s: RunSummary) -> str:
+    """The memory bound and any out-of-memory halvings behind the batch size."""
+    notes = [s.batch_size_reason] if s.memory_limit_bytes is not None and s.batch_size_reason else []
+    if s.oom_backoffs:
+        notes.append(f"out of memory {s.oom_backoffs}×: halved to {s.final_batch_size}")
+    return "".join(f"\n  {n}" for n in notes)
+
+
+def _gpu_memory(s: RunSummary) -> str:
+    if s.gpu_peak_memory_bytes is None:
+        return s.gpu_unavailable_reason or "n/a"
+    return f"{_bytes(s.gpu_peak_memory_bytes)} peak (above the start)"
+
+
 def summary_table(s: RunSummary) -> Table:
     table = Table(title="sluice predict", show_header=False, title_justify="left")
     table.add_column(style="bold")
@@ -46,11 +60,12 @@ def summary_table(s: RunSummary) -> Table:
         ("parts", f"{s.shards}{_skipped_note(s)}"),
         ("time", f"{s.seconds:.2f} s"),
         ("throughput", f"{s.rows_per_second:,.0f} rows/s"),
-        ("batch size × workers", f"{s.batch_size} × {s.workers}"),
+        ("batch size × workers", f"{s.batch_size} × {s.workers}{_batch_note(s)}"),
         ("batch latency", " ".join(f"{k} {v:.2f} ms" for k, v in lat.items() if v is not None) or "n/a"),
         ("stage busy", "  ".join(f"{k} {_pct(v)}" for k, v in busy.items())),
         ("peak memory", _bytes(s.peak_rss_bytes)),
         ("CPU / GPU use", f"{_pct(s.cpu_utilization)} / {_pct(s.gpu_utilization)}"),
+        ("GPU memory", _gpu_memory(s)),
         (
             "cost per 1M",
             "n/a (pass --price-per-hour)" if s.cost_per_million_usd is None else f"${s.cost_per_million_usd:.4f}",

@@ -40,7 +40,12 @@ def tune(
         float | None, typer.Option(help="Budget for the p99 latency of one batch, in milliseconds.", show_default=False)
     ] = None,
     memory_limit: Annotated[
-        str | None, typer.Option(help="Budget for peak memory growth, e.g. 2GiB or 512MB.", show_default=False)
+        str | None,
+        typer.Option(
+            help="Budget for peak memory growth, e.g. 2GiB or 512MB: batch sizes are searched only up to the "
+            "largest the memory measured per record fits (GPU memory when the model runs on one).",
+            show_default=False,
+        ),
     ] = None,
     price_per_hour: Annotated[
         float | None, typer.Option(help="Machine price in USD/hour, for cost per 1M predictions.", show_default=False)

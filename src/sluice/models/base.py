@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import abc
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from sluice.errors import PredictError
+from sluice.errors import ModelOutOfMemory, PredictError
 from sluice.models.checks import check_outputs
 from sluice.models.config import Concurrency, LoadOptions, ModelConfig, ModelFormat
 from sluice.models.signature import Signature
@@ -109,7 +110,36 @@ class Model(abc.ABC):
         return self.predict_prepared(prepared.inputs)
 
     def predict_prepared(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """:meth:`predict` on inputs :meth:`prepare` returned, with the outputs checked."""
+        """:meth:`predict` on inputs :meth:`prepare` returned, with the outputs checked.
+
+        torch's out-of-memory error, raised or wrapped by any adapter, comes out as
+        :class:`~sluice.errors.ModelOutOfMemory`, so the engines halve the batch instead of
+        failing its records.
+        """
         num_rows = next(iter(inputs.values())).shape[0] if inputs else 0
-        outputs = self.predict(inputs)
+        try:
+            outputs = self.predict(inputs)
+        except ModelOutOfMemory:
+            raise
+        except Exception as exc:
+            oom = _out_of_memory(exc, self.source.display_name)
+            if oom is None:
+                raise
+            raise oom from exc
         return check_outputs(outputs, num_rows, signature=self.signature, source=f"model {self.source.display_name}")
+
+
+def _out_of_memory(exc: BaseException, model: str) -> ModelOutOfMemory | None:
+    """The Sluice error for torch's out-of-memory error in ``exc`` or what it was raised from, else None."""
+    if "torch" not in sys.modules:  # only a model that imported torch can raise torch's error
+        return None
+    from sluice.models.deep.memory import is_out_of_memory, out_of_memory_error
+
+    seen: BaseException | None = exc
+    for _ in range(4):  # an adapter's own error, raised from torch's
+        if seen is None:
+            return None
+        if is_out_of_memory(seen):
+            return out_of_memory_error(seen, model)
+        seen = seen.__cause__ or seen.__context__
+    return None

@@ -18,6 +18,7 @@ from sluice.models.base import Model
 from sluice.models.loader import model_digest
 from sluice.models.signature import FeatureSpec
 from sluice.tune.measure import ModelBench
+from sluice.tune.memory import memory_bound
 from sluice.tune.profile import Profile
 from sluice.tune.search import Constraints, SearchSpace, choose, exhaustive, search
 
@@ -115,6 +116,12 @@ def tune(
     else:
         inputs = dict(sample)
     limit = parse_bytes(memory_limit) if memory_limit is not None else None
+    bound = ""
+    per_row: int | None = None
+    if limit is not None:  # the batch sizes worth measuring end where the measured memory per row says
+        fit = memory_bound(model, inputs, limit, max_batch_size)
+        max_batch_size, per_row = min(max_batch_size, fit.batch_size), fit.per_row_bytes
+        bound = f"; batch sizes searched up to {max_batch_size:,}: {fit.describe()}"
     constraints = Constraints(max_latency_ms, limit)
     space = SearchSpace(tuple(setups or thread_setups(model)), max_batch=max_batch_size)
     bench = ModelBench(model.source, inputs, min_seconds=min_seconds, memory_limit_bytes=limit)
@@ -125,7 +132,8 @@ def tune(
         model_digest=model_digest(model),
         measurements=measurements,
         chosen=choice.measurement,
-        reason=choice.reason,
+        reason=choice.reason + bound,
+        memory_per_row_bytes=per_row,
         max_latency_ms=max_latency_ms,
         memory_limit_bytes=limit,
         price_per_hour=price_per_hour,

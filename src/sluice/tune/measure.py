@@ -5,7 +5,9 @@ an earlier set-up left in the runtime's arena cannot hide this one's), warms up,
 ``workers`` threads call
 ``predict`` on batches cut from the sample for at least ``min_seconds``. Memory is the
 growth of the process's peak RSS over the measurement (plus worker processes for Python
-models). Running out of memory or past the time cap is recorded, never fatal.
+models), or, for a model torch put on a CUDA device, the peak device memory its allocator
+handed out (:func:`sluice.tune.memory.memory_meter`). Running out of memory or past the time
+cap is recorded, never fatal.
 """
 
 from __future__ import annotations
@@ -19,11 +21,12 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from sluice.errors import PredictError
+from sluice.errors import ModelOutOfMemory, PredictError
 from sluice.metrics import LatencyHistogram, peak_rss_bytes, reset_peak_rss
 from sluice.models.base import Model, ModelSource
 from sluice.models.loader import load_source
 from sluice.models.runner import ModelRunner
+from sluice.tune.memory import memory_meter
 from sluice.tune.profile import Measurement, Setup
 
 __all__ = ["ModelBench"]
@@ -79,6 +82,8 @@ class ModelBench:
             return self._measure(runner, setup)
         except MemoryError:
             return Measurement(setup, "oom", note="MemoryError")
+        except ModelOutOfMemory as exc:
+            return Measurement(setup, "oom", note=str(exc)[:300])
         except PredictError as exc:
             if any(h in str(exc).lower() for h in _OOM_HINTS):
                 return Measurement(setup, "oom", note=str(exc)[:300])
@@ -93,6 +98,10 @@ class ModelBench:
     def _measure(self, runner: ModelRunner, setup: Setup) -> Measurement:
         baseline = _rss()
         reset_peak_rss()
+        meter = memory_meter()
+        on_device = meter.where != "host"
+        if on_device:
+            meter.start()
         # the model's own preparation (tokenizing, decoding) runs off the model's thread in a
         # run, beside the previous batch's predict: what is measured here is the model's call
         batches = [runner.model.prepare(b).inputs for b in self.batches(setup.batch_size, max(2, setup.workers))]
@@ -135,7 +144,9 @@ class ModelBench:
             rows_per_second=sum(rows) / wall,
             latency_p50_ms=pct["p50"],
             latency_p99_ms=pct["p99"],
-            peak_memory_bytes=max(0, peak_rss_bytes() - baseline) + runner.worker_memory_bytes(),
+            peak_memory_bytes=meter.peak_growth_bytes()
+            if on_device
+            else max(0, peak_rss_bytes() - baseline) + runner.worker_memory_bytes(),
             batches=latency.count,
         )
 

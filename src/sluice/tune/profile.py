@@ -82,6 +82,7 @@ class Profile:
     reason: str
     max_latency_ms: float | None = None
     memory_limit_bytes: int | None = None
+    memory_per_row_bytes: int | None = None  # measured for the memory limit, inputs included
     price_per_hour: float | None = None
     instance: str | None = None
     tuning_seconds: float = 0.0
