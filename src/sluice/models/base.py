@@ -81,6 +81,11 @@ class Model(abc.ABC):
         num_rows = next(iter(inputs.values())).shape[0] if inputs else 0
         return Prepared(dict(inputs), np.arange(num_rows))
 
+    def warm_up_inputs(self) -> dict[str, np.ndarray] | None:
+        """Inputs to warm the model up with before it serves; None: one row of zeros per input
+        (empty values for BYTES), which suits every model that takes such rows."""
+        return None
+
     @property
     def default_features(self) -> list[str] | None:
         """Feature columns the artifact itself names (e.g. scikit-learn's feature_names_in_)."""

@@ -24,8 +24,9 @@ __all__ = [
     "read_yaml_model",
 ]
 
-ModelFormat = Literal["onnx", "sklearn", "pickle", "python", "xgboost", "lightgbm", "mlflow"]
-"""``mlflow``: an MLflow model run through its ``python_function`` flavor."""
+ModelFormat = Literal["onnx", "sklearn", "pickle", "python", "xgboost", "lightgbm", "mlflow", "hf"]
+"""``mlflow``: an MLflow model run through its ``python_function`` flavor; ``hf``: a Hugging Face
+model directory (``config.json`` beside its weights)."""
 Concurrency = Literal["threads", "processes", "serial"]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -50,6 +51,8 @@ def resolve_model(
     path = Path(ref)
     if path.is_dir() and is_mlflow_model_dir(path):
         return mlflow_source(path, config, options)
+    if path.is_dir() and (path / "config.json").is_file():
+        return ModelSource("hf", str(path), config or ModelConfig(), options)
     if path.is_file():
         return ModelSource(format_for_path(path), str(path), config or ModelConfig(), options)
     if os.sep in ref or path.suffix.lower() in MODEL_EXTENSIONS:
@@ -79,9 +82,27 @@ def load_source(source: ModelSource) -> Model:
         from sluice.models.mlflow_pyfunc import PyfuncModel
 
         return PyfuncModel(source)
+    if source.format == "hf":
+        return _load_hf(source)
     from sluice.models.python import PythonModel
 
     return PythonModel(source)
+
+
+def _load_hf(source: ModelSource) -> Model:
+    """A Hugging Face model directory, by the task its config.json names."""
+    directory = Path(source.location)
+    config_path = directory / "config.json"
+    try:
+        hf_config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelNotFound(f"{config_path} is not a readable Hugging Face config: {exc}") from exc
+    architectures = hf_config.get("architectures") or []
+    if not any(str(a).endswith("ForImageClassification") for a in architectures):
+        raise ModelNotFound(f"{config_path}: architectures {architectures} name no task Sluice runs")
+    from sluice.models.deep.hf_image import load_image_classifier
+
+    return load_image_classifier(source, directory, hf_config)
 
 
 def load_model(

@@ -290,6 +290,8 @@ def _source_in(version_dir: Path, config: ModelConfig, options: LoadOptions, nam
         return ModelSource("python", config.callable, config, options, name, version, str(version_dir))
     if not config.artifact and is_mlflow_model_dir(version_dir):
         return mlflow_source(version_dir, config, options, name, version)
+    if not config.artifact and (version_dir / "config.json").is_file():
+        return ModelSource("hf", str(version_dir), config, options, name, version)
     if config.artifact:
         artifact = version_dir / config.artifact
         if not artifact.is_file():

@@ -320,7 +320,8 @@ class ModelHost:
         try:
             # straight to the model: a warm-up guess at dynamic widths is no client's request,
             # and must not count in the dispatcher's figures or teach its latency model
-            await asyncio.to_thread(model.predict_checked, warm_up_inputs(model.signature))
+            warm_up = model.warm_up_inputs() or warm_up_inputs(model.signature)
+            await asyncio.to_thread(model.predict_checked, warm_up)
         except BaseException:
             await _close(served)
             raise
