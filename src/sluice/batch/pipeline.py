@@ -196,7 +196,8 @@ class Pipeline:
         self.output_schema = plan.output_schema()
         self._read_schema = plan.columns.read_schema(plan.schema)
         paths = plan.columns.image_paths
-        self._image_fetch = ImageFetch(paths, plan.spec.storage_options) if paths is not None else None
+        fetch = ImageFetch(paths, plan.spec.storage_options, plan.spec.key_column) if paths is not None else None
+        self._image_fetch = fetch
 
     # -- driver ------------------------------------------------------------------------
 

@@ -183,9 +183,12 @@ class ImageFetch:
     of the table file the row comes from (on that file's filesystem).
     """
 
-    def __init__(self, column: str, storage_options: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self, column: str, storage_options: Mapping[str, Any] | None = None, key_column: str | None = None
+    ) -> None:
         self.column = column
         self.storage_options = dict(storage_options or {})
+        self.key_column = key_column  # names the record in its failure
 
     def attach(self, item: SourceBatch, table: Location) -> SourceBatch:
         """``item`` with the image bytes column added; rows whose image cannot be read fail."""
@@ -193,11 +196,13 @@ class ImageFetch:
         base = posixpath.dirname(table.path)
         values: list[bytes | None] = []
         failures = list(item.failures)
+        keys = item.batch.column(self.key_column) if self.key_column in item.batch.schema.names else None
         for i, path in enumerate(paths):
             data, reason = self._read(path, table, base)
             values.append(data)
             if reason is not None:
-                failures.append(RecordFailure(int(item.rows[i]), reason, self.column))
+                key = keys[i].as_py() if keys is not None else None
+                failures.append(RecordFailure(int(item.rows[i]), reason, self.column, key=key))
         column = pa.array(values, pa.binary())
         batch = item.batch.append_column(IMAGE_BYTES_COLUMN, column)
         keep = column.is_valid()

@@ -314,6 +314,7 @@ class ModelHost:
             allow_inline=source.format in _INLINE_FORMATS,
             signature=model.signature,
             model_name=name,
+            prepare=model.prepare if type(model).prepare is not Model.prepare else None,
         )
         dispatcher.metrics = _new_metrics()
         served = ServedVersion(name, version, model, dispatcher, max_batch_size)
