@@ -63,8 +63,10 @@ def _weights_file(directory: Path, trust_pickle: bool) -> bool:
         return False
     if pickles:
         raise UnsafeModelError(
-            f"{directory / pickles[0]} is a pickle, which can run arbitrary code when loaded; convert it "
-            "to model.safetensors, or pass --trust-pickle (trust_pickle) if you trust its source"
+            f"{directory / pickles[0]} is a pickle, and loading one runs whatever code it contains. "
+            "Convert it to model.safetensors (save_pretrained does by default), or pass `trust_pickle=True` "
+            "if you fully trust its source.",
+            params=("trust_pickle",),
         )
     raise ModelNotFound(f"{directory} has no model weights: expected {directory / _SAFETENSORS[0]}")
 
