@@ -118,7 +118,7 @@ def _visible(path: str, root: str) -> bool:
     return not any(part.startswith((".", "_")) for part in relative.strip("/").split("/"))
 
 
-def relative_key(root: str, path: str) -> str:
+def _relative_key(root: str, path: str) -> str:
     """The key of the file at ``path``: its path below ``root``."""
     return path[len(root) :].lstrip("/") if root and path.startswith(root) else path.rsplit("/", 1)[-1]
 
@@ -140,8 +140,8 @@ def read_images(root: Location, files: Sequence[str], columns: Sequence[str], ba
                 continue
             url = Location(root.fs, path).url
             reason = f"cannot read the image file {url}: {_describe(value)}"
-            failures.append(RecordFailure(start + i, reason, "image", key=relative_key(root.path, path), source=url))
-        keys = [relative_key(root.path, chunk[i]) for i in good]
+            failures.append(RecordFailure(start + i, reason, "image", key=_relative_key(root.path, path), source=url))
+        keys = [_relative_key(root.path, chunk[i]) for i in good]
         arrays = {"key": pa.array(keys, pa.string()), "image": pa.array(values, pa.binary())}
         batch = pa.RecordBatch.from_arrays([arrays[c] for c in columns], names=list(columns))
         yield SourceBatch(batch, np.asarray(good, dtype=np.int64) + start, failures)
