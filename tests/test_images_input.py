@@ -161,13 +161,14 @@ def test_a_column_of_image_paths(image_kit: ImageKit, tmp_path: Path) -> None:
     data = tmp_path / "data"
     shutil.copytree(image_kit.images, data / "pics")
     paths = ["pics/" + GOOD[0], str(data / "pics" / GOOD[1]), "pics/missing.jpg", "pics/" + BAD[0], "pics/" + GOOD[2]]
-    pacsv.write_csv(pa.table({"name": ["a", "b", "c", "d", "e"], "path": paths}), data / "list.csv")
+    names = ["a", "b", "c", "d", "e", "f"]
+    pacsv.write_csv(pa.table({"name": names, "path": [*paths, None]}), data / "list.csv")
     out = tmp_path / "out"
     summary = sluice.predict(
         str(image_kit.model), str(data / "list.csv"), str(out),
         image_column="path", key_column="name", include=["path"], max_error_fraction=0.5,
     )  # fmt: skip
-    assert (summary.rows, summary.rows_failed) == (3, 2)
+    assert (summary.rows, summary.rows_failed) == (3, 3)
     result = _parts(out)
     assert result.column_names == ["name", "path", "label", "score", "probabilities"]
     assert result.column("path").to_pylist() == [paths[0], paths[1], paths[4]]
@@ -175,6 +176,7 @@ def test_a_column_of_image_paths(image_kit: ImageKit, tmp_path: Path) -> None:
     assert [(e["row"], e["key"], e["field"], e["error"]) for e in _errors(out)] == [
         (2, "c", "path", "cannot read the image 'pics/missing.jpg': the file does not exist"),
         (3, "d", None, "cannot decode the image: image file is truncated (0 bytes not processed)"),
+        (5, "f", "path", "missing value"),
     ]
 
 

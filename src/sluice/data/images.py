@@ -94,7 +94,7 @@ def list_images(
     fs = loc.fs
     if any(ch in loc.path for ch in "*?["):
         root = loc.path[: min(loc.path.find(ch) for ch in "*?[" if ch in loc.path)].rsplit("/", 1)[0]
-        found = {p: fs.info(p) for p in fs.glob(loc.path)}
+        found = fs.glob(loc.path, detail=True)
     elif fs.isdir(loc.path):
         root = loc.path
         found = fs.find(loc.path, detail=True)
@@ -191,36 +191,52 @@ class ImageFetch:
         self.key_column = key_column  # names the record in its failure
 
     def attach(self, item: SourceBatch, table: Location) -> SourceBatch:
-        """``item`` with the image bytes column added; rows whose image cannot be read fail."""
+        """``item`` with the image bytes column added; rows whose image cannot be read fail.
+
+        The batch's images are fetched together, per filesystem (an object store's concurrently)."""
         paths = item.batch.column(self.column).to_pylist()
-        base = posixpath.dirname(table.path)
+        targets = [self._locate(path, table) for path in paths]
+        contents = _fetch([t for t in targets if isinstance(t, Location)])
         values: list[bytes | None] = []
         failures = list(item.failures)
         keys = item.batch.column(self.key_column) if self.key_column in item.batch.schema.names else None
-        for i, path in enumerate(paths):
-            data, reason = self._read(path, table, base)
-            values.append(data)
-            if reason is not None:
-                key = keys[i].as_py() if keys is not None else None
-                failures.append(RecordFailure(int(item.rows[i]), reason, self.column, key=key))
+        for i, target in enumerate(targets):
+            value = contents.get((id(target.fs), target.path)) if isinstance(target, Location) else target
+            if isinstance(value, bytes | bytearray):
+                values.append(bytes(value))
+                continue
+            values.append(None)
+            reason = value if isinstance(value, str) else f"cannot read the image {paths[i]!r}: {_describe(value)}"
+            key = keys[i].as_py() if keys is not None else None
+            failures.append(RecordFailure(int(item.rows[i]), reason, self.column, key=key))
         column = pa.array(values, pa.binary())
         batch = item.batch.append_column(IMAGE_BYTES_COLUMN, column)
+        if not column.null_count:
+            return SourceBatch(batch, item.rows, failures)
         keep = column.is_valid()
-        if column.null_count:
-            batch = batch.filter(keep)
-            rows = item.rows[keep.to_numpy(zero_copy_only=False)]
-            return SourceBatch(batch, rows, failures)
-        return SourceBatch(batch, item.rows, failures)
+        return SourceBatch(batch.filter(keep), item.rows[keep.to_numpy(zero_copy_only=False)], failures)
 
-    def _read(self, path: object, table: Location, base: str) -> tuple[bytes | None, str | None]:
+    def _locate(self, path: object, table: Location) -> Location | str:
+        """Where the image ``path`` is, or why it cannot be read."""
         if not isinstance(path, str) or not path:
-            return None, "missing image path"
-        try:
-            if "://" in path:
-                loc = resolve_location(path, self.storage_options)
-                return bytes(loc.fs.cat_file(loc.path)), None
-            if os.path.isabs(path) and table.is_local:
-                return bytes(table.fs.cat_file(path)), None
-            return bytes(table.fs.cat_file(posixpath.join(base, path))), None
-        except (OSError, DataError) as exc:
-            return None, f"cannot read the image {path!r}: {_describe(exc)}"
+            return "missing value"
+        if "://" in path:
+            try:
+                return resolve_location(path, self.storage_options)
+            except DataError as exc:
+                return f"cannot read the image {path!r}: {exc}"
+        if os.path.isabs(path) and table.is_local:
+            return Location(table.fs, path)
+        return Location(table.fs, posixpath.join(posixpath.dirname(table.path), path))
+
+
+def _fetch(locations: Sequence[Location]) -> dict[tuple[int, str], object]:
+    """Each location's bytes (or the exception reading it), keyed by (filesystem id, path)."""
+    groups: dict[int, tuple[Any, list[str]]] = {}
+    for loc in locations:
+        groups.setdefault(id(loc.fs), (loc.fs, []))[1].append(loc.path)
+    found: dict[tuple[int, str], object] = {}
+    for key, (fs, paths) in groups.items():
+        unique = list(dict.fromkeys(paths))
+        found.update({(key, path): value for path, value in _cat(fs, unique).items()})
+    return found
