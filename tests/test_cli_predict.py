@@ -547,7 +547,7 @@ def test_text_passthrough_with_separators_and_quotes(tmp_path: Path, models, out
 
 PREDICT_FLAGS = [
     "--model", "--input", "--output", "--spec", "--repository", "--input-format", "--output-format", "--features",
-    "--key-column", "--key-type", "--include", "--exclude", "--batch-size", "--workers", "--readers",
+    "--key-column", "--key-type", "--image-column", "--include", "--exclude", "--batch-size", "--workers", "--readers",
     "--intra-op-threads",
     "--device", "--max-error-fraction", "--price-per-hour", "--overwrite", "--trust-pickle", "--trust-type",
     "--storage-option", "--backend", "--spark-master", "--ray-address", "--quiet", "--json", "--help",

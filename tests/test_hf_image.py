@@ -127,3 +127,19 @@ def test_make_command_is_seeded(tmp_path: Path) -> None:
     names = sorted(p.name for p in (tmp_path / "a").iterdir())
     assert names == ["bad-000.jpg", "img-000000.jpg", "img-000001.jpg", "img-000002.jpg"]
     assert all((tmp_path / "a" / n).read_bytes() == (tmp_path / "b" / n).read_bytes() for n in names)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP"])
+def test_png_and_webp_images(image_kit: ImageKit, fmt: str) -> None:
+    import io
+
+    from PIL import Image
+
+    encoded = []
+    for data in read_bytes(image_kit.images, GOOD[:3]):
+        buffer = io.BytesIO()
+        with Image.open(io.BytesIO(data)) as image:
+            image.save(buffer, format=fmt, **({"lossless": True} if fmt == "WEBP" else {}))
+        encoded.append(buffer.getvalue())
+    got = sluice.load_model(str(image_kit.model)).predict_checked({"image": object_array(encoded)})
+    np.testing.assert_allclose(got["probabilities"], expected(image_kit.model, encoded)["probabilities"], atol=1e-4)

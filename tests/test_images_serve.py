@@ -107,3 +107,24 @@ def _batches(server: ServerThread) -> tuple[int, int]:
     count = re.search(r'sluice_batch_size_count\{model="pets",version="1"\} (\d+)', text)
     total = re.search(r'sluice_batch_size_sum\{model="pets",version="1"\} (\d+)', text)
     return (int(count.group(1)), int(total.group(1))) if count and total else (0, 0)
+
+
+def test_prepare_requests_sets_aside_only_the_requests_that_fail() -> None:
+    from sluice.models.base import Prepared
+    from sluice.serve.preparing import prepare_requests
+
+    def prepare(inputs):  # doubles each value; a row b"bad" cannot be prepared
+        values = inputs["x"]
+        failed = [(i, "not a number") for i, v in enumerate(values) if v == b"bad"]
+        ok = np.array([i for i in range(len(values)) if values[i] != b"bad"], dtype=np.int64)
+        return Prepared({"y": np.array([2 * int(values[i]) for i in ok], dtype=np.int64)}, ok, failed)
+
+    requests = [{"x": object_array([b"1", b"2"])}, {"x": object_array([b"3", b"bad"])}, {"x": object_array([b"4"])}]
+    batch = prepare_requests(prepare, requests, "m")
+    assert batch.live == (0, 2)
+    assert batch.rows == 3
+    assert batch.inputs["y"].tolist() == [2, 4, 8]
+    assert list(batch.rejected) == [1]
+    assert str(batch.rejected[1]) == "model 'm' cannot take row 1 of the request: not a number"
+    assert batch.rejected[1].http_status == 400
+    assert prepare_requests(prepare, [requests[1]], "m").live == ()

@@ -289,11 +289,13 @@ class Dispatcher:
         jobs = [request.payload for request in batch.requests]
         rejected: dict[int, SluiceError] = {}
         try:
+            # preparing (decoding, tokenizing) is part of what a batch costs: timed with predict
+            compute_s, compute_cpu_s = self._clock(), time.thread_time()
             prepared = self._inputs(jobs, batch.rows)
             rejected.update(prepared.rejected)
             if not prepared.live:
                 return _Outcome(started_s, self._clock(), rejected=rejected)
-            timed = self._timed_predict(prepared.inputs, prepared.rows, len(prepared.live))
+            timed = self._timed_predict(prepared, compute_s, compute_cpu_s)
         except Exception as exc:  # noqa: BLE001 — user model code; every waiter gets one typed error
             error = exc if isinstance(exc, PredictError) else _predict_failed(exc, batch)
             return _Outcome(started_s, self._clock(), error=error, rejected=rejected)
@@ -308,7 +310,8 @@ class Dispatcher:
     def _finish(self, batch: Batch[_Job], outcome: _Outcome, *, inline: bool) -> None:
         timed = outcome.timed
         if timed is None:
-            self.metrics.failed_batches += 1
+            if outcome.error is not None:  # not when prepare refused every request: no model failure
+                self.metrics.failed_batches += 1
             self.batcher.batch_done(batch, None)
             return
         self.metrics.compute.record(timed.wall_s)
@@ -330,18 +333,17 @@ class Dispatcher:
                 request.payload.future.set_result(part)
             self.metrics.total.record(outcome.done_s - request.arrival_s)
 
-    def _timed_predict(self, inputs: Arrays, rows: int, requests: int) -> _Timed:
+    def _timed_predict(self, prepared: PreparedBatch, started_s: float, started_cpu_s: float) -> _Timed:
         # timed where it runs: the wait for the thread and for the loop to resume is overhead,
         # not compute, and must not teach the latency model that bigger batches are needed.
         # The output check is timed with predict: it runs on the same thread, and is part of
         # what a batch costs there when deciding whether it may run on the event loop.
-        started_s, started_cpu_s = self._clock(), time.thread_time()
         outputs = check_outputs(
-            self._predict(inputs),
-            rows,
+            self._predict(prepared.inputs),
+            prepared.rows,
             signature=self._signature,
             source=f"model '{self._model_name}'",
-            context=f" from {requests} requests; every request in the batch fails",
+            context=f" from {len(prepared.live)} requests; every request in the batch fails",
         )
         return _Timed(outputs, self._clock() - started_s, time.thread_time() - started_cpu_s)
 
