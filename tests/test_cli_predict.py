@@ -572,7 +572,7 @@ def test_every_job_spec_field_but_the_tuning_knobs_has_a_flag() -> None:
     flags = {
         "model": "m", "input_": "in/", "output": "out/", "repository": "repo", "input_format": "csv",
         "output_format": "jsonl", "features": "f0, f1", "key_column": "id", "key_type": "string", "include": "name",
-        "exclude": None,
+        "exclude": None, "image_column": "photo",
         "batch_size": "64", "workers": 2, "readers": 1, "intra_op_threads": 1, "device": "cpu",
         "max_error_fraction": 0.5, "price_per_hour": 1.0, "overwrite": True, "trust_pickle": False,
         "trust_type": ["a.B"], "storage_option": ["endpoint_url=http://127.0.0.1:9000", "anon=true"],
@@ -585,7 +585,8 @@ def test_every_job_spec_field_but_the_tuning_knobs_has_a_flag() -> None:
     assert fields == {
         "model": "m", "input": "in/", "output": "out/", "repository": "repo", "input_format": "csv",
         "output_format": "jsonl", "features": ["f0", "f1"], "key_column": "id", "key_type": "string",
-        "include": ["name"], "exclude": None, "batch_size": "64", "workers": 2, "readers": 1, "intra_op_threads": 1,
+        "image_column": "photo", "include": ["name"], "exclude": None, "batch_size": "64", "workers": 2,
+        "readers": 1, "intra_op_threads": 1,
         "device": "cpu",
         "max_error_fraction": 0.5, "price_per_hour": 1.0, "overwrite": True, "trust_pickle": None,
         "trusted_types": ["a.B"], "storage_options": {"endpoint_url": "http://127.0.0.1:9000", "anon": True},

@@ -100,7 +100,7 @@ def test_input_format_image_reads_every_file(image_kit: ImageKit, tmp_path: Path
     assert (summary.rows, summary.rows_failed) == (1, 1)
     assert _parts(out).column("key").to_pylist() == ["photo"]
     assert [e["key"] for e in _errors(out)] == ["notes.txt"]
-    with pytest.raises(DataError, match=r"holds no data files \(\.parquet, \.csv, \.jsonl, or image files\)"):
+    with pytest.raises(DataError, match=r"holds no data files \(\.parquet, \.csv, \.jsonl\)"):
         sluice.predict(str(image_kit.model), str(images), str(tmp_path / "out2"))
 
 

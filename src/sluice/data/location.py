@@ -125,7 +125,7 @@ def list_inputs(
     else:
         raise DataError(f"input {text} does not exist")
     if not paths:
-        raise DataError(f"input {text} holds no data files (.parquet, .csv, .jsonl, or image files)")
+        raise DataError(f"input {text} holds no data files (.parquet, .csv, .jsonl)")
     return [Location(fs, p) for p in paths]
 
 
