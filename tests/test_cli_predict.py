@@ -559,8 +559,8 @@ def test_text_passthrough_with_separators_and_quotes(tmp_path: Path, models, out
 
 PREDICT_FLAGS = [
     "--model", "--input", "--output", "--spec", "--repository", "--input-format", "--output-format", "--features",
-    "--key-column", "--key-type", "--include", "--exclude", "--batch-size", "--memory-limit", "--workers", "--readers",
-    "--intra-op-threads", "--device", "--precision",
+    "--key-column", "--key-type", "--image-column", "--include", "--exclude", "--batch-size", "--memory-limit",
+    "--workers", "--readers", "--intra-op-threads", "--device", "--precision",
     "--max-error-fraction", "--price-per-hour", "--overwrite", "--trust-pickle", "--trust-type",
     "--storage-option", "--backend", "--spark-master", "--ray-address", "--quiet", "--json", "--help",
 ]  # fmt: skip
@@ -584,7 +584,7 @@ def test_every_job_spec_field_but_the_tuning_knobs_has_a_flag() -> None:
     flags = {
         "model": "m", "input_": "in/", "output": "out/", "repository": "repo", "input_format": "csv",
         "output_format": "jsonl", "features": "f0, f1", "key_column": "id", "key_type": "string", "include": "name",
-        "exclude": None,
+        "exclude": None, "image_column": "photo",
         "batch_size": "64", "memory_limit": "2GiB", "workers": 2, "readers": 1, "intra_op_threads": 1,
         "device": "cpu", "precision": "bf16",
         "max_error_fraction": 0.5, "price_per_hour": 1.0, "overwrite": True, "trust_pickle": False,
@@ -598,8 +598,8 @@ def test_every_job_spec_field_but_the_tuning_knobs_has_a_flag() -> None:
     assert fields == {
         "model": "m", "input": "in/", "output": "out/", "repository": "repo", "input_format": "csv",
         "output_format": "jsonl", "features": ["f0", "f1"], "key_column": "id", "key_type": "string",
-        "include": ["name"], "exclude": None, "batch_size": "64", "memory_limit": "2GiB", "workers": 2, "readers": 1,
-        "intra_op_threads": 1, "device": "cpu", "precision": "bf16",
+        "image_column": "photo", "include": ["name"], "exclude": None, "batch_size": "64", "memory_limit": "2GiB",
+        "workers": 2, "readers": 1, "intra_op_threads": 1, "device": "cpu", "precision": "bf16",
         "max_error_fraction": 0.5, "price_per_hour": 1.0, "overwrite": True, "trust_pickle": None,
         "trusted_types": ["a.B"], "storage_options": {"endpoint_url": "http://127.0.0.1:9000", "anon": True},
         "backend": "local", "spark_master": None, "ray_address": None,

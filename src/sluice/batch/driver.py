@@ -126,8 +126,8 @@ def plan_run(spec: JobSpec, engine: Engine) -> PlannedRun:
         layout.release()
         model.close()
         raise
-    return PlannedRun(
-        spec, plan, layout, pending, len(done), estimated_rows(pending), batch, setup.predict_threads, resumed
+    return PlannedRun(  # the plan's spec: planning may fill in a field (an image input's key column)
+        plan.spec, plan, layout, pending, len(done), estimated_rows(pending), batch, setup.predict_threads, resumed
     )
 
 

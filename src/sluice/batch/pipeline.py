@@ -24,6 +24,7 @@ from sluice.batch.plan import JobPlan
 from sluice.batch.predictor import Predictor
 from sluice.batch.progress import ProgressListener
 from sluice.batch.step import RowFailure, predict_step
+from sluice.data.images import ImageFetch
 from sluice.data.readers import RecordFailure, SourceBatch, read_shard
 from sluice.data.shards import Shard
 from sluice.data.writers import ErrorWriter, PartWriter
@@ -208,6 +209,9 @@ class Pipeline:
         self._backoffs_before = self.predictor.backoff.count  # a lent predictor's earlier halvings are not ours
         self.output_schema = plan.output_schema()
         self._read_schema = plan.columns.read_schema(plan.schema)
+        paths = plan.columns.image_paths
+        fetch = ImageFetch(paths, plan.spec.storage_options, plan.spec.key_column) if paths is not None else None
+        self._image_fetch = fetch
 
     # -- driver ------------------------------------------------------------------------
 
@@ -297,6 +301,7 @@ class Pipeline:
             raw_columns=cols.raw,
             key_column=self._key,
             key_as_written=self.plan.spec.key_type is None,
+            image_fetch=self._image_fetch,
         )
         seq = 0
         for seq in itertools.count():
@@ -350,7 +355,9 @@ class Pipeline:
         """A failure of a row of the batch, numbered within its source file, with its key."""
         row = failure.row
         key = item.source.batch.column(self._key)[row].as_py() if self._key is not None else None
-        return RecordFailure(int(item.source.rows[row]), failure.message, failure.field, key=key)
+        record = int(item.source.rows[row])
+        source = item.shard.shard.record_source(record)
+        return RecordFailure(record, failure.message, failure.field, key=key, source=source)
 
     @property
     def _key(self) -> str | None:
@@ -359,7 +366,7 @@ class Pipeline:
 
 def error_record(source: str, failure: RecordFailure, with_key: bool) -> dict[str, Any]:
     """One line of an _errors/errors-NNNNN.jsonl file: the record of ``source`` that failed, and why."""
-    record: dict[str, Any] = {"source": source, "row": failure.row}
+    record: dict[str, Any] = {"source": failure.source or source, "row": failure.row}
     if failure.line is not None:
         record["line"] = failure.line
     if with_key:

@@ -8,14 +8,15 @@ import pyarrow as pa
 
 from sluice.batch.spec import JobSpec
 from sluice.batch.step import empty_outputs
+from sluice.data.images import IMAGE_BYTES_COLUMN
 from sluice.data.schema import check_input_columns, feature_read_schema, infer_input_schema, input_columns
 from sluice.data.shards import Shard, plan_shards
 from sluice.errors import ConfigError, DataError
 from sluice.models.base import Model
 from sluice.models.loader import load_source, model_digest, resolve_model
-from sluice.models.signature import BindPlan
+from sluice.models.signature import BindPlan, FeatureSpec
 
-__all__ = ["ColumnPlan", "JobPlan", "plan_columns", "plan_job"]
+__all__ = ["ColumnPlan", "ImageBinding", "JobPlan", "image_binding", "plan_columns", "plan_job"]
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class ColumnPlan:
     bind: BindPlan
     read: tuple[str, ...]
     raw: tuple[str, ...]  # feature-only columns of text inputs, parsed by the model's dtype
+    image_paths: str | None = None  # a column of image paths whose files the readers read
 
     def read_schema(self, schema: pa.Schema) -> pa.Schema:
         return feature_read_schema(schema, self.raw)
@@ -70,9 +72,11 @@ def plan_job(spec: JobSpec, model: Model | None = None) -> JobPlan:
     )
     # every file's footer or header, before any work: a later file missing a column must not
     # stop the job after the earlier files' parts are written
+    if shards[0].format == "image" and spec.key_column is None:
+        spec = spec.model_copy(update={"key_column": "key"})  # an image's key is its path
     columns_by_file = input_columns(shards)
     schema = infer_input_schema(shards, spec.key_column, spec.key_type)
-    columns = plan_columns(spec, model, schema, text_input=shards[0].format != "parquet")
+    columns = plan_columns(spec, model, schema, text_input=shards[0].format in ("csv", "jsonl"))
     check_input_columns(columns_by_file, columns.read)
     return JobPlan(spec, model, shards, schema, columns, model_digest(model))
 
@@ -117,8 +121,55 @@ def plan_columns(spec: JobSpec, model: Model, schema: pa.Schema, *, text_input: 
             "leave them out with `exclude` or `include`",
             params=("exclude", "include"),
         )
-    features = spec.features or _text_column(spec, schema) or model.source.config.features or model.default_features
-    bind = model.signature.plan(schema, features, not_features=passthrough, allow_nan=model.source.config.allow_nan)
-    read = tuple(dict.fromkeys([*passthrough, *bind.columns]))
-    raw = tuple(c for c in bind.columns if c not in passthrough) if text_input else ()
-    return ColumnPlan(tuple(passthrough), bind, read, raw)
+    image = ImageBinding(None, schema, None)
+    features: FeatureSpec
+    if spec.image_column is None:
+        features = spec.features or _text_column(spec, schema) or model.source.config.features or model.default_features
+    else:
+        image = image_binding(spec.image_column, model, schema)
+        features = image.features
+    bind = model.signature.plan(
+        image.schema, features, not_features=passthrough, allow_nan=model.source.config.allow_nan
+    )
+    read_columns = [c for c in bind.columns if c != IMAGE_BYTES_COLUMN]
+    read = tuple(dict.fromkeys([*passthrough, *read_columns, *([image.paths] if image.paths else [])]))
+    raw = tuple(c for c in read_columns if c not in passthrough) if text_input else ()
+    return ColumnPlan(tuple(passthrough), bind, read, raw, image.paths)
+
+
+@dataclass(frozen=True)
+class ImageBinding:
+    """How an image column feeds the model: the features, the schema to bind, the path column."""
+
+    features: FeatureSpec
+    schema: pa.Schema
+    paths: str | None  # a string column of paths: its files are read into IMAGE_BYTES_COLUMN
+
+
+def image_binding(column: str, model: Model, schema: pa.Schema) -> ImageBinding:
+    """Bind ``column`` to the model's one BYTES input: a binary column as it is, a string column
+    of paths by the images its paths name (read by the readers)."""
+    if column not in schema.names:
+        raise DataError(
+            f"`image_column` '{column}' is not a column of the input; columns: {schema.names}",
+            params=("image_column",),
+        )
+    inputs = [s for s in model.signature.inputs if s.dtype.kind == "O"]
+    if len(inputs) != 1:
+        raise ConfigError(
+            f"`image_column` feeds a model's one BYTES input; model {model.source.display_name} has "
+            f"{len(inputs)} ({model.signature.describe()})",
+            params=("image_column",),
+        )
+    name = inputs[0].name
+    kind = schema.field(column).type
+    if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
+        return ImageBinding({name: [column]}, schema, None)
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        bytes_schema = schema.append(pa.field(IMAGE_BYTES_COLUMN, pa.binary()))
+        return ImageBinding({name: [IMAGE_BYTES_COLUMN]}, bytes_schema, column)
+    raise DataError(
+        f"`image_column` '{column}' has type {kind}; expected binary (encoded images) or string "
+        "(paths or URIs of image files)",
+        params=("image_column",),
+    )

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sluice.configfile import format_validation_error, read_yaml_model
-from sluice.data.location import DataFormat
+from sluice.data.location import InputFormat
 from sluice.data.shards import DEFAULT_SHARD_ROWS
 from sluice.data.writers import OutputFormat
 from sluice.errors import ConfigError
@@ -34,10 +34,19 @@ class JobSpec(BaseModel):
         default=None,
         description="Directory a 'module:function' model is imported from (default: the working directory).",
     )
-    input_format: DataFormat | None = None
+    input_format: InputFormat | None = Field(
+        default=None,
+        description="parquet, csv, jsonl, or image (one record per image file: key, image); "
+        "detected from the file extensions when omitted.",
+    )
     output_format: OutputFormat = "parquet"
     features: list[str] | None = None
     key_column: str | None = None
+    image_column: str | None = Field(
+        default=None,
+        description="Column that feeds an image model: binary (encoded images) or string (paths or URIs "
+        "of image files; a relative path is read from the directory of the input file that holds it).",
+    )
     key_type: Literal["string", "int64"] | None = Field(
         default=None,
         description="Read the key column as text or as int64 (default: int64 while every key is a plain "

@@ -43,7 +43,14 @@ ModelOption = Annotated[
 InputOption = Annotated[str | None, _option("Input file, directory, glob or URI (s3://…).", "--input", "-i")]
 OutputOption = Annotated[str | None, _option("Output directory or URI prefix for part-NNNNN files.", "--output", "-o")]
 SpecOption = Annotated[Path | None, _option("Job spec (YAML/JSON); flags override its fields.", "--spec")]
-InputFormatOption = Annotated[str | None, _option("parquet, csv or jsonl (default: from the file extension).")]
+InputFormatOption = Annotated[
+    str | None,
+    _option(
+        "parquet, csv, jsonl, or image: one record per image file, columns key (its path below the input) "
+        "and image (its bytes) (default: from the file extensions; a directory of only .jpg/.jpeg/.png/.webp "
+        "files is images)."
+    ),
+]
 OutputFormatOption = Annotated[str | None, _option("parquet, csv or jsonl (default: parquet).")]
 FeaturesOption = Annotated[
     str | None,
@@ -104,6 +111,14 @@ NoBucketingOption = Annotated[
 ForwardBatchSizeOption = Annotated[
     int | None,
     _option("Text models: records per forward pass, each padded to its longest record (default: 64)."),
+]
+ImageColumnOption = Annotated[
+    str | None,
+    _option(
+        "Column that feeds an image model: binary (encoded JPEG/PNG/WebP) or string (image paths or URIs; "
+        "a relative path is read from the directory of the input file that holds it, s3:// with "
+        "--storage-option)."
+    ),
 ]
 IncludeOption = Annotated[str | None, _option("Comma-separated columns to copy to the output.")]
 ExcludeOption = Annotated[str | None, _option("Copy every column except these (comma-separated) to the output.")]
@@ -182,10 +197,10 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print the summary as J
 
 # flags whose value is the job-spec field of the same name, as given
 _AS_GIVEN = (
-    "model", "output", "repository", "input_format", "output_format", "key_column", "key_type", "batch_size",
-    "memory_limit", "workers", "readers", "intra_op_threads", "device", "precision", "max_error_fraction",
-    "price_per_hour", "backend", "spark_master", "ray_address", "text_column", "task", "pooling", "max_length",
-    "forward_batch_size",
+    "model", "output", "repository", "input_format", "output_format", "key_column", "key_type", "image_column",
+    "batch_size", "memory_limit", "workers", "readers", "intra_op_threads", "device", "precision",
+    "max_error_fraction", "price_per_hour", "backend", "spark_master", "ray_address", "text_column", "task",
+    "pooling", "max_length", "forward_batch_size",
 )  # fmt: skip
 
 
@@ -208,6 +223,7 @@ def predict(
     max_length: MaxLengthOption = None,
     no_bucketing: NoBucketingOption = False,
     forward_batch_size: ForwardBatchSizeOption = None,
+    image_column: ImageColumnOption = None,
     include: IncludeOption = None,
     exclude: ExcludeOption = None,
     batch_size: BatchSizeOption = None,

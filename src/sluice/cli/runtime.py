@@ -32,6 +32,7 @@ FLAGS: Mapping[str, str] = {
     "features": "--features",
     "key_column": "--key-column",
     "key_type": "--key-type",
+    "image_column": "--image-column",
     "include": "--include",
     "exclude": "--exclude",
     "overwrite": "--overwrite",

@@ -11,6 +11,7 @@ from sluice.errors import DataError, MissingDependency
 
 __all__ = [
     "DataFormat",
+    "InputFormat",
     "Location",
     "detect_format",
     "list_inputs",
@@ -18,6 +19,8 @@ __all__ = [
 ]
 
 DataFormat = Literal["parquet", "csv", "jsonl"]
+InputFormat = Literal["parquet", "csv", "jsonl", "image"]
+"""A table format, or ``image``: one record per image file (:mod:`sluice.data.images`)."""
 _COMPRESSION = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd", ".lz4": "lz4"}
 _FORMATS: dict[str, DataFormat] = {
     ".parquet": "parquet",

@@ -28,6 +28,7 @@ from sluice.data.blocks import (
     too_long,
     unreadable,
 )
+from sluice.data.images import ImageFetch, read_images
 from sluice.data.jsonl_reader import read_jsonl
 from sluice.data.records import RecordFailure, SourceBatch
 from sluice.data.schema import PLAIN_INTEGER
@@ -48,8 +49,13 @@ def read_shard(
     raw_columns: Sequence[str] = (),
     key_column: str | None = None,
     key_as_written: bool = True,
+    image_fetch: ImageFetch | None = None,
 ) -> Iterator[SourceBatch]:
     """Stream ``columns`` of a shard as batches of at most ``batch_size`` rows.
+
+    An image shard's records are its files (:func:`~sluice.data.images.read_images`). With
+    ``image_fetch``, the images a column of paths names are read here, in the reader, into one
+    more column; a row whose image cannot be read is a failure.
 
     For CSV and JSON Lines, ``schema`` gives the column types; ``raw_columns`` stay as read
     (strings for CSV) so that the model's own input type decides how they are parsed.
@@ -63,12 +69,22 @@ def read_shard(
         raise DataError(f"{shard.source} has no column {_quote(missing)}; its columns are {schema.names}")
     if shard.is_empty:
         return iter(())
-    key = _Key(key_column, key_as_written)
+    if shard.format == "image":
+        return read_images(shard.location, shard.files, columns, batch_size)
+    batches = _read_table(shard, columns, schema, batch_size, raw_columns, _Key(key_column, key_as_written))
+    if image_fetch is not None:
+        return (image_fetch.attach(item, shard.location) for item in batches)
+    return batches
+
+
+def _read_table(
+    shard: Shard, columns: Sequence[str], schema: pa.Schema, batch_size: int, raw_columns: Sequence[str], key: _Key
+) -> Iterator[SourceBatch]:
     if shard.format == "parquet":
         return _read_parquet(shard, columns, schema, batch_size, key)
     if shard.format == "csv":
         return rebatch(_read_csv(shard, columns, schema, set(raw_columns), key), batch_size)
-    return rebatch(read_jsonl(shard, columns, schema, key_column), batch_size)
+    return rebatch(read_jsonl(shard, columns, schema, key.name), batch_size)
 
 
 @dataclass(frozen=True)

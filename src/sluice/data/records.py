@@ -12,13 +12,15 @@ __all__ = ["RecordFailure", "SourceBatch"]
 
 @dataclass(frozen=True)
 class RecordFailure:
-    """A record that failed: its record number in the source file, and why."""
+    """A record that failed: its record number in the source file, and why. ``source`` names the
+    record's own file where that is not the shard's (an image of a directory of images)."""
 
     row: int | None
     message: str
     field: str | None = None
     line: int | None = None
     key: object = None
+    source: str | None = None
 
 
 @dataclass

@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pajson
 
 from sluice.data.blocks import json_read_options, open_stream, read_csv_head, read_head_lines
+from sluice.data.images import IMAGE_SCHEMA
 from sluice.data.jsonl import MAX_JSON_DEPTH, deep_lines
 from sluice.data.shards import Shard, open_parquet
 from sluice.errors import DataError
@@ -80,6 +81,8 @@ def infer_input_schema(
 
 
 def _infer(shard: Shard, key: str | None, key_type: KeyType | None) -> tuple[pa.Schema, bool]:
+    if shard.format == "image":
+        return IMAGE_SCHEMA, True
     if shard.format == "parquet":
         schema = open_parquet(shard.location).schema_arrow
         return _with_key(schema, key, key_type), True  # Parquet keys keep their declared type
@@ -237,7 +240,7 @@ def input_columns(shards: Sequence[Shard]) -> dict[str, list[str]]:
     neither); a file with a duplicated column name stops the job here."""
     found: dict[str, list[str]] = {}
     for shard in shards:
-        if shard.source in found or shard.is_empty or shard.format == "jsonl":
+        if shard.source in found or shard.is_empty or shard.format in ("jsonl", "image"):
             continue
         names = file_columns(shard)
         check_unique(shard.source, names)

@@ -1,6 +1,7 @@
 """Shards: the unit of parallelism, ordering and output.
 
-Each input file is a shard, and a large Parquet file is split into groups of row groups.
+Each input file is a shard, and a large Parquet file is split into groups of row groups; an
+input of image files is cut into runs of consecutive files (:mod:`sluice.data.images`).
 Planning is deterministic, so a re-run of the same job plans the same shards and can skip
 those whose output is already complete.
 """
@@ -14,7 +15,8 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from sluice.data.location import DataFormat, Location, detect_format, list_inputs
+from sluice.data.images import IMAGE_SHARD_FILES, ImageListing, list_images
+from sluice.data.location import DataFormat, InputFormat, Location, detect_format, list_inputs
 from sluice.errors import DataError
 
 __all__ = ["DEFAULT_SHARD_ROWS", "Shard", "estimate_rows", "open_parquet", "plan_shards"]
@@ -24,17 +26,19 @@ DEFAULT_SHARD_ROWS = 1 << 20
 
 @dataclass(frozen=True)
 class Shard:
-    """A contiguous slice of one input file."""
+    """A contiguous slice of one input file, or a run of image files (``files``, below ``location``)."""
 
     index: int
     location: Location
-    format: DataFormat
+    format: InputFormat
     compression: str | None = None
     row_groups: tuple[int, ...] | None = None
     first_row: int = 0
     num_rows: int | None = None
     size_bytes: int = 0
     file_row_groups: int = 0  # row groups in the whole file, to tell a split file
+    files: tuple[str, ...] = ()  # image shards: the files, paths on ``location.fs``
+    files_digest: str = ""  # image shards: names and sizes of ``files``, hashed
 
     @property
     def is_empty(self) -> bool:
@@ -45,7 +49,14 @@ class Shard:
     def source(self) -> str:
         return self.location.url
 
+    def record_source(self, row: int) -> str | None:
+        """The file record ``row`` of the shard comes from, when it is not the shard's own (images)."""
+        return Location(self.location.fs, self.files[row]).url if self.files else None
+
     def describe(self) -> str:
+        if self.files:
+            names = [f.rsplit("/", 1)[-1] for f in (self.files[0], self.files[-1])]
+            return f"{self.source} ({len(self.files)} images, {names[0]} … {names[1]})"
         if not self.row_groups or len(self.row_groups) == self.file_row_groups:
             return self.source
         first, last = self.row_groups[0], self.row_groups[-1]
@@ -53,6 +64,8 @@ class Shard:
 
     def identity(self) -> dict[str, Any]:
         """What makes a re-run's shard the same shard: file, slice and file size."""
+        if self.files:
+            return {"source": self.source, "files": len(self.files), "digest": self.files_digest}
         return {
             "source": self.source,
             "row_groups": list(self.row_groups) if self.row_groups is not None else None,
@@ -76,12 +89,22 @@ def open_parquet(location: Location) -> pq.ParquetFile:
 
 def plan_shards(
     uri: str | os.PathLike[str],
-    fmt: DataFormat | None = None,
+    fmt: InputFormat | None = None,
     *,
     shard_rows: int = DEFAULT_SHARD_ROWS,
     storage_options: Mapping[str, Any] | None = None,
 ) -> list[Shard]:
     """List the inputs ``uri`` names and cut them into shards."""
+    if fmt is None or fmt == "image":
+        images = list_images(uri, storage_options, explicit=fmt == "image")
+        if images is not None:
+            return image_shards(images, min(shard_rows, IMAGE_SHARD_FILES))
+    return _table_shards(uri, None if fmt == "image" else fmt, shard_rows, storage_options)
+
+
+def _table_shards(
+    uri: str | os.PathLike[str], fmt: DataFormat | None, shard_rows: int, storage_options: Mapping[str, Any] | None
+) -> list[Shard]:
     shards: list[Shard] = []
     for loc in list_inputs(uri, fmt, storage_options):
         detected, compression = _format_of(loc.path, fmt)
@@ -99,6 +122,18 @@ def plan_shards(
         for group, rows in groups:
             shards.append(Shard(len(shards), loc, "parquet", None, group, first_row, rows, size, meta.num_row_groups))
             first_row += rows
+    return shards
+
+
+def image_shards(listing: ImageListing, files_per_shard: int) -> list[Shard]:
+    """The files of ``listing`` cut into runs of ``files_per_shard``, in order."""
+    shards: list[Shard] = []
+    for start in range(0, len(listing.files), files_per_shard):
+        stop = start + files_per_shard
+        files = listing.files[start:stop]
+        size = sum(listing.sizes[start:stop])
+        digest = listing.digest(start, stop)
+        shards.append(Shard(len(shards), listing.root, "image", None, None, 0, len(files), size, 0, files, digest))
     return shards
 
 

@@ -86,6 +86,11 @@ class Model(abc.ABC):
         num_rows = next(iter(inputs.values())).shape[0] if inputs else 0
         return Prepared(dict(inputs), np.arange(num_rows))
 
+    def warm_up_inputs(self) -> dict[str, np.ndarray] | None:
+        """Inputs to warm the model up with before it serves; None: one row of zeros per input
+        (empty values for BYTES), which suits every model that takes such rows."""
+        return None
+
     @property
     def default_features(self) -> list[str] | None:
         """Feature columns the artifact itself names (e.g. scikit-learn's feature_names_in_)."""
@@ -131,15 +136,17 @@ class Model(abc.ABC):
 
 def _out_of_memory(exc: BaseException, model: str) -> ModelOutOfMemory | None:
     """The Sluice error for torch's out-of-memory error in ``exc`` or what it was raised from, else None."""
-    if "torch" not in sys.modules:  # only a model that imported torch can raise torch's error
+    # only a model that imported torch can raise torch's error; its type is read from the loaded
+    # module, so recognising it never loads torch (and models.base needs nothing from models.deep)
+    oom_type = getattr(sys.modules.get("torch"), "OutOfMemoryError", None)
+    if not isinstance(oom_type, type):
         return None
-    from sluice.models.deep.memory import is_out_of_memory, out_of_memory_error
-
     seen: BaseException | None = exc
     for _ in range(4):  # an adapter's own error, raised from torch's
         if seen is None:
             return None
-        if is_out_of_memory(seen):
-            return out_of_memory_error(seen, model)
+        if isinstance(seen, oom_type):
+            first_line = str(seen).strip().splitlines()[0] if str(seen).strip() else type(seen).__name__
+            return ModelOutOfMemory(f"{model} ran out of memory: {first_line}")
         seen = seen.__cause__ or seen.__context__
     return None

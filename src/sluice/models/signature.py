@@ -206,6 +206,11 @@ def _is_text(t: pa.DataType) -> bool:
     return bool(pa.types.is_string(t) or pa.types.is_large_string(t))
 
 
+def _is_binary(t: pa.DataType) -> bool:
+    """Binary values (e.g. encoded images), which only a BYTES input takes: as ``bytes`` objects."""
+    return bool(pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t))
+
+
 def _field_type(schema: pa.Schema, name: str, spec: TensorSpec) -> pa.DataType:
     index = schema.get_field_index(name)
     if index < 0:
@@ -221,7 +226,7 @@ def _stack_binding(spec: TensorSpec, names: list[str], schema: pa.Schema) -> Inp
         raise BindError(f"no feature columns given for model input '{spec.name}'")
     for name in names:
         t = _field_type(schema, name, spec)
-        if not (is_value_type(t) or _is_text(t) or pa.types.is_null(t)):
+        if not (is_value_type(t) or _is_text(t) or pa.types.is_null(t) or (_is_binary(t) and spec.dtype.kind == "O")):
             raise BindError(
                 f"column '{name}' has type {t}; model input '{spec.name}' takes "
                 f"{spec.dtype.name} values, one per column"

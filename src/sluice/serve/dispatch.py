@@ -36,6 +36,7 @@ from sluice.models.checks import check_inputs, check_outputs
 from sluice.models.signature import Signature
 from sluice.serve.batcher import Batch, Batcher, PendingRequest
 from sluice.serve.policy import BatchPolicy
+from sluice.serve.preparing import PreparedBatch, PrepareFn, prepare_requests
 
 __all__ = ["DispatchMetrics", "Dispatcher", "PredictFn", "shape_key_of"]
 
@@ -65,6 +66,7 @@ class _Outcome:
     timed: _Timed | None = None
     outputs: Arrays = field(default_factory=dict)
     error: SluiceError | None = None
+    rejected: dict[int, SluiceError] = field(default_factory=dict)  # requests that failed alone (prepare)
 
 
 @dataclass
@@ -88,7 +90,9 @@ class Dispatcher:
     ``signature`` (the model's) checks each request's inputs and each batch's outputs;
     ``model_name`` names the model in those messages. ``clock`` must be the event loop's
     clock (``time.monotonic``, as asyncio's default loops use): the dispatcher's waits are
-    the loop's timers, set at times read from it.
+    the loop's timers, set at times read from it. ``prepare`` (a model's
+    :meth:`~sluice.models.base.Model.prepare`) runs on each request of a batch before
+    ``predict`` (:mod:`~sluice.serve.preparing`): a request it cannot prepare fails alone.
     """
 
     def __init__(
@@ -101,8 +105,10 @@ class Dispatcher:
         allow_inline: bool = True,
         signature: Signature | None = None,
         model_name: str = "model",
+        prepare: PrepareFn | None = None,
     ) -> None:
         self._predict = predict
+        self._prepare = prepare
         self._signature = signature
         self._shape_key = shape_key_of(signature)
         self._model_name = model_name
@@ -281,18 +287,31 @@ class Dispatcher:
             self.metrics.queue.record(started_s - request.arrival_s)
         self.metrics.batch_rows.record(batch.rows)
         jobs = [request.payload for request in batch.requests]
+        rejected: dict[int, SluiceError] = {}
         try:
-            inputs = {name: np.concatenate([job.inputs[name] for job in jobs]) for name in jobs[0].inputs}
-            timed = self._timed_predict(inputs, batch)
+            # preparing (decoding, tokenizing) is part of what a batch costs: timed with predict
+            compute_s, compute_cpu_s = self._clock(), time.thread_time()
+            prepared = self._inputs(jobs, batch.rows)
+            rejected.update(prepared.rejected)
+            if not prepared.live:
+                return _Outcome(started_s, self._clock(), rejected=rejected)
+            timed = self._timed_predict(prepared, compute_s, compute_cpu_s)
         except Exception as exc:  # noqa: BLE001 — user model code; every waiter gets one typed error
             error = exc if isinstance(exc, PredictError) else _predict_failed(exc, batch)
-            return _Outcome(started_s, self._clock(), error=error)
-        return _Outcome(started_s, self._clock(), timed, timed.outputs)
+            return _Outcome(started_s, self._clock(), error=error, rejected=rejected)
+        return _Outcome(started_s, self._clock(), timed, timed.outputs, rejected=rejected)
+
+    def _inputs(self, jobs: list[_Job], rows: int) -> PreparedBatch:
+        if self._prepare is not None:
+            return prepare_requests(self._prepare, [job.inputs for job in jobs], self._model_name)
+        inputs = {name: np.concatenate([job.inputs[name] for job in jobs]) for name in jobs[0].inputs}
+        return PreparedBatch(inputs, tuple(range(len(jobs))), rows)
 
     def _finish(self, batch: Batch[_Job], outcome: _Outcome, *, inline: bool) -> None:
         timed = outcome.timed
         if timed is None:
-            self.metrics.failed_batches += 1
+            if outcome.error is not None:  # not when prepare refused every request: no model failure
+                self.metrics.failed_batches += 1
             self.batcher.batch_done(batch, None)
             return
         self.metrics.compute.record(timed.wall_s)
@@ -300,29 +319,31 @@ class Dispatcher:
         self.batcher.batch_done(batch, timed.wall_s, overhead_s, timed.cpu_s, inline=inline)
 
     def _deliver(self, batch: Batch[_Job], outcome: _Outcome) -> None:
+        for index, error in outcome.rejected.items():
+            _fail_all([batch.requests[index]], error)
+        requests = [r for i, r in enumerate(batch.requests) if i not in outcome.rejected]
         if outcome.error is not None:
-            _fail_all(list(batch.requests), outcome.error)
+            _fail_all(requests, outcome.error)
             return
         offset = 0
-        for request in batch.requests:
+        for request in requests:
             part = {name: array[offset : offset + request.rows] for name, array in outcome.outputs.items()}
             offset += request.rows
             if not request.payload.future.done():
                 request.payload.future.set_result(part)
             self.metrics.total.record(outcome.done_s - request.arrival_s)
 
-    def _timed_predict(self, inputs: Arrays, batch: Batch[_Job]) -> _Timed:
+    def _timed_predict(self, prepared: PreparedBatch, started_s: float, started_cpu_s: float) -> _Timed:
         # timed where it runs: the wait for the thread and for the loop to resume is overhead,
         # not compute, and must not teach the latency model that bigger batches are needed.
         # The output check is timed with predict: it runs on the same thread, and is part of
         # what a batch costs there when deciding whether it may run on the event loop.
-        started_s, started_cpu_s = self._clock(), time.thread_time()
         outputs = check_outputs(
-            self._predict(inputs),
-            batch.rows,
+            self._predict(prepared.inputs),
+            prepared.rows,
             signature=self._signature,
             source=f"model '{self._model_name}'",
-            context=f" from {len(batch.requests)} requests; every request in the batch fails",
+            context=f" from {len(prepared.live)} requests; every request in the batch fails",
         )
         return _Timed(outputs, self._clock() - started_s, time.thread_time() - started_cpu_s)
 

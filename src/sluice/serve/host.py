@@ -315,13 +315,15 @@ class ModelHost:
             allow_inline=source.format in _INLINE_FORMATS,
             signature=model.signature,
             model_name=name,
+            prepare=model.prepare if type(model).prepare is not Model.prepare else None,
         )
         dispatcher.metrics = _new_metrics()
         served = ServedVersion(name, version, model, dispatcher, max_batch_size)
         try:
             # straight to the model: a warm-up guess at dynamic widths is no client's request,
             # and must not count in the dispatcher's figures or teach its latency model
-            await asyncio.to_thread(model.predict_checked, warm_up_inputs(model.signature))
+            warm_up = model.warm_up_inputs() or warm_up_inputs(model.signature)
+            await asyncio.to_thread(model.predict_checked, warm_up)
         except BaseException:
             await _close(served)
             raise

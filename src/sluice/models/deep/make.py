@@ -5,9 +5,14 @@ trained with the ``tokenizers`` library on generated text. ::
 
     python -m sluice.models.deep.make text-embedding DIR [--layers 2 --hidden 32 --seed 0]
     python -m sluice.models.deep.make text-classification DIR [--labels negative,positive]
+    python -m sluice.models.deep.make image-classification DIR [--size tiny|resnet18 --labels cat,dog,bird]
+    python -m sluice.models.deep.make images DIR [--count 100 --corrupt 0 --image-size 32]
 
-Each writes a model directory (config.json, model.safetensors, tokenizer.json,
-tokenizer_config.json) that ``sluice predict --model DIR`` and ``sluice serve`` load as they are.
+Each model kind writes a model directory (config.json, model.safetensors, and tokenizer.json +
+tokenizer_config.json or preprocessor_config.json) that ``sluice predict --model DIR`` and
+``sluice serve`` load as they are; ``images`` writes seeded random JPEGs (and ``--corrupt``
+undecodable files among them) to predict over
+(:func:`~sluice.models.deep.make_image.write_images`).
 """
 
 from __future__ import annotations
@@ -113,12 +118,30 @@ def make_text_classifier(
     return directory
 
 
-def _text_embedding(args: argparse.Namespace) -> Path:
-    return make_text_embedding(args.directory, **_sizes(args))
+def _text_embedding(args: argparse.Namespace) -> str:
+    return str(make_text_embedding(args.directory, **_sizes(args)))
 
 
-def _text_classification(args: argparse.Namespace) -> Path:
-    return make_text_classifier(args.directory, labels=args.labels.split(","), **_sizes(args))
+def _text_classification(args: argparse.Namespace) -> str:
+    labels = (args.labels or "negative,positive").split(",")
+    return str(make_text_classifier(args.directory, labels=labels, **_sizes(args)))
+
+
+def _image_classification(args: argparse.Namespace) -> str:
+    from sluice.models.deep.make_image import make_image_classifier
+
+    labels = [label for label in (args.labels or "cat,dog,bird").split(",") if label]
+    made = make_image_classifier(
+        args.directory, size=args.size, labels=labels, image_size=args.image_size, seed=args.seed
+    )
+    return str(made)
+
+
+def _images(args: argparse.Namespace) -> str:
+    from sluice.models.deep.make_image import write_images
+
+    paths = write_images(args.directory, args.count, size=args.image_size or 32, corrupt=args.corrupt, seed=args.seed)
+    return f"wrote {len(paths)} files to {args.directory}"
 
 
 def _sizes(args: argparse.Namespace) -> dict[str, int]:
@@ -132,26 +155,43 @@ def _sizes(args: argparse.Namespace) -> dict[str, int]:
     }
 
 
-KINDS: dict[str, Callable[[argparse.Namespace], Path]] = {
+KINDS: dict[str, Callable[[argparse.Namespace], str]] = {
     "text-embedding": _text_embedding,
     "text-classification": _text_classification,
+    "image-classification": _image_classification,
+    "images": _images,
 }
-"""Each kind of model this module makes, by the name the command line takes."""
+"""Each kind of model (or data) this module makes, by the name the command line takes; each
+returns what the command prints."""
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m sluice.models.deep.make", description="Make a small random-weight model directory locally."
+        prog="python -m sluice.models.deep.make",
+        description="Make a small random-weight model directory (or images to predict over) locally.",
     )
     parser.add_argument("kind", choices=sorted(KINDS), help="What to make.")
-    parser.add_argument("directory", type=Path, help="Directory to write the model into (created).")
+    parser.add_argument("directory", type=Path, help="Directory to write into (created).")
     parser.add_argument("--layers", type=int, default=2, help="Transformer layers (default 2).")
     parser.add_argument("--hidden", type=int, default=32, help="Hidden size (default 32).")
     parser.add_argument("--heads", type=int, default=2, help="Attention heads; must divide --hidden (default 2).")
     parser.add_argument("--vocab-size", type=int, default=1000, help="WordPiece vocabulary size (default 1000).")
     parser.add_argument("--max-length", type=int, default=512, help="Longest input in tokens (default 512).")
-    parser.add_argument("--labels", default="negative,positive", help="Class names, comma-separated (classifiers).")
+    parser.add_argument(
+        "--labels",
+        default=None,
+        help="Class names, comma-separated (classifiers; default negative,positive for text, cat,dog,bird for images).",
+    )
     parser.add_argument("--seed", type=int, default=0, help="Random seed (default 0).")
+    parser.add_argument("--size", choices=["tiny", "resnet18"], default="tiny", help="Image model size (default tiny).")
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="Pixels a side (default: the model size's; kind images: 32).",
+    )
+    parser.add_argument("--count", type=int, default=100, help="Images to write (kind images; default 100).")
+    parser.add_argument("--corrupt", type=int, default=0, help="Undecodable files to add (kind images; default 0).")
     return parser
 
 

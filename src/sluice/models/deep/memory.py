@@ -1,27 +1,14 @@
-"""PyTorch's side of memory: recognising its out-of-memory error and measuring device memory.
+"""PyTorch's side of memory: measuring device memory (models.base recognises torch's out-of-memory error).
 
 Callers outside this package import it only when ``torch`` is already in ``sys.modules`` (a
-model imported it), so recognising the error or asking about CUDA never loads torch.
+model imported it), so asking about CUDA never loads torch.
 """
 
 from __future__ import annotations
 
 import torch
 
-from sluice.errors import ModelOutOfMemory
-
-__all__ = ["CudaMemoryMeter", "cuda_meter", "is_out_of_memory", "out_of_memory_error"]
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """Whether ``exc`` is torch's out-of-memory error (``torch.OutOfMemoryError``, CUDA's included)."""
-    return isinstance(exc, torch.OutOfMemoryError)
-
-
-def out_of_memory_error(exc: BaseException, model: str) -> ModelOutOfMemory:
-    """The Sluice error for torch's out-of-memory ``exc`` raised by ``model``'s predict."""
-    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return ModelOutOfMemory(f"{model} ran out of memory: {first_line}")
+__all__ = ["CudaMemoryMeter", "cuda_meter"]
 
 
 class CudaMemoryMeter:
