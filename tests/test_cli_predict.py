@@ -559,8 +559,9 @@ def test_text_passthrough_with_separators_and_quotes(tmp_path: Path, models, out
 
 PREDICT_FLAGS = [
     "--model", "--input", "--output", "--spec", "--repository", "--input-format", "--output-format", "--features",
-    "--key-column", "--key-type", "--image-column", "--include", "--exclude", "--batch-size", "--memory-limit",
-    "--workers", "--readers", "--intra-op-threads", "--device", "--precision",
+    "--key-column", "--key-type", "--text-column", "--task", "--pooling", "--normalize", "--max-length",
+    "--no-bucketing", "--forward-batch-size", "--image-column", "--include", "--exclude", "--batch-size",
+    "--memory-limit", "--workers", "--readers", "--intra-op-threads", "--device", "--precision",
     "--max-error-fraction", "--price-per-hour", "--overwrite", "--trust-pickle", "--trust-type",
     "--storage-option", "--backend", "--spark-master", "--ray-address", "--quiet", "--json", "--help",
 ]  # fmt: skip
@@ -589,7 +590,8 @@ def test_every_job_spec_field_but_the_tuning_knobs_has_a_flag() -> None:
         "device": "cpu", "precision": "bf16",
         "max_error_fraction": 0.5, "price_per_hour": 1.0, "overwrite": True, "trust_pickle": False,
         "trust_type": ["a.B"], "storage_option": ["endpoint_url=http://127.0.0.1:9000", "anon=true"],
-        "backend": "local", "spark_master": None, "ray_address": None,
+        "backend": "local", "spark_master": None, "ray_address": None, "text_column": "body", "task": None,
+        "pooling": "cls", "normalize": True, "max_length": 128, "no_bucketing": True, "forward_batch_size": 32,
     }  # fmt: skip
     fields = spec_fields(flags)
     spec_file_only = {"tune_min_rows", "shard_rows", "model_search_path"}
@@ -602,7 +604,8 @@ def test_every_job_spec_field_but_the_tuning_knobs_has_a_flag() -> None:
         "workers": 2, "readers": 1, "intra_op_threads": 1, "device": "cpu", "precision": "bf16",
         "max_error_fraction": 0.5, "price_per_hour": 1.0, "overwrite": True, "trust_pickle": None,
         "trusted_types": ["a.B"], "storage_options": {"endpoint_url": "http://127.0.0.1:9000", "anon": True},
-        "backend": "local", "spark_master": None, "ray_address": None,
+        "backend": "local", "spark_master": None, "ray_address": None, "text_column": "body", "task": None,
+        "pooling": "cls", "normalize": True, "max_length": 128, "bucketing": False, "forward_batch_size": 32,
     }  # fmt: skip
 
 
