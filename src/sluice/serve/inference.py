@@ -46,6 +46,7 @@ class InferCall(Protocol[Answer]):
 
     The HTTP app and the gRPC service each translate their request into one of these; the
     path decides everything else (admission, routing, the queue, counting), once for both.
+    Timeouts count from the request's arrival, when the edge made the call.
     """
 
     def early_timeout_s(self) -> float | None:
@@ -106,14 +107,19 @@ class InferencePath:
         return await self.run(name, selector, _HttpCall(headers, read_body, receive, self.non_finite))
 
     async def run(self, name: str, selector: str | None, call: InferCall[Answer]) -> Answer:
-        """Answer one request of any edge; errors raise :class:`~sluice.errors.SluiceError`."""
-        choice, served = await self._admit(name, selector, call)
+        """Answer one request of any edge; errors raise :class:`~sluice.errors.SluiceError`.
+
+        The request's time on the server counts from this call: the latency target and its
+        timeout are budgets of its whole stay, not of its time in the queue alone.
+        """
+        arrived_s = self.traffic.clock()
+        choice, served = await self._admit(name, selector, call, arrived_s)
         key = (served.name, str(served.version))
         self.requests[key] += 1
         started_s = self.traffic.clock()
         try:
             decoded = call.decode(served)
-            outputs = await self._wait(served, decoded, call)
+            outputs = await self._wait(served, decoded, call, arrived_s)
             answer = call.encode(served, decoded, outputs)
         except SluiceError as exc:
             self.failures[(*key, exc.http_status)] += 1
@@ -122,7 +128,9 @@ class InferencePath:
         self.traffic.answered(choice, served, decoded.id, decoded.inputs, outputs, started_s)
         return answer
 
-    async def _wait(self, served: ServedVersion, decoded: InferRequest, call: InferCall[Answer]) -> dict[str, Any]:
+    async def _wait(
+        self, served: ServedVersion, decoded: InferRequest, call: InferCall[Answer], arrived_s: float
+    ) -> dict[str, Any]:
         watches: list[ClientWatch] = []
 
         def watch() -> None:
@@ -137,6 +145,7 @@ class InferencePath:
                 call.timeout_s(decoded),
                 checked_against=served.signature,
                 on_queued=watch,
+                waited_s=self.traffic.clock() - arrived_s,
             )
         except asyncio.CancelledError:
             if not watches or not watches[0].gone:
@@ -151,7 +160,7 @@ class InferencePath:
                 started.stop()
 
     async def _admit(
-        self, name: str, selector: str | None, call: InferCall[Answer]
+        self, name: str, selector: str | None, call: InferCall[Answer], arrived_s: float
     ) -> tuple[RouteChoice, ServedVersion]:
         key = ("", "")
         try:
@@ -161,7 +170,7 @@ class InferencePath:
             # read, the cheapest answer under overload (a routed request's version is known
             # only from its body)
             if selector is not None or self.traffic.experiment(name) is None:
-                admitting.dispatcher.refuse_early(call.early_timeout_s())
+                admitting.dispatcher.refuse_early(call.early_timeout_s(), waited_s=self.traffic.clock() - arrived_s)
             await call.read()
             # resolved again after the last await: a version swapped out meanwhile is closing,
             # and from here to the dispatcher's queue nothing yields to the loop
