@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import re
 import socket
 import time
+import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -43,6 +45,7 @@ from overload_support import (
     until,
     write_repository,
 )
+from sluice.bench import grpcload
 from sluice.serve.server import ServerThread, ServeSettings
 
 
@@ -189,3 +192,22 @@ def test_a_shed_grpc_call_carries_the_retry_hint_in_its_trailers(server: ServerT
     seconds, pushback_ms = int(trailers["retry-after"]), int(trailers["grpc-retry-pushback-ms"])
     assert seconds >= 1 and pushback_ms >= 1
     assert seconds == max(1, -(-pushback_ms // 1000))  # the same hint, in whole seconds
+
+
+def test_the_grpc_load_generator_counts_shed_calls_as_503(server: ServerThread, model: Model) -> None:
+    metadata = json.loads(urllib.request.urlopen(f"http://{server.url}/v2/models/slow", timeout=10).read())
+    call = grpcload.GrpcRequest.for_model(f"127.0.0.1:{server.grpc_port}", "slow", metadata)
+    answered = asyncio.run(grpcload.closed_loop(call, 2, 0.2))
+    assert set(answered.statuses) == {200} and answered.latency.count == answered.ok > 0
+    rng, arrivals, scheduled = random.Random(7), 0, 0.0
+    while scheduled < 0.2:  # the arrivals open_loop schedules for this seed and duration
+        scheduled += rng.expovariate(100.0)
+        arrivals += 1
+    shed_before = metric(server.port, "sluice_shed_total")
+    with ThreadPoolExecutor(max_workers=QUEUE_ROWS + 1) as pool:
+        admitted = occupy(server.port, model, pool)
+        refused = asyncio.run(grpcload.open_loop(call, 100.0, 0.2, seed=7))
+        model.release()
+        assert [f.result()[0] for f in admitted] == [200] * (1 + QUEUE_ROWS)
+    assert (dict(refused.statuses), refused.dropped) == ({503: arrivals}, 0)
+    assert metric(server.port, "sluice_shed_total") - shed_before == arrivals
