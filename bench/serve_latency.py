@@ -661,7 +661,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="demo model only, 1.5 s levels, FastAPI as only peer")
     parser.add_argument("--duration", type=float, default=None, help="seconds per load level (default 4, quick 1.5)")
-    parser.add_argument("--peers", default=None, help="comma-separated peers (default all; quick: fastapi)")
+    parser.add_argument("--peers", default=None, help="comma-separated peers, or 'none' (default all; quick: fastapi)")
     parser.add_argument(
         "--target-p99-ms", type=float, default=P99_SLO_MS, help="sluice serve --target-p99-ms (default 10)"
     )
@@ -675,6 +675,7 @@ def main(argv: list[str] | None = None) -> None:
     load_at_start = load_average()
     duration = args.duration or (1.5 if args.quick else 4.0)
     peers = args.peers.split(",") if args.peers else (["fastapi"] if args.quick else list(PEERS))
+    peers = [] if peers == ["none"] else peers
     models = {"demo": demo_model()} if args.quick else {"demo": demo_model(), "mlp": mlp_model()}
     modes = ["off", "adaptive"]
     if "max_queue_delay_us" not in BatchingConfig.model_fields:
