@@ -43,9 +43,14 @@ FULL = f"queue full: {QUEUE_ROWS} rows queued, limit {QUEUE_ROWS}, request has 1
 
 
 def write_repository(root: Path) -> Path:
+    """``slow`` (one version) and ``ab`` (two, routed half and half) in ``root``; slow's version directory."""
     (root / "slow" / "1").mkdir(parents=True)
     (root / "slow" / "1" / "overload_slow.py").write_text(SLOW_MODULE)
     (root / "slow" / "model.yaml").write_text(SLOW_YAML)
+    for version in ("1", "2"):
+        (root / "ab" / version).mkdir(parents=True)
+        (root / "ab" / version / "overload_slow.py").write_text(SLOW_MODULE)
+    (root / "ab" / "model.yaml").write_text(SLOW_YAML + "versions: all\nrouting: {weights: {1: 50, 2: 50}}\n")
     return root / "slow" / "1"
 
 
@@ -76,32 +81,36 @@ def until(condition: Callable[[], bool], what: str) -> None:
         time.sleep(0.01)
 
 
-def metric(port: int, name: str) -> float:
+def metric(port: int, name: str, model: str = "slow", version: str = "1") -> float:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     for line in text.splitlines():
-        if line.startswith(f"{name}{{") and 'model="slow"' in line:
+        if line.startswith(f"{name}{{") and f'model="{model}"' in line and f'version="{version}"' in line:
             return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"{name} for slow not in /metrics")
+    raise AssertionError(f"{name} for {model} version {version} not in /metrics")
 
 
-def post(port: int, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+def post(port: int, path: str = "/v2/models/slow/infer") -> tuple[int, dict[str, str], bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=GUARD_S)
     try:
-        conn.request("POST", "/v2/models/slow/infer", body=BODY, headers=headers or {})
+        conn.request("POST", path, body=BODY)
         response = conn.getresponse()
         return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
     finally:
         conn.close()
 
 
-def occupy(port: int, model: Model, pool: ThreadPoolExecutor) -> list[Future[tuple[int, dict[str, str], bytes]]]:
-    """Hold the model on one request's batch and fill the queue behind it: the server is full."""
+def occupy(
+    port: int, model: Model, pool: ThreadPoolExecutor, name: str = "slow", version: str = "1"
+) -> list[Future[tuple[int, dict[str, str], bytes]]]:
+    """Hold the model on one request's batch and fill the queue behind it: the version is full."""
     model.hold()
     before = len(model.batches())
-    running = pool.submit(post, port)
+    path = f"/v2/models/{name}/versions/{version}/infer"
+    running = pool.submit(post, port, path)
     until(lambda: len(model.batches()) == before + 1, "the first batch runs")
-    queued = [pool.submit(post, port) for _ in range(QUEUE_ROWS)]
-    until(lambda: metric(port, "sluice_queue_depth_requests") == QUEUE_ROWS, "the queue is full")
+    queued = [pool.submit(post, port, path) for _ in range(QUEUE_ROWS)]
+    full = lambda: metric(port, "sluice_queue_depth_requests", name, version) == QUEUE_ROWS  # noqa: E731
+    until(full, "the queue is full")
     return [running, *queued]
 
 

@@ -116,6 +116,33 @@ def test_a_request_is_shed_before_its_body_is_sent(server: ServerThread, model: 
     assert model.batches() == [1, QUEUE_ROWS]
 
 
+def test_a_routed_request_is_shed_before_its_body_when_every_variant_would_shed_it(
+    server: ServerThread, version_dir: Path
+) -> None:
+    variants = [Model(version_dir.parent.parent / "ab" / version) for version in ("1", "2")]
+    shed_before = [metric(server.port, "sluice_shed_total", "ab", version) for version in ("1", "2")]
+    try:
+        with ThreadPoolExecutor(max_workers=2 * (QUEUE_ROWS + 1)) as pool:
+            admitted = [f for v, m in zip("12", variants, strict=True) for f in occupy(server.port, m, pool, "ab", v)]
+            with socket.create_connection(("127.0.0.1", server.port), timeout=GUARD_S) as stalled:
+                head = f"POST /v2/models/ab/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(BODY)}\r\n\r\n"
+                stalled.sendall(head.encode())  # and no body: which variant it goes to is still unknown
+                status_line, headers, body = read_response(stalled)
+            for variant in variants:
+                variant.release()
+            assert [f.result()[0] for f in admitted] == [200] * 2 * (1 + QUEUE_ROWS)
+    finally:
+        for variant in variants:
+            variant.release()
+    assert status_line == "HTTP/1.1 503 Service Unavailable"
+    retry_after(headers)
+    assert json.loads(body) == {"error": FULL}
+    shed_after = [metric(server.port, "sluice_shed_total", "ab", version) for version in ("1", "2")]
+    # counted once, on the variant first in the routing table
+    assert [a - b for a, b in zip(shed_after, shed_before, strict=True)] == [1, 0]
+    assert [variant.batches() for variant in variants] == [[1, QUEUE_ROWS], [1, QUEUE_ROWS]]
+
+
 def test_the_time_a_request_waited_for_its_body_counts_against_its_timeout(server: ServerThread, model: Model) -> None:
     timeouts_before = metric(server.port, "sluice_timeouts_total")
     with socket.create_connection(("127.0.0.1", server.port), timeout=GUARD_S) as slow:

@@ -136,7 +136,7 @@ class Batcher(Generic[P]):
         timeout_s: float | None = None,
         *,
         key: Hashable = (),
-        waited_s: float = 0.0,
+        waited_s: float = 0,
     ) -> PendingRequest[P]:
         """Admit a request of ``rows`` rows that batches with requests of the same ``key``, or
         raise :class:`Overloaded` (or :class:`RequestTimeout`) at once; the request reached the
@@ -203,13 +203,7 @@ class Batcher(Generic[P]):
         return arrivals
 
     def check_admission(
-        self,
-        rows: int,
-        now: float,
-        timeout_s: float | None = None,
-        *,
-        key: Hashable = _ANY_KEY,
-        waited_s: float = 0.0,
+        self, rows: int, now: float, timeout_s: float | None = None, *, key: Hashable = _ANY_KEY, waited_s: float = 0
     ) -> None:
         """Raise :class:`Overloaded` if a request of ``rows`` rows and ``key`` would be refused now.
 
@@ -242,10 +236,8 @@ class Batcher(Generic[P]):
 
     def _late_message(self, estimate_s: float, waited_s: float, budget_s: float) -> str:
         waited = f" after {waited_s * 1000:.1f} ms waited" if waited_s > 0 else ""
-        return (
-            f"cannot meet the deadline: estimated {estimate_s * 1000:.1f} ms with "
-            f"{self._queued_rows} rows queued{waited}, budget {budget_s * 1000:.1f} ms"
-        )
+        queued = f"{self._queued_rows} rows queued{waited}, budget {budget_s * 1000:.1f} ms"
+        return f"cannot meet the deadline: estimated {estimate_s * 1000:.1f} ms with {queued}"
 
     def estimate_completion_s(self, now: float, extra_rows: int = 0, *, key: Hashable = _ANY_KEY) -> float:
         """Seconds until the queue plus ``extra_rows`` more rows of ``key`` are answered (without

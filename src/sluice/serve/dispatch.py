@@ -129,22 +129,42 @@ class Dispatcher:
         the server ``waited_s`` seconds ago; :class:`RequestTimeout` if its timeout passed)."""
         if self._closing:
             raise Overloaded("the server is shutting down", retry_after_s=1.0)
-        with self._counted(), self._lock:
-            if self._shape_key is _one_key:  # every request joins the one group: estimate that
-                self.batcher.check_admission(1, self._clock(), timeout_s, key=_ONE_KEY, waited_s=waited_s)
-            else:
-                self.batcher.check_admission(1, self._clock(), timeout_s, waited_s=waited_s)
+        error = self.refusal(timeout_s, waited_s=waited_s)
+        if error is not None:
+            self.count_refusal(error)
+            raise error
+
+    def refusal(self, timeout_s: float | None = None, *, waited_s: float = 0.0) -> SluiceError | None:
+        """What :meth:`refuse_early` would raise now, or None; counts nothing (a caller that asks
+        several versions counts the one refusal it answers with :meth:`count_refusal`)."""
+        if self._closing:
+            return Overloaded("the server is shutting down", retry_after_s=1.0)
+        try:
+            with self._lock:
+                if self._shape_key is _one_key:  # every request joins the one group: estimate that
+                    self.batcher.check_admission(1, self._clock(), timeout_s, key=_ONE_KEY, waited_s=waited_s)
+                else:
+                    self.batcher.check_admission(1, self._clock(), timeout_s, waited_s=waited_s)
+        except (Overloaded, RequestTimeout) as exc:
+            return exc
+        return None
+
+    def count_refusal(self, error: SluiceError) -> None:
+        """Count a refusal of this version's: as shed (503) or timed out (504); a server shutting
+        down sheds nothing."""
+        if self._closing:
+            return
+        if isinstance(error, Overloaded):
+            self.metrics.shed += 1
+        elif isinstance(error, RequestTimeout):
+            self.metrics.timed_out += 1
 
     @contextlib.contextmanager
     def _counted(self) -> Iterator[None]:
-        """Count a refusal as shed (503) or timed out (504)."""
         try:
             yield
-        except Overloaded:
-            self.metrics.shed += 1
-            raise
-        except RequestTimeout:
-            self.metrics.timed_out += 1
+        except (Overloaded, RequestTimeout) as exc:
+            self.count_refusal(exc)
             raise
 
     async def submit(

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from sluice.errors import HttpError, ProtocolError, SluiceError
+from sluice.serve.experiment import Experiment
 from sluice.serve.host import ModelHost, ServedVersion
 from sluice.serve.protocol import HEADER_LENGTH, InferRequest, NonFinite, decode_request, encode_response
 from sluice.serve.traffic import VERSION_HEADER, RouteChoice, TrafficRouter, sticky_key
@@ -167,10 +168,14 @@ class InferencePath:
             admitting = self.host.get(name, selector)
             key = (admitting.name, str(admitting.version))
             # a version that would shed even a one-row request refuses before the body is
-            # read, the cheapest answer under overload (a routed request's version is known
-            # only from its body)
-            if selector is not None or self.traffic.experiment(name) is None:
-                admitting.dispatcher.refuse_early(call.early_timeout_s(), waited_s=self.traffic.clock() - arrived_s)
+            # read, the cheapest answer under overload; a routed request's version is known
+            # only from its body, so it is refused then only when every variant would refuse
+            waited_s = self.traffic.clock() - arrived_s
+            experiment = None if selector is not None else self.traffic.experiment(name)
+            if experiment is None:
+                admitting.dispatcher.refuse_early(call.early_timeout_s(), waited_s=waited_s)
+            else:
+                self._refuse_routed_early(name, experiment, call.early_timeout_s(), waited_s)
             await call.read()
             # resolved again after the last await: a version swapped out meanwhile is closing,
             # and from here to the dispatcher's queue nothing yields to the loop
@@ -179,6 +184,24 @@ class InferencePath:
         except SluiceError as exc:
             self.failures[(*key, exc.http_status)] += 1
             raise
+
+    def _refuse_routed_early(self, name: str, experiment: Experiment, timeout_s: float | None, waited_s: float) -> None:
+        refusals: list[tuple[ServedVersion, SluiceError]] = []
+        for variant, weight in experiment.table.weights.items():
+            if weight <= 0:
+                continue
+            try:
+                served = self.host.get(name, variant)
+            except SluiceError:
+                continue  # not served (yet): routing decides what to do with it
+            error = served.dispatcher.refusal(timeout_s, waited_s=waited_s)
+            if error is None:
+                return
+            refusals.append((served, error))
+        if refusals:  # counted once, on the variant that comes first in the routing table
+            served, error = refusals[0]
+            served.dispatcher.count_refusal(error)
+            raise error
 
 
 class _HttpCall:
