@@ -8,6 +8,11 @@ For each server × model × mode, one at a time, each server in its own process:
 3. open-loop Poisson load at 3× that capacity: admitted p99, 503s, other failures, and whether
    the server still answers afterwards.
 
+Sluice's adaptive mode is measured over gRPC too (``ModelInfer`` with raw tensors, from
+``sluice.bench.grpcload``): the same concurrency-1, sweep and 3×-capacity overload steps against
+its own gRPC capacity, UNAVAILABLE counted as 503. The closing lines give, per model and
+protocol, the admitted p99 at 3× against ``--target-p99-ms`` and the share shed.
+
 Peers (a plain FastAPI + ONNX Runtime endpoint, LitServe and BentoML with their batching on) are
 each installed into their own venv under ``bench/.data/venvs/`` and serve the same ONNX model on a
 JSON endpoint. Load comes from ``sluice.bench.loadgen``. See bench/README.md.
@@ -28,12 +33,14 @@ import sys
 import time
 import urllib.request
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import yaml
 
+from sluice.bench import grpcload
 from sluice.bench.loadgen import HttpRequest, LevelResult, closed_loop, open_loop
 from sluice.bench.models import write_mlp_onnx
 from sluice.bench.oip import infer_request, model_metadata
@@ -307,15 +314,26 @@ def run_level(coro: Any, duration_s: float) -> LevelResult | None:
         return None
 
 
-def measure(row: Row, request: HttpRequest, proc: subprocess.Popen[bytes], check: Any, duration_s: float) -> None:
+def measure(
+    row: Row,
+    request: Any,
+    proc: subprocess.Popen[bytes],
+    check: Any,
+    duration_s: float,
+    *,
+    closed: Any = closed_loop,
+    opened: Any = open_loop,
+) -> None:
+    """The three steps for one row; ``closed`` and ``opened`` are the load generator's (HTTP's,
+    or :mod:`sluice.bench.grpcload`'s for a gRPC ``request``)."""
     tag = f"[{row.server}/{row.model}/{row.mode}]"
-    run_level(closed_loop(request, 1, min(1.0, duration_s)), duration_s)  # warm-up (concurrency 1: see README)
-    row.c1 = run_level(closed_loop(request, 1, duration_s), duration_s)
+    run_level(closed(request, 1, min(1.0, duration_s)), duration_s)  # warm-up (concurrency 1: see README)
+    row.c1 = run_level(closed(request, 1, duration_s), duration_s)
     if row.c1:
         print(f"{tag} c1 p50 {pct(row.c1, 50):.3f} ms p99 {pct(row.c1, 99):.3f} ms", flush=True)
     fallback: tuple[LevelResult, int] | None = None
     for concurrency in CONCURRENCY:
-        result = run_level(closed_loop(request, concurrency, duration_s), duration_s)
+        result = run_level(closed(request, concurrency, duration_s), duration_s)
         if result is None:
             print(f"{tag} c{concurrency}: timed out", flush=True)
             break
@@ -338,7 +356,7 @@ def measure(row: Row, request: HttpRequest, proc: subprocess.Popen[bytes], check
     if capacity is None or capacity.throughput_per_s <= 0:
         return
     row.overload_rate = OVERLOAD_FACTOR * capacity.throughput_per_s
-    row.overload = run_level(open_loop(request, row.overload_rate, duration_s), duration_s)
+    row.overload = run_level(opened(request, row.overload_rate, duration_s), duration_s)
     row.alive_after = proc.poll() is None and check() == 200
     if row.overload:
         o = row.overload
@@ -347,6 +365,31 @@ def measure(row: Row, request: HttpRequest, proc: subprocess.Popen[bytes], check
             f"{pct(o, 99):.2f} ms statuses {dict(o.statuses)} dropped {o.dropped} alive {row.alive_after}",
             flush=True,
         )
+
+
+def measure_grpc(
+    model: str, metadata: dict[str, Any], grpc_port: int, proc: subprocess.Popen[bytes], check: Any, duration_s: float
+) -> Row:
+    """The same three steps over gRPC (``ModelInfer``, raw tensors), against gRPC's own capacity."""
+    row = Row("sluice", model, "adaptive, gRPC")
+    call = grpcload.GrpcRequest.for_model(f"{HOST}:{grpc_port}", model, metadata)
+    measure(row, call, proc, check, duration_s, closed=grpcload.closed_loop, opened=grpcload.open_loop)
+    return row
+
+
+def sluice_ready(url: str, proc: subprocess.Popen[bytes]) -> bool:
+    """Wait for ``/v2/health/ready``; False when the server exits or does not get ready in time."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=2) as r:
+                if r.status == 200:
+                    return True
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
 
 
 def bench_sluice(mode: str, models: dict[str, Path], duration_s: float, target_ms: float) -> list[Row]:
@@ -360,33 +403,28 @@ def bench_sluice(mode: str, models: dict[str, Path], duration_s: float, target_m
     log = WORK / "logs" / f"sluice-{mode}.log"
     proc = start([*cmd, "--log-level", "warning"], {}, repo, log)
     rows = [Row("sluice", name, mode) for name in models]
+    grpc_rows: list[Row] = []
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:  # readiness: /v2/health/ready
-            try:
-                with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                for row in rows:
-                    row.note = f"not measured: sluice serve did not become ready (see {log})"
-                return rows
-            time.sleep(0.2)
+        if not sluice_ready(url, proc):
+            for row in rows:
+                row.note = f"not measured: sluice serve did not become ready (see {log})"
+            return rows
         for row in rows:
             metadata = model_metadata(url, row.model)
             request = infer_request(url, row.model, metadata)
             path = f"/v2/models/{row.model}/infer"
             body = request.payload.split(b"\r\n\r\n", 1)[1]
-            measure(row, request, proc, lambda p=path, b=body, r=request: post_once(r, p, b), duration_s)
+            check = partial(post_once, request, path, body)
+            measure(row, request, proc, check, duration_s)
+            if mode == "adaptive":
+                grpc_rows.append(measure_grpc(row.model, metadata, grpc_port, proc, check, duration_s))
             if mode == "adaptive" and PERF_ANALYZER.enabled:
                 for protocol, at in (("http", port), ("grpc", grpc_port)):
                     for concurrency in PERF_CONCURRENCY:
                         PERF_ROWS.append(perf_analyzer(row.model, protocol, at, concurrency))
     finally:
         stop(proc)
-    return rows
+    return rows + grpc_rows
 
 
 # -- perf_analyzer (Triton's own load generator, binary tensors) ------------------------------
@@ -571,7 +609,11 @@ def print_table(rows: list[Row], duration_s: float, target_ms: float) -> None:
         else:
             over = f"{'-':>16}"
         print(f"{lead} {c1} {best}  {over}")
-    print("(latencies in ms; 'other' = non-200/503 answers, transport failures and open-loop drops)")
+    print(
+        "(latencies in ms; 'other' = non-200/503 answers, transport failures and open-loop drops; "
+        "'adaptive, gRPC' rows: ModelInfer with raw tensors, UNAVAILABLE counted as 503)"
+    )
+    print_overload(rows, target_ms)
     for model in dict.fromkeys(r.model for r in rows):
         ours = next((r for r in rows if r.server == "sluice" and r.model == model and r.mode == "adaptive"), None)
         peers = [r for r in rows if r.server != "sluice" and r.model == model and r.best]
@@ -594,11 +636,32 @@ def print_table(rows: list[Row], duration_s: float, target_ms: float) -> None:
         )
 
 
+def print_overload(rows: list[Row], target_ms: float) -> None:
+    """Per Sluice row: what the admitted requests got at 3× capacity, and how many were shed."""
+    for r in rows:
+        if r.server != "sluice" or r.overload is None or r.mode == "off":
+            continue
+        o = r.overload
+        p99 = pct(o, 99)
+        shed = o.statuses.get(503, 0) / max(1, o.requests)
+        verdict = "met" if p99 <= target_ms else "MISSED"
+        print(
+            f"[{r.model}/{r.mode}] at {OVERLOAD_FACTOR:g}× capacity ({r.overload_rate:,.0f}/s offered): admitted p99 "
+            f"{p99:.2f} ms ({verdict} ≤ {target_ms:g}), {shed:.1%} shed (503/UNAVAILABLE), {o.ok:,} admitted"
+        )
+
+
+def load_average() -> str:
+    """The machine's 1/5/15-minute load average: the machine may be shared with other work."""
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f} / {five:.2f} / {fifteen:.2f}"
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="demo model only, 1.5 s levels, FastAPI as only peer")
     parser.add_argument("--duration", type=float, default=None, help="seconds per load level (default 4, quick 1.5)")
-    parser.add_argument("--peers", default=None, help="comma-separated peers (default all; quick: fastapi)")
+    parser.add_argument("--peers", default=None, help="comma-separated peers, or 'none' (default all; quick: fastapi)")
     parser.add_argument(
         "--target-p99-ms", type=float, default=P99_SLO_MS, help="sluice serve --target-p99-ms (default 10)"
     )
@@ -609,8 +672,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     started = time.perf_counter()
+    load_at_start = load_average()
     duration = args.duration or (1.5 if args.quick else 4.0)
     peers = args.peers.split(",") if args.peers else (["fastapi"] if args.quick else list(PEERS))
+    peers = [] if peers == ["none"] else peers
     models = {"demo": demo_model()} if args.quick else {"demo": demo_model(), "mlp": mlp_model()}
     modes = ["off", "adaptive"]
     if "max_queue_delay_us" not in BatchingConfig.model_fields:
@@ -633,6 +698,7 @@ def main(argv: list[str] | None = None) -> None:
         stop_all()
     print_table(rows, duration, args.target_p99_ms)
     print_perf_table()
+    print(f"\nload average (1/5/15 min): {load_at_start} at the start, {load_average()} at the end")
     print(f"\nTotal wall time {time.perf_counter() - started:.1f} s")
 
 

@@ -48,8 +48,9 @@ def serve(
         float,
         typer.Option(
             metavar="MS",
-            help="Latency target of the adaptive batcher; requests that cannot meet it get 503 with Retry-After "
-            "(model.yaml 'batching: {target_p99_ms: …}' overrides it per model).",
+            help="Latency target of the adaptive batcher; requests that cannot meet it, counting the time they "
+            "already spent on the server, get 503 with Retry-After (gRPC: UNAVAILABLE) before their body is read "
+            "when the queue alone rules them out (model.yaml 'batching: {target_p99_ms: …}' overrides it per model).",
         ),
     ] = 100.0,
     trust_pickle: Annotated[
@@ -185,7 +186,10 @@ def serve(
     at most the model's max_batch_size rows (default 64; model.yaml 'batching: {max_batch_size: N}');
     a larger one gets 400 naming the limit. A request may set a
     timeout with the 'timeout' parameter (microseconds) or a Sluice-Timeout-Ms header (504 when
-    it passes). Stop with Ctrl-C or SIGTERM: readiness turns false at once, in-flight requests
+    it passes; it counts from the request's arrival). Under overload, requests that cannot finish
+    in time get 503 with Retry-After at once (gRPC: UNAVAILABLE with retry-after and
+    grpc-retry-pushback-ms trailers); model.yaml 'batching: {max_queue_rows: N}' caps the queue.
+    Stop with Ctrl-C or SIGTERM: readiness turns false at once, in-flight requests
     finish (up to --drain-timeout; what is still queued then gets 503 with Retry-After), then it
     exits 0.
 

@@ -26,8 +26,11 @@ Rules:
 * Admission sheds with :class:`Overloaded` (HTTP 503, with ``retry_after_s``) when the queue
   (all groups) would exceed ``max_queue_rows``, or when the latency model says the request would
   finish after its timeout or the policy's latency budget, every other group's batches queued
-  ahead of it. Queued requests whose timeout passes are handed back by
-  :meth:`Batcher.pop_expired` for the driver to answer with :class:`RequestTimeout` (HTTP 504).
+  ahead of it. Both budgets count from the request's arrival at the server: the ``waited_s`` it
+  spent before reaching the queue (its body arriving, decoding) is spent already, and a request
+  whose timeout passed meanwhile is refused with :class:`RequestTimeout` (HTTP 504). Queued
+  requests whose timeout passes are handed back by :meth:`Batcher.pop_expired` for the driver
+  to answer with :class:`RequestTimeout`.
 * The policy sees every admitted arrival; each group also keeps its own arrival rate, which is
   what the policy is asked about when it decides whether waiting would grow that group's batch.
 """
@@ -40,7 +43,7 @@ from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 from typing import Generic, Literal, TypeVar
 
-from sluice.errors import Overloaded
+from sluice.errors import Overloaded, RequestTimeout
 from sluice.serve.policy import ArrivalRate, BatchPolicy
 
 __all__ = ["Batch", "Batcher", "PendingRequest", "retry_after_header"]
@@ -54,7 +57,8 @@ _ANY_KEY = object()  # a request whose key is not known yet: it may join whichev
 
 @dataclass(frozen=True, slots=True)
 class PendingRequest(Generic[P]):
-    """One admitted request waiting in the queue."""
+    """One admitted request waiting in the queue: ``arrival_s`` is when it reached the server,
+    ``queued_s`` when it joined the queue (later, by the time its body took to arrive and decode)."""
 
     request_id: int
     rows: int
@@ -62,6 +66,7 @@ class PendingRequest(Generic[P]):
     deadline_s: float | None
     payload: P
     key: Hashable = ()
+    queued_s: float = -math.inf
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,20 +129,30 @@ class Batcher(Generic[P]):
         return self._queued
 
     def add(
-        self, payload: P, rows: int, now: float, timeout_s: float | None = None, *, key: Hashable = ()
+        self,
+        payload: P,
+        rows: int,
+        now: float,
+        timeout_s: float | None = None,
+        *,
+        key: Hashable = (),
+        waited_s: float = 0,
     ) -> PendingRequest[P]:
         """Admit a request of ``rows`` rows that batches with requests of the same ``key``, or
-        raise :class:`Overloaded` at once."""
+        raise :class:`Overloaded` (or :class:`RequestTimeout`) at once; the request reached the
+        server ``waited_s`` seconds before ``now``."""
         if rows < 1:
             raise ValueError(f"a request needs at least one row, got {rows}")
-        self.check_admission(rows, now, timeout_s, key=key)
+        self.check_admission(rows, now, timeout_s, key=key, waited_s=waited_s)
+        arrival_s = now - max(0.0, waited_s)
         request = PendingRequest(
             request_id=self._next_id,
             rows=rows,
-            arrival_s=now,
-            deadline_s=None if timeout_s is None else now + timeout_s,
+            arrival_s=arrival_s,
+            deadline_s=None if timeout_s is None else arrival_s + timeout_s,
             payload=payload,
             key=key,
+            queued_s=now,
         )
         self._next_id += 1
         # only admitted rows fill batches; a closed-loop client that was refused comes back at
@@ -188,18 +203,26 @@ class Batcher(Generic[P]):
         return arrivals
 
     def check_admission(
-        self, rows: int, now: float, timeout_s: float | None = None, *, key: Hashable = _ANY_KEY
+        self, rows: int, now: float, timeout_s: float | None = None, *, key: Hashable = _ANY_KEY, waited_s: float = 0
     ) -> None:
         """Raise :class:`Overloaded` if a request of ``rows`` rows and ``key`` would be refused now.
 
         The driver may call it with one row and no key before it reads a request's body: if
         even one row cannot be admitted into whichever group suits it best, the refusal costs
-        nothing to decode.
+        nothing to decode. ``waited_s`` is how long ago the request reached the server: what
+        is left of its budgets is what the estimate must fit in, and a request whose timeout
+        has passed already raises :class:`RequestTimeout`.
         """
         if self._queued and self._queued_rows + rows > self.max_queue_rows:
             raise Overloaded(
                 f"queue full: {self._queued_rows} rows queued, limit {self.max_queue_rows}, request has {rows}",
                 self._retry_after_s(now, key),
+            )
+        waited_s = max(0.0, waited_s)
+        if timeout_s is not None and waited_s >= timeout_s:
+            raise RequestTimeout(
+                f"the request's timeout of {timeout_s * 1000:.0f} ms passed before it could be queued "
+                f"({waited_s * 1000:.0f} ms after it arrived)"
             )
         # An idle server runs the request whatever the latency target says (shedding it would
         # help nobody); the request's own timeout still applies.
@@ -208,12 +231,13 @@ class Batcher(Generic[P]):
         budgets = [b for b in (timeout_s, target) if b is not None]
         if budgets and self.policy.latency.fitted:
             estimate_s = self.estimate_completion_s(now, rows, key=key)
-            if estimate_s > min(budgets):
-                raise Overloaded(
-                    f"cannot meet the deadline: estimated {estimate_s * 1000:.1f} ms with "
-                    f"{self._queued_rows} rows queued, budget {min(budgets) * 1000:.1f} ms",
-                    self._retry_after_s(now, key),
-                )
+            if waited_s + estimate_s > min(budgets):
+                raise Overloaded(self._late_message(estimate_s, waited_s, min(budgets)), self._retry_after_s(now, key))
+
+    def _late_message(self, estimate_s: float, waited_s: float, budget_s: float) -> str:
+        waited = f" after {waited_s * 1000:.1f} ms waited" if waited_s > 0 else ""
+        queued = f"{self._queued_rows} rows queued{waited}, budget {budget_s * 1000:.1f} ms"
+        return f"cannot meet the deadline: estimated {estimate_s * 1000:.1f} ms with {queued}"
 
     def estimate_completion_s(self, now: float, extra_rows: int = 0, *, key: Hashable = _ANY_KEY) -> float:
         """Seconds until the queue plus ``extra_rows`` more rows of ``key`` are answered (without

@@ -22,9 +22,10 @@ and runs in its own batch. Every output is checked to have as many rows as the i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -128,19 +129,48 @@ class Dispatcher:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sluice-predict")
             self._task = asyncio.get_running_loop().create_task(self._run())
 
-    def refuse_early(self, timeout_s: float | None = None) -> None:
+    def refuse_early(self, timeout_s: float | None = None, *, waited_s: float = 0.0) -> None:
         """Raise :class:`Overloaded` now if even a one-row request would be shed, so the
-        caller can answer 503 before reading and decoding the request's body."""
+        caller can answer 503 before reading and decoding the request's body (which reached
+        the server ``waited_s`` seconds ago; :class:`RequestTimeout` if its timeout passed)."""
         if self._closing:
             raise Overloaded("the server is shutting down", retry_after_s=1.0)
+        error = self.refusal(timeout_s, waited_s=waited_s)
+        if error is not None:
+            self.count_refusal(error)
+            raise error
+
+    def refusal(self, timeout_s: float | None = None, *, waited_s: float = 0.0) -> SluiceError | None:
+        """What :meth:`refuse_early` would raise now, or None; counts nothing (a caller that asks
+        several versions counts the one refusal it answers with :meth:`count_refusal`)."""
+        if self._closing:
+            return Overloaded("the server is shutting down", retry_after_s=1.0)
         try:
             with self._lock:
                 if self._shape_key is _one_key:  # every request joins the one group: estimate that
-                    self.batcher.check_admission(1, self._clock(), timeout_s, key=_ONE_KEY)
+                    self.batcher.check_admission(1, self._clock(), timeout_s, key=_ONE_KEY, waited_s=waited_s)
                 else:
-                    self.batcher.check_admission(1, self._clock(), timeout_s)
-        except Overloaded:
+                    self.batcher.check_admission(1, self._clock(), timeout_s, waited_s=waited_s)
+        except (Overloaded, RequestTimeout) as exc:
+            return exc
+        return None
+
+    def count_refusal(self, error: SluiceError) -> None:
+        """Count a refusal of this version's: as shed (503) or timed out (504); a server shutting
+        down sheds nothing."""
+        if self._closing:
+            return
+        if isinstance(error, Overloaded):
             self.metrics.shed += 1
+        elif isinstance(error, RequestTimeout):
+            self.metrics.timed_out += 1
+
+    @contextlib.contextmanager
+    def _counted(self) -> Iterator[None]:
+        try:
+            yield
+        except (Overloaded, RequestTimeout) as exc:
+            self.count_refusal(exc)
             raise
 
     async def submit(
@@ -151,6 +181,7 @@ class Dispatcher:
         *,
         checked_against: Signature | None = None,
         on_queued: Callable[[], object] | None = None,
+        waited_s: float = 0.0,
     ) -> Arrays:
         """Queue ``rows`` rows and return this request's slice of the outputs.
 
@@ -163,7 +194,8 @@ class Dispatcher:
         ``on_queued`` is called when the request has to wait behind others (a batch in flight,
         requests ahead of it): the moment to start watching its client, which an idle server's
         requests never pay for. A cancelled wait takes a request that has not started out of
-        the queue.
+        the queue. ``waited_s`` is how long ago the request reached the server: its timeout and
+        the latency target count from then.
         """
         if self._closing:
             raise Overloaded("the server is shutting down", retry_after_s=1.0)
@@ -172,12 +204,8 @@ class Dispatcher:
         key = self._shape_key(arrays)
         self.start()
         future: asyncio.Future[Arrays] = asyncio.get_running_loop().create_future()
-        try:
-            with self._lock:
-                request = self.batcher.add(_Job(arrays, future), rows, self._clock(), timeout_s, key=key)
-        except Overloaded:
-            self.metrics.shed += 1
-            raise
+        with self._counted(), self._lock:
+            request = self.batcher.add(_Job(arrays, future), rows, self._clock(), timeout_s, key=key, waited_s=waited_s)
         self._wakeup.set()
         if on_queued is not None and (len(self.batcher) > 1 or self.batcher.in_flight is not None):
             on_queued()
@@ -284,7 +312,7 @@ class Dispatcher:
     def _compute(self, batch: Batch[_Job]) -> _Outcome:
         started_s = self._clock()
         for request in batch.requests:
-            self.metrics.queue.record(started_s - request.arrival_s)
+            self.metrics.queue.record(started_s - request.queued_s)
         self.metrics.batch_rows.record(batch.rows)
         jobs = [request.payload for request in batch.requests]
         rejected: dict[int, SluiceError] = {}

@@ -14,6 +14,7 @@ The service runs on the HTTP server's event loop, started and stopped with it (:
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
 
@@ -31,7 +32,7 @@ from sluice.serve.inference import InferencePath
 from sluice.serve.metadata import model_config, model_metadata, server_metadata, version_policy
 from sluice.serve.protocol import InferRequest
 
-__all__ = ["STATUS_CODES", "GrpcEdge", "InferenceService"]
+__all__ = ["STATUS_CODES", "GrpcEdge", "InferenceService", "retry_trailers"]
 
 log = logging.getLogger(__name__)
 
@@ -53,17 +54,19 @@ STATUS_CODES: Mapping[int, grpc.StatusCode] = {
 class _GrpcCall:
     """One ``ModelInfer`` call, as :class:`~sluice.serve.inference.InferCall` sees it."""
 
-    __slots__ = ("context", "metadata", "request", "response")
+    __slots__ = ("context", "deadline_s", "metadata", "request", "response")
 
     def __init__(self, request: Any, context: grpc.aio.ServicerContext, metadata: Mapping[str, str]) -> None:
         self.request = request
         self.context = context
         self.metadata = metadata
         self.response: Any = None
+        # what was left of the call's deadline when it arrived: the path counts time from then
+        remaining = context.time_remaining()
+        self.deadline_s = None if remaining is None else max(0.0, float(remaining))
 
     def early_timeout_s(self) -> float | None:
-        remaining = self.context.time_remaining()
-        return None if remaining is None else max(0.0, float(remaining))
+        return self.deadline_s
 
     async def read(self) -> None:
         return None  # the message arrived whole
@@ -98,9 +101,16 @@ class _GrpcCall:
 async def _abort(context: grpc.aio.ServicerContext, exc: SluiceError) -> NoReturn:
     code = STATUS_CODES.get(exc.http_status, grpc.StatusCode.INTERNAL)
     if isinstance(exc, Overloaded):
-        context.set_trailing_metadata((("retry-after", retry_after_header(exc)),))
+        context.set_trailing_metadata(retry_trailers(exc))
     await context.abort(code, str(exc))
     raise AssertionError("grpc's abort always raises")  # pragma: no cover
+
+
+def retry_trailers(error: Overloaded) -> tuple[tuple[str, str], ...]:
+    """The trailing metadata of a shed call: ``retry-after`` in whole seconds (as HTTP's header)
+    and ``grpc-retry-pushback-ms``, which a gRPC client with a retry policy waits for (gRFC A6)."""
+    pushback_ms = max(1, math.ceil(error.retry_after_s * 1000))
+    return (("retry-after", retry_after_header(error)), ("grpc-retry-pushback-ms", str(pushback_ms)))
 
 
 class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]

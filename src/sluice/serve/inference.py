@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from sluice.errors import HttpError, ProtocolError, SluiceError
+from sluice.serve.experiment import Experiment
 from sluice.serve.host import ModelHost, ServedVersion
 from sluice.serve.protocol import HEADER_LENGTH, InferRequest, NonFinite, decode_request, encode_response
 from sluice.serve.traffic import VERSION_HEADER, RouteChoice, TrafficRouter, sticky_key
@@ -46,6 +47,7 @@ class InferCall(Protocol[Answer]):
 
     The HTTP app and the gRPC service each translate their request into one of these; the
     path decides everything else (admission, routing, the queue, counting), once for both.
+    Timeouts count from the request's arrival, when the edge made the call.
     """
 
     def early_timeout_s(self) -> float | None:
@@ -106,14 +108,19 @@ class InferencePath:
         return await self.run(name, selector, _HttpCall(headers, read_body, receive, self.non_finite))
 
     async def run(self, name: str, selector: str | None, call: InferCall[Answer]) -> Answer:
-        """Answer one request of any edge; errors raise :class:`~sluice.errors.SluiceError`."""
-        choice, served = await self._admit(name, selector, call)
+        """Answer one request of any edge; errors raise :class:`~sluice.errors.SluiceError`.
+
+        The request's time on the server counts from this call: the latency target and its
+        timeout are budgets of its whole stay, not of its time in the queue alone.
+        """
+        arrived_s = self.traffic.clock()
+        choice, served = await self._admit(name, selector, call, arrived_s)
         key = (served.name, str(served.version))
         self.requests[key] += 1
         started_s = self.traffic.clock()
         try:
             decoded = call.decode(served)
-            outputs = await self._wait(served, decoded, call)
+            outputs = await self._wait(served, decoded, call, arrived_s)
             answer = call.encode(served, decoded, outputs)
         except SluiceError as exc:
             self.failures[(*key, exc.http_status)] += 1
@@ -122,7 +129,9 @@ class InferencePath:
         self.traffic.answered(choice, served, decoded.id, decoded.inputs, outputs, started_s)
         return answer
 
-    async def _wait(self, served: ServedVersion, decoded: InferRequest, call: InferCall[Answer]) -> dict[str, Any]:
+    async def _wait(
+        self, served: ServedVersion, decoded: InferRequest, call: InferCall[Answer], arrived_s: float
+    ) -> dict[str, Any]:
         watches: list[ClientWatch] = []
 
         def watch() -> None:
@@ -137,6 +146,7 @@ class InferencePath:
                 call.timeout_s(decoded),
                 checked_against=served.signature,
                 on_queued=watch,
+                waited_s=self.traffic.clock() - arrived_s,
             )
         except asyncio.CancelledError:
             if not watches or not watches[0].gone:
@@ -151,17 +161,21 @@ class InferencePath:
                 started.stop()
 
     async def _admit(
-        self, name: str, selector: str | None, call: InferCall[Answer]
+        self, name: str, selector: str | None, call: InferCall[Answer], arrived_s: float
     ) -> tuple[RouteChoice, ServedVersion]:
         key = ("", "")
         try:
             admitting = self.host.get(name, selector)
             key = (admitting.name, str(admitting.version))
             # a version that would shed even a one-row request refuses before the body is
-            # read, the cheapest answer under overload (a routed request's version is known
-            # only from its body)
-            if selector is not None or self.traffic.experiment(name) is None:
-                admitting.dispatcher.refuse_early(call.early_timeout_s())
+            # read, the cheapest answer under overload; a routed request's version is known
+            # only from its body, so it is refused then only when every variant would refuse
+            waited_s = self.traffic.clock() - arrived_s
+            experiment = None if selector is not None else self.traffic.experiment(name)
+            if experiment is None:
+                admitting.dispatcher.refuse_early(call.early_timeout_s(), waited_s=waited_s)
+            else:
+                self._refuse_routed_early(name, experiment, call.early_timeout_s(), waited_s)
             await call.read()
             # resolved again after the last await: a version swapped out meanwhile is closing,
             # and from here to the dispatcher's queue nothing yields to the loop
@@ -170,6 +184,24 @@ class InferencePath:
         except SluiceError as exc:
             self.failures[(*key, exc.http_status)] += 1
             raise
+
+    def _refuse_routed_early(self, name: str, experiment: Experiment, timeout_s: float | None, waited_s: float) -> None:
+        refusals: list[tuple[ServedVersion, SluiceError]] = []
+        for variant, weight in experiment.table.weights.items():
+            if weight <= 0:
+                continue
+            try:
+                served = self.host.get(name, variant)
+            except SluiceError:
+                continue  # not served (yet): routing decides what to do with it
+            error = served.dispatcher.refusal(timeout_s, waited_s=waited_s)
+            if error is None:
+                return
+            refusals.append((served, error))
+        if refusals:  # counted once, on the variant that comes first in the routing table
+            served, error = refusals[0]
+            served.dispatcher.count_refusal(error)
+            raise error
 
 
 class _HttpCall:

@@ -15,7 +15,7 @@ __all__ = ["histogram_lines", "label_set", "render_metrics"]
 _HISTOGRAMS = (
     ("sluice_queue_seconds", "queue", "Seconds a request waited for its batch to start."),
     ("sluice_compute_seconds", "compute", "Seconds of predict per batch."),
-    ("sluice_request_seconds", "total", "Seconds from admission to result, per request."),
+    ("sluice_request_seconds", "total", "Seconds from a request's arrival to its result."),
     ("sluice_batch_size", "batch_rows", "Rows per batch."),
 )
 
