@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 
-from sluice.errors import ConfigError, ModelNotFound, Overloaded, PredictError, SluiceError
+from sluice.errors import ConfigError, ModelNotFound, Overloaded, SluiceError
 from sluice.metrics import BucketedHistogram
 from sluice.models.base import Model
 from sluice.models.config import LoadOptions, ModelConfig
@@ -28,7 +27,7 @@ from sluice.models.loader import load_source
 from sluice.models.policy_config import select_versions
 from sluice.models.repository import ModelRepository
 from sluice.models.signature import Signature, TensorSpec
-from sluice.serve.dispatch import Dispatcher, DispatchMetrics, PredictFn
+from sluice.serve.dispatch import Dispatcher, DispatchMetrics
 from sluice.serve.policy import AdaptivePolicy, BatchPolicy, FixedPolicy
 
 __all__ = [
@@ -306,8 +305,9 @@ class ModelHost:
         else:
             policy = AdaptivePolicy(batching.target_p99_ms or self.target_p99_ms, max(1, max_batch_size))
         dispatcher = Dispatcher(
-            # the dispatcher checks each batch's outputs against the signature itself
-            _predict_fn(model),
+            # the dispatcher checks each batch's outputs against the signature itself, and runs
+            # the model's own preparation (tokenizing, decoding) on each request before predict
+            model.predict,
             policy,
             max_queue_rows=batching.max_queue_rows,
             # only runtimes that compute and return may run on the event loop: Python code can
@@ -332,25 +332,6 @@ class ModelHost:
 
 
 _INLINE_FORMATS = frozenset({"onnx", "sklearn", "xgboost", "lightgbm"})
-
-
-def _predict_fn(model: Model) -> PredictFn:
-    """The model's ``predict``, after its own preparation (tokenizing, decoding) when it has one.
-
-    A record that cannot be prepared fails its batch, naming the row, as a batch that
-    ``predict`` rejects does.
-    """
-    if type(model).prepare is Model.prepare:
-        return model.predict
-
-    def prepare_and_predict(inputs: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
-        prepared = model.prepare(inputs)
-        if prepared.failed:
-            row, message = prepared.failed[0]
-            raise PredictError(f"row {row}: {message}")
-        return model.predict(prepared.inputs)
-
-    return prepare_and_predict
 
 
 def warm_up_inputs(signature: Signature) -> dict[str, np.ndarray]:
