@@ -43,6 +43,9 @@ STABLE_KEYS = {
     "cpu_utilization",
     "gpu_utilization",
     "cost_per_million_usd",
+    "counters",  # the model's own counts: empty but for models that report some (text models)
+    "padding_waste",
+    "padding_waste_unbucketed",
 }
 RUN_KEYS = {
     "model",
@@ -147,6 +150,7 @@ def test_summary_json_has_exactly_the_stable_keys(tmp_path: Path, models) -> Non
     assert all(0.0 <= v <= 1.0 for v in summary["stage_busy_fraction"].values())
     assert summary["gpu_utilization"] is None
     assert summary["cost_per_million_usd"] is None
+    assert (summary["counters"], summary["padding_waste"], summary["padding_waste_unbucketed"]) == ({}, None, None)
     assert summary["peak_rss_bytes"] > 0
     assert summary["rows"] == 30
     assert summary["input"] == str(tmp_path / "in")
@@ -547,7 +551,8 @@ def test_text_passthrough_with_separators_and_quotes(tmp_path: Path, models, out
 
 PREDICT_FLAGS = [
     "--model", "--input", "--output", "--spec", "--repository", "--input-format", "--output-format", "--features",
-    "--key-column", "--key-type", "--include", "--exclude", "--batch-size", "--workers", "--readers",
+    "--key-column", "--key-type", "--text-column", "--task", "--pooling", "--normalize", "--max-length",
+    "--no-bucketing", "--forward-batch-size", "--include", "--exclude", "--batch-size", "--workers", "--readers",
     "--intra-op-threads",
     "--device", "--max-error-fraction", "--price-per-hour", "--overwrite", "--trust-pickle", "--trust-type",
     "--storage-option", "--backend", "--spark-master", "--ray-address", "--quiet", "--json", "--help",
@@ -576,7 +581,8 @@ def test_every_job_spec_field_but_the_tuning_knobs_has_a_flag() -> None:
         "batch_size": "64", "workers": 2, "readers": 1, "intra_op_threads": 1, "device": "cpu",
         "max_error_fraction": 0.5, "price_per_hour": 1.0, "overwrite": True, "trust_pickle": False,
         "trust_type": ["a.B"], "storage_option": ["endpoint_url=http://127.0.0.1:9000", "anon=true"],
-        "backend": "local", "spark_master": None, "ray_address": None,
+        "backend": "local", "spark_master": None, "ray_address": None, "text_column": "body", "task": None,
+        "pooling": "cls", "normalize": True, "max_length": 128, "no_bucketing": True, "forward_batch_size": 32,
     }  # fmt: skip
     fields = spec_fields(flags)
     spec_file_only = {"tune_min_rows", "shard_rows", "model_search_path"}
@@ -589,7 +595,8 @@ def test_every_job_spec_field_but_the_tuning_knobs_has_a_flag() -> None:
         "device": "cpu",
         "max_error_fraction": 0.5, "price_per_hour": 1.0, "overwrite": True, "trust_pickle": None,
         "trusted_types": ["a.B"], "storage_options": {"endpoint_url": "http://127.0.0.1:9000", "anon": True},
-        "backend": "local", "spark_master": None, "ray_address": None,
+        "backend": "local", "spark_master": None, "ray_address": None, "text_column": "body", "task": None,
+        "pooling": "cls", "normalize": True, "max_length": 128, "bucketing": False, "forward_batch_size": 32,
     }  # fmt: skip
 
 
