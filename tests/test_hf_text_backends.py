@@ -13,7 +13,6 @@ pytest.importorskip("transformers")
 
 import sluice
 from hf_text_support import TextModels, direct_embeddings, documents, text_models
-from sluice.backends.environment import ScopedEnviron
 from sluice.tune import tune
 
 __all__ = ["text_models"]
@@ -46,21 +45,11 @@ def test_tuner_profiles_a_text_model(text_models: TextModels, corpus: tuple[Path
 @pytest.mark.filterwarnings("ignore::DeprecationWarning:ray")
 def test_ray_backend_equals_local(text_models: TextModels, corpus: tuple[Path, list[str]], tmp_path: Path) -> None:
     pytest.importorskip("ray")
-    import ray
-
-    from sluice.backends import ray as ray_backend
-
     directory, texts = corpus
     options = {"key_column": "doc_id", "max_length": 20, "batch_size": 16}
     local = sluice.predict(str(text_models.embedding), str(directory), str(tmp_path / "local"), **options)
-    with ScopedEnviron(ray_backend.local_environment(None)):
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
-        try:
-            remote = sluice.predict(
-                str(text_models.embedding), str(directory), str(tmp_path / "ray"), backend="ray", **options
-            )
-        finally:
-            ray.shutdown()
+    # Sluice starts (and stops) a local Ray instance, or joins the one another test started
+    remote = sluice.predict(str(text_models.embedding), str(directory), str(tmp_path / "ray"), backend="ray", **options)
     assert (remote.rows, remote.rows_failed, remote.backend) == (90, 0, "ray")
     assert remote.counters == local.counters and remote.counters["truncated_records"] > 0
     assert remote.padding_waste == local.padding_waste
