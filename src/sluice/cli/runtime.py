@@ -41,6 +41,8 @@ FLAGS: Mapping[str, str] = {
     "trusted_types": "--trust-type",
     "device": "--device",
     "backend": "--backend",
+    # sluice stream
+    "claim_idle_ms": "--claim-idle-ms",
     # sluice serve
     "port": "--port",
     # sluice tune, sluice cost

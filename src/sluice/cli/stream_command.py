@@ -53,7 +53,16 @@ PollOption = Annotated[
     _option("How often an idle directory is listed, or how long an idle Redis read waits, in ms (default: 50)."),
 ]
 GroupOption = Annotated[str | None, _option("Redis consumer group of a Redis source (default: sluice).")]
-ConsumerOption = Annotated[str | None, _option("Consumer name within the group (default: sluice-1).")]
+ConsumerOption = Annotated[
+    str | None, _option("Consumer name within the group, one per process sharing it (default: sluice-1).")
+]
+ClaimIdleOption = Annotated[
+    float | None,
+    _option(
+        "Claim entries another consumer of the group left pending this long, in ms: it died (default: 30000 "
+        "with a Redis sink on the source's server, the one sink that allows claims; off otherwise)."
+    ),
+]
 ValueFieldOption = Annotated[
     str | None, _option("Redis entry field holding the record as a JSON object (default: each field is a column).")
 ]
@@ -83,7 +92,7 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print this run's figur
 _AS_GIVEN = (
     "model", "source", "sink", "repository", "source_format", "sink_format", "key_column", "batch_size",
     "batch_delay_ms", "target_latency_ms", "min_group", "max_group", "poll_interval_ms", "group", "consumer",
-    "value_field", "metrics_port", "metrics_host", "intra_op_threads", "device",
+    "claim_idle_ms", "value_field", "metrics_port", "metrics_host", "intra_op_threads", "device",
 )  # fmt: skip
 
 
@@ -106,6 +115,7 @@ def stream(
     poll_interval_ms: PollOption = None,
     group: GroupOption = None,
     consumer: ConsumerOption = None,
+    claim_idle_ms: ClaimIdleOption = None,
     value_field: ValueFieldOption = None,
     metrics_port: MetricsPortOption = None,
     metrics_host: MetricsHostOption = None,

@@ -41,6 +41,12 @@ class StreamSpec(BaseModel):
     once: bool = Field(default=False, description="Process what the source holds now, then stop.")
     group: str = Field(default="sluice", description="Redis consumer group.")
     consumer: str = Field(default="sluice-1", description="Redis consumer name within the group.")
+    claim_idle_ms: float | None = Field(
+        default=None,
+        ge=0.0,
+        description="Claim other consumers' entries pending this long (they died); default 30000 where the "
+        "sink allows claims (a Redis sink on the source's server), off otherwise.",
+    )
     value_field: str | None = Field(default=None, description="Redis entry field holding a JSON record.")
     metrics_port: int | None = Field(
         default=None, ge=0, le=65535, description="Serve Prometheus text at /metrics on this port (0: any free one)."

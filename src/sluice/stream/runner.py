@@ -14,6 +14,7 @@ commit, and the run returns normally.
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 import time
@@ -42,9 +43,11 @@ from sluice.stream.failpoints import StreamFailpoints
 from sluice.stream.metrics import StreamMetrics, StreamSummary
 from sluice.stream.metrics_http import MetricsServer
 from sluice.stream.scheduler import Clock, GroupScheduler
-from sluice.stream.sources import MicroBatch, StreamSource
+from sluice.stream.sources import GroupLost, MicroBatch, StreamSource
 
 __all__ = ["StreamRunner", "run_stream"]
+
+log = logging.getLogger(__name__)
 
 _METRICS_EVERY_S = 1.0
 
@@ -92,7 +95,7 @@ class StreamRunner:
         predictor = Predictor(model, setup.predict_threads)
         source = open_source(self.spec, self._columns)
         try:
-            sink = open_sink(self.spec, self.failpoints)
+            sink = open_sink(self.spec, self.failpoints, source)
             try:
                 committed = sink.open(self._fingerprint(model, source), self.spec.overwrite)
                 source.open(committed.progress)
@@ -207,7 +210,13 @@ class StreamRunner:
     ) -> None:
         self.scheduler.commit_started()
         progress = source.progress()
-        sink.commit(group.output, progress, group.failed, group.schema or self._empty_schema())
+        try:
+            sink.commit(group.output, progress, group.failed, group.schema or self._empty_schema())
+        except GroupLost as lost:
+            log.warning("%s; the group is dropped, its other records are read again", lost)
+            group.output.abort()
+            source.rewind()
+            return
         committed_s = self.wall()
         source.acknowledge(progress)
         metrics.group_size = self.scheduler.group_committed(full=full)
