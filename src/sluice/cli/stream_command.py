@@ -74,7 +74,7 @@ StorageOption = Annotated[
     list[str] | None,
     typer.Option(
         "--storage-option",
-        help="fsspec option for an s3:// (or other) source, e.g. endpoint_url=http://127.0.0.1:9000; repeatable.",
+        help="fsspec option for an s3:// source or sink, e.g. endpoint_url=http://127.0.0.1:9000; repeatable.",
         show_default=False,
         metavar="KEY=VALUE",
     ),

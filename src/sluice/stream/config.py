@@ -53,7 +53,8 @@ class StreamSpec(BaseModel):
     )
     metrics_host: str = Field(default="127.0.0.1", description="Address the metrics port listens on.")
     storage_options: dict[str, Any] = Field(
-        default_factory=dict, description="fsspec options for an s3:// (or other) source prefix, as for batch jobs."
+        default_factory=dict,
+        description="fsspec options for an s3:// (or other) source or sink, as for batch jobs.",
     )
     intra_op_threads: int | None = Field(default=None, ge=1, le=256)
     device: Literal["auto", "cpu", "cuda"] = "auto"

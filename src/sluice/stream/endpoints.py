@@ -80,7 +80,7 @@ def open_sink(spec: StreamSpec, failpoints: StreamFailpoints, source: StreamSour
             source.acks_in_commit = True
             return RedisSink(spec, failpoints, source.delivered)
         return RedisSink(spec, failpoints)
-    return DirectorySink(spec.sink, spec.sink_format, failpoints)
+    return DirectorySink(spec.sink, spec.sink_format, failpoints, spec.storage_options)
 
 
 def _redis_source_on_sink_server(spec: StreamSpec, source: StreamSource) -> bool:
