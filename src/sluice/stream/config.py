@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from sluice.batch.spec import JobSpec
-from sluice.configfile import format_validation_error
+from sluice.configfile import format_validation_error, read_yaml_model
 from sluice.data.location import DataFormat
 from sluice.errors import ConfigError
 
@@ -75,6 +76,12 @@ class StreamSpec(BaseModel):
         except ValidationError as exc:
             raise ConfigError(f"invalid stream: {format_validation_error(exc)}") from exc
 
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides: object) -> StreamSpec:
+        """A stream from a YAML or JSON file of these fields, with ``overrides`` (e.g. CLI flags) on top."""
+        base = read_yaml_model(Path(path), _PartialStreamSpec).model_dump(exclude_unset=True)
+        return cls.build(**{**base, **{k: v for k, v in overrides.items() if v is not None}})
+
     def job_spec(self) -> JobSpec:
         """The batch job spec with this stream's model and columns, for the batch run's planning steps.
 
@@ -94,3 +101,11 @@ class StreamSpec(BaseModel):
             trust_pickle=self.trust_pickle,
             batch_size=self.batch_size,
         )
+
+
+class _PartialStreamSpec(StreamSpec):
+    """A stream file may leave out fields that the command line supplies."""
+
+    model: str = ""
+    source: str = ""
+    sink: str = ""
