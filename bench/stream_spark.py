@@ -159,10 +159,9 @@ def predict_partition(model_path: str, batches: Iterator[pa.RecordBatch]) -> Ite
         if not batch.num_rows:
             continue
         (out,) = sluice.predict_batches(model, batch, batch_size=max(batch.num_rows, 1), features=feature_names())
-        p1 = pc.list_element(out.column("probabilities"), 1)
+        p1 = pc.list_element(out.column("probabilities"), 1)  # both models end in two probabilities
         yield pa.RecordBatch.from_arrays(
-            [batch.column("id"), batch.column("arrived_s"), out.column("label"), p1],
-            names=["id", "arrived_s", "label", "p1"],
+            [batch.column("id"), batch.column("arrived_s"), p1], names=["id", "arrived_s", "p1"]
         )
 
 
@@ -210,9 +209,7 @@ class SparkSide:
                 .select(
                     "id", *feature_names(), F.col("_metadata.file_modification_time").cast("double").alias("arrived_s")
                 )
-                .mapInArrow(
-                    functools.partial(predict_partition, model), "id long, arrived_s double, label long, p1 float"
-                )
+                .mapInArrow(functools.partial(predict_partition, model), "id long, arrived_s double, p1 float")
             )
             query = (
                 stream.writeStream.foreachBatch(commit)

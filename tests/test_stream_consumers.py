@@ -172,3 +172,24 @@ def test_claims_need_a_redis_sink_on_the_source_server(redis_server: RedisServer
     assert done.returncode == 2
     assert "claiming another consumer's entries (--claim-idle-ms) needs a Redis sink" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_position_committed_before_commits_acknowledged_still_skips_its_entries(
+    redis_server: RedisServer, models: Any
+) -> None:
+    """A stream committed by a Sluice that acknowledged after the commit, and stopped between the two, goes on right."""
+    table = make_table(20).drop_columns(["name"])
+    produce(redis_server, "in", table.slice(0, 10))
+    options = {"key_column": "id", "once": True}
+    sluice.stream(str(models.onnx), redis_server.url("in"), redis_server.url("out"), **options)
+    client = redis_server.client()
+    ids = produce(redis_server, "in", table.slice(10))
+    client.xreadgroup("sluice", "sluice-1", {"in": ">"})  # delivered, never acknowledged
+    state = json.loads(client.get("out:sluice-progress"))
+    state["progress"] = {"last_id": ids[4]}  # that Sluice's position: 5 of them committed, then the crash
+    client.set("out:sluice-progress", json.dumps(state))
+    summary = sluice.stream(str(models.onnx), redis_server.url("in"), redis_server.url("out"), **options)
+    assert summary.records == 5
+    assert [int(e["id"]) for e in output_entries(redis_server, "out")] == [*range(10), *range(15, 20)]
+    assert client.xpending("in", "sluice")["pending"] == 0
+    assert json.loads(client.get("out:sluice-progress"))["progress"] == {"last_id": ids[-1], "consumer": "sluice-1"}

@@ -98,9 +98,13 @@ class RedisSource:
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise DataError(f"{self.url}: cannot create consumer group '{self.group}': {exc}") from exc
-        self.last_id = (committed or {}).get("last_id", "0-0")
-        # acknowledged in the commit, a pending entry is never committed: none is skipped
-        self.committed_id = "0-0" if self.acks_in_commit else self.last_id
+        position = committed or {}
+        self.last_id = position.get("last_id", "0-0")
+        # acknowledged in the commit, a pending entry was never committed, and none is skipped;
+        # but a position without its consumer was committed by a Sluice that acknowledged after
+        # the commit, and this consumer's first pending entries may still be committed ones
+        before = not self.acks_in_commit or "consumer" not in position
+        self.committed_id = self.last_id if before else "0-0"
         if self.acks_in_commit and self.claim_idle_ms is None:
             self.claim_idle_ms = CLAIM_IDLE_MS
 
@@ -160,6 +164,8 @@ class RedisSource:
             entries = self._xreadgroup(self._cursor, count, None)
             if not entries:
                 self._cursor = None
+                if self.acks_in_commit:
+                    self.committed_id = "0-0"  # from here on, commits acknowledge
                 break
             self._cursor = entries[-1][0]
             done = [e for e, _ in entries if not id_after(e, self.committed_id)]

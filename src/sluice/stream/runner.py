@@ -8,8 +8,10 @@ that cannot bind or that the model rejects becomes an error record, and the stre
 Each group: wait for the first micro-batch; then run micro-batches back to back while the
 source has records, up to the group size or the group's time budget (:mod:`.scheduler`);
 then commit the outputs with the source position (:mod:`.sinks`), acknowledge the source, and
-let the scheduler size the next group. SIGINT or SIGTERM lets the group in flight finish and
-commit, and the run returns normally.
+let the scheduler size the next group. A sink may refuse a group whose source records another
+reader claimed meanwhile (:class:`~sluice.stream.sources.GroupLost`, a Redis consumer that was
+too slow): the group is dropped, and the source hands out again what is still its own. SIGINT
+or SIGTERM lets the group in flight finish and commit, and the run returns normally.
 """
 
 from __future__ import annotations
