@@ -10,12 +10,13 @@ Exactly once, two ways, chosen by the sink (:func:`~sluice.stream.endpoints.open
 
 - **Acknowledged in the commit** (a Redis sink on the source's server): the sink's one atomic
   script checks that this consumer still owns every entry of the group, writes the outputs,
-  acknowledges (``XACK``) the entries and records the progress. A pending entry is therefore never committed,
-  so every pending entry is predicted, and several consumers of one group may share the stream:
-  one that dies has its pending entries claimed (``XAUTOCLAIM``, once they have been idle for
-  ``claim_idle_ms``) by another. A consumer that was only slow finds its group's entries claimed
-  away at its commit; the commit is refused (:class:`~sluice.stream.sources.GroupLost`), and it
-  reads its own pending entries again (:meth:`RedisSource.rewind`).
+  acknowledges (``XACK``) the entries and records the progress. A pending entry is therefore
+  never committed, so every pending entry is predicted, and several consumers of one group may
+  share the stream: one that dies has its pending entries claimed (``XAUTOCLAIM``, once they
+  have been idle for ``claim_idle_ms``) by another. A consumer that was only slow finds some
+  of its group's entries claimed away at its commit; the commit is refused
+  (:class:`~sluice.stream.sources.GroupLost`), and it reads its own pending entries again
+  (:meth:`RedisSource.rewind`).
 - **Acknowledged after the commit** (any other sink): the sink commits the ID of the last entry
   of each group with its outputs. On start, this consumer's pending entries (delivered before a
   crash, never acknowledged) are read first; those at or before the committed ID are
@@ -86,7 +87,6 @@ class RedisSource:
         self._schema: pa.Schema | None = None
         self._claim_cursor = "0-0"
         self._claimed_at = float("-inf")
-        self.claimed = 0  # entries this consumer claimed from others
 
     def open(self, committed: Any) -> None:
         """Join the consumer group (creating it) and resume after ``committed``."""
@@ -199,7 +199,6 @@ class RedisSource:
         self._claim_cursor = _text(reply[0])
         mine = set(self._unacked)  # an entry of the group in flight that idled, claimed from ourselves
         entries = [(_text(i), _fields(fields)) for i, fields in reply[1] if fields is not None and _text(i) not in mine]
-        self.claimed += len(entries)
         return entries
 
     def _xreadgroup(self, cursor: str, count: int, block_ms: int | None) -> list[Entry]:
