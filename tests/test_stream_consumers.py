@@ -7,6 +7,7 @@ server is one script that checks ownership, writes the outputs and acknowledges 
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -27,7 +28,7 @@ from sluice.stream.redis_sink import RedisSink
 from sluice.stream.redis_source import Delivery
 from sluice.stream.sources import GroupLost
 from stream_support import run_stream_process, stream_command, stream_env
-from support import make_table
+from support import make_table, write_module
 from test_stream_redis import expected_predictions, output_entries, produce
 
 ROWS = 1200
@@ -193,3 +194,60 @@ def test_a_position_committed_before_commits_acknowledged_still_skips_its_entrie
     assert [int(e["id"]) for e in output_entries(redis_server, "out")] == [*range(10), *range(15, 20)]
     assert client.xpending("in", "sluice")["pending"] == 0
     assert json.loads(client.get("out:sluice-progress"))["progress"] == {"last_id": ids[-1], "consumer": "sluice-1"}
+
+
+STALL_MODULE = """
+import os, time
+
+def predict(x):
+    marker = os.environ.get("STALL_MARKER")
+    if marker and not os.path.exists(marker):  # the first call of the consumer told to stall
+        open(marker, "w").close()
+        time.sleep(float(os.environ["STALL_S"]))
+    return x.sum(axis=1)
+"""
+LOST = "another consumer of 'sluice' claimed entries of the group; the group is dropped"
+
+
+@pytest.mark.slow
+def test_a_consumer_too_slow_for_its_group_loses_it_and_the_claimer_commits_it(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    write_module(tmp_path / "models", "stall", STALL_MODULE)
+    produce(redis_server, "in", make_table(40).drop_columns(["name"]))
+    client = redis_server.client()
+    client.xgroup_create("in", "sluice", id="0")
+
+    def start(name: str, **env: str) -> subprocess.Popen[str]:
+        args = [
+            "-m", "stall:predict", "--source", redis_server.url("in"), "--sink", redis_server.url("out"),
+            "--key-column", "id", "--features", "f0,f1,f2,f3", "--batch-size", "20", "--max-group", "1",
+            "--consumer", name, "--claim-idle-ms", "1000", "--poll-interval-ms", "20", "-q",
+        ]  # fmt: skip
+        environment = {**stream_env(), **env}
+        environment["PYTHONPATH"] += os.pathsep + str(tmp_path / "models")
+        with (tmp_path / f"{name}.err").open("w") as err:
+            return subprocess.Popen(stream_command(*args), env=environment, stderr=err, text=True)
+
+    marker = tmp_path / "stalled"
+    slow = start("slow", STALL_MARKER=str(marker), STALL_S="10")
+    quick = None
+    try:
+        _wait_until(marker.exists, [slow])  # "slow" holds its first 20 entries and sleeps on them
+        quick = start("quick")
+        _wait_until(lambda: LOST in (tmp_path / "slow.err").read_text(), [slow, quick])  # it woke and lost them
+        _wait_until(lambda: client.xlen("out") >= 40 and client.xpending("in", "sluice")["pending"] == 0, [slow, quick])
+        for proc in (slow, quick):
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+    finally:
+        for proc in (slow, quick):
+            if proc is not None:
+                proc.kill()
+                proc.wait()
+    errors = {name: (tmp_path / f"{name}.err").read_text() for name in ("slow", "quick")}
+    assert (slow.returncode, quick.returncode) == (0, 0), errors
+    assert "Traceback" not in errors["slow"] + errors["quick"]
+    outputs = [fields for _, fields in client.xrange("out")]
+    assert sorted(int(e["id"]) for e in outputs) == list(range(40))  # the lost group is in the sink once
+    assert json.loads(client.get("out:sluice-progress"))["records"] == 40
