@@ -1,13 +1,24 @@
-"""End-to-end latency and throughput of `sluice stream` from Redis into Redis, by rate and group size.
+"""End-to-end latency and throughput of `sluice stream`: Redis into Redis by rate and group size, and a
+directory source side by side with Spark Structured Streaming.
 
-A producer process appends entries (an ``id`` and 32 float features as fields) to a Redis stream
-at a fixed rate; a stream in this process predicts them with the demo model or a compute-heavy
-MLP and commits them to an output stream. Each cell runs the producer for ``--seconds`` and waits
-until every entry is committed. Latency is the stream's own figure: an entry ID's time (arrival)
-to the commit of its group. redis-server is started on 127.0.0.1 on a free port and stopped.
+Redis: a producer process appends entries (an ``id`` and 32 float features as fields) to a Redis
+stream at a fixed rate; a stream in this process predicts them with the demo model or a
+compute-heavy MLP and commits them to an output stream. Each cell runs the producer for
+``--seconds`` and waits until every entry is committed. Latency is the stream's own figure: an
+entry ID's time (arrival) to the commit of its group. redis-server is started on 127.0.0.1 on a
+free port and stopped.
+
+Directory (``--directory``): a producer process lands a Parquet file (written under a hidden
+name, then renamed) every ``--file-ms`` with the rate's share of records; the same records go
+through `sluice stream` (directory source → directory sink) and then through Spark Structured
+Streaming in local mode (file source → ``mapInArrow`` with the same model through Sluice's
+``predict_batches`` → ``foreachBatch`` writing one Parquet file per micro-batch), one after the
+other. Latency for both: a file's modification time to the commit of the records' group (for
+Spark, the end of its ``foreachBatch`` write; the offset log's commit after it is not counted).
 
     .venv/bin/python bench/stream_latency.py                       # 1k/10k/50k per s × adaptive/1/16, ~2 min
     .venv/bin/python bench/stream_latency.py --quick               # 1k/10k per s, 2 s each
+    .venv/bin/python bench/stream_latency.py --directory --rates 1000,10000 --seconds 8
 """
 
 from __future__ import annotations
@@ -141,6 +152,9 @@ def run_cell(port: int, model: str, rate: int, group: str, seconds: float, name:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--directory", action="store_true", help="directory source: sluice stream beside Spark")
+    parser.add_argument("--file-ms", type=float, default=100.0, help="--directory: a file lands this often")
+    parser.add_argument("--no-spark", action="store_true", help="--directory: sluice stream only")
     parser.add_argument("--rates", default="1000,10000,50000")
     parser.add_argument("--groups", default="adaptive,1,16", help="adaptive, or fixed micro-batches per group")
     parser.add_argument("--models", default="demo,mlp")
@@ -155,6 +169,11 @@ def main() -> None:
         "demo": str(sorted((repository / "demo").glob("*/model.onnx"))[-1]),
         "mlp": str(write_mlp_onnx(DATA / "stream-mlp-32-256-256-2.onnx", [FEATURES, 256, 256, 2], seed=0)),
     }
+    if args.directory:
+        from stream_spark import compare_directory
+
+        compare_directory(paths, args.models.split(","), rates, seconds, args.file_ms, spark=not args.no_spark)
+        return
     with tempfile.TemporaryDirectory() as scratch:
         proc, port = start_redis(Path(scratch))
         try:

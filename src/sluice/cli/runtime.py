@@ -45,6 +45,8 @@ FLAGS: Mapping[str, str] = {
     "text_column": "--text-column",
     "task": "--task",
     "max_length": "--max-length",
+    # sluice stream
+    "claim_idle_ms": "--claim-idle-ms",
     # sluice serve
     "port": "--port",
     # sluice tune, sluice cost

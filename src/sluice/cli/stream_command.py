@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -20,6 +21,9 @@ def _option(help_: str, *names: str) -> Any:
     return typer.Option(*names, help=help_, show_default=False)
 
 
+SpecOption = Annotated[
+    Path | None, _option("Stream spec (YAML/JSON: sluice.stream.StreamSpec's fields); flags override it.", "--spec")
+]
 ModelOption = Annotated[
     str | None,
     _option("Model file, 'module:function', or NAME, NAME@VERSION, NAME@LABEL in the repository.", "--model", "-m"),
@@ -53,7 +57,16 @@ PollOption = Annotated[
     _option("How often an idle directory is listed, or how long an idle Redis read waits, in ms (default: 50)."),
 ]
 GroupOption = Annotated[str | None, _option("Redis consumer group of a Redis source (default: sluice).")]
-ConsumerOption = Annotated[str | None, _option("Consumer name within the group (default: sluice-1).")]
+ConsumerOption = Annotated[
+    str | None, _option("Consumer name within the group, one per process sharing it (default: sluice-1).")
+]
+ClaimIdleOption = Annotated[
+    float | None,
+    _option(
+        "Claim entries another consumer of the group left pending this long, in ms: it died (default: 30000 "
+        "with a Redis sink on the source's server, the one sink that allows claims; off otherwise)."
+    ),
+]
 ValueFieldOption = Annotated[
     str | None, _option("Redis entry field holding the record as a JSON object (default: each field is a column).")
 ]
@@ -65,7 +78,7 @@ StorageOption = Annotated[
     list[str] | None,
     typer.Option(
         "--storage-option",
-        help="fsspec option for an s3:// (or other) source, e.g. endpoint_url=http://127.0.0.1:9000; repeatable.",
+        help="fsspec option for an s3:// source or sink, e.g. endpoint_url=http://127.0.0.1:9000; repeatable.",
         show_default=False,
         metavar="KEY=VALUE",
     ),
@@ -83,12 +96,13 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print this run's figur
 _AS_GIVEN = (
     "model", "source", "sink", "repository", "source_format", "sink_format", "key_column", "batch_size",
     "batch_delay_ms", "target_latency_ms", "min_group", "max_group", "poll_interval_ms", "group", "consumer",
-    "value_field", "metrics_port", "metrics_host", "intra_op_threads", "device",
+    "claim_idle_ms", "value_field", "metrics_port", "metrics_host", "intra_op_threads", "device",
 )  # fmt: skip
 
 
 def stream(
     ctx: typer.Context,
+    spec_file: SpecOption = None,
     model: ModelOption = None,
     source: SourceOption = None,
     sink: SinkOption = None,
@@ -106,6 +120,7 @@ def stream(
     poll_interval_ms: PollOption = None,
     group: GroupOption = None,
     consumer: ConsumerOption = None,
+    claim_idle_ms: ClaimIdleOption = None,
     value_field: ValueFieldOption = None,
     metrics_port: MetricsPortOption = None,
     metrics_host: MetricsHostOption = None,
@@ -124,14 +139,19 @@ def stream(
     `.` are not complete: write a file under such a name and rename it into place). The sink gets one
     part-NNNNN file per committed group, _errors/errors-NNNNN.jsonl for records the model could not
     take, _stream.json (what is committed) and _stream_metrics.json (throughput, latency p50/p99, group
-    size). After a crash, the same command resumes where the last commit left off.
+    size); a directory sink may be an s3:// prefix (--storage-option). After a crash, the same command
+    resumes where the last commit left off.
+
+    Several processes with one --group and each its own --consumer share a Redis stream; with a Redis
+    sink on the source's server, one that dies has its entries claimed by the others (--claim-idle-ms).
+    --spec FILE gives the fields in YAML or JSON; flags override them.
 
     Runs until Ctrl-C or SIGTERM, which commit the group in flight and exit 0 (or, with --once, until
     the source holds nothing new). See docs/streaming.md.
 
     Exit codes: 0 stopped cleanly, 1 model failure, 2 usage error or unusable source or sink.
     """
-    spec = run_cli(lambda: build_spec(spec_fields(ctx.params)))
+    spec = run_cli(lambda: build_spec(spec_fields(ctx.params), spec_file))
     summary = run_cli(lambda: run_spec(spec, quiet))
     if summary_json:
         import json
@@ -155,11 +175,13 @@ def spec_fields(flags: Mapping[str, Any]) -> dict[str, Any]:
     return fields
 
 
-def build_spec(fields: Mapping[str, Any]) -> StreamSpec:
-    """The stream: the flags, of which --model, --source and --sink are needed."""
+def build_spec(fields: Mapping[str, Any], spec_file: Path | None = None) -> StreamSpec:
+    """The stream: the spec file with the given flags over it, or the flags alone (then --model, --source, --sink)."""
     from sluice.stream import StreamSpec
 
-    return StreamSpec.build(**given_fields(fields, ("model", "source", "sink"), from_file=False, file_flag="--spec"))
+    required = ("model", "source", "sink")
+    given = given_fields(fields, required, from_file=spec_file is not None, file_flag="--spec")
+    return StreamSpec.from_file(spec_file, **given) if spec_file is not None else StreamSpec.build(**given)
 
 
 def run_spec(spec: StreamSpec, quiet: bool) -> StreamSummary:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from sluice.batch.spec import JobSpec
-from sluice.configfile import format_validation_error
+from sluice.configfile import format_validation_error, read_yaml_model
 from sluice.data.location import DataFormat
 from sluice.errors import ConfigError
 from sluice.models.config import DeviceName
@@ -42,13 +43,20 @@ class StreamSpec(BaseModel):
     once: bool = Field(default=False, description="Process what the source holds now, then stop.")
     group: str = Field(default="sluice", description="Redis consumer group.")
     consumer: str = Field(default="sluice-1", description="Redis consumer name within the group.")
+    claim_idle_ms: float | None = Field(
+        default=None,
+        ge=0.0,
+        description="Claim other consumers' entries pending this long (they died); default 30000 where the "
+        "sink allows claims (a Redis sink on the source's server), off otherwise.",
+    )
     value_field: str | None = Field(default=None, description="Redis entry field holding a JSON record.")
     metrics_port: int | None = Field(
         default=None, ge=0, le=65535, description="Serve Prometheus text at /metrics on this port (0: any free one)."
     )
     metrics_host: str = Field(default="127.0.0.1", description="Address the metrics port listens on.")
     storage_options: dict[str, Any] = Field(
-        default_factory=dict, description="fsspec options for an s3:// (or other) source prefix, as for batch jobs."
+        default_factory=dict,
+        description="fsspec options for an s3:// (or other) source or sink, as for batch jobs.",
     )
     intra_op_threads: int | None = Field(default=None, ge=1, le=256)
     device: DeviceName = Field(default="auto", description="auto (a GPU when there is one), cpu, cuda or cuda:N.")
@@ -69,6 +77,12 @@ class StreamSpec(BaseModel):
         except ValidationError as exc:
             raise ConfigError(f"invalid stream: {format_validation_error(exc)}") from exc
 
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides: object) -> StreamSpec:
+        """A stream from a YAML or JSON file of these fields, with ``overrides`` (e.g. CLI flags) on top."""
+        base = read_yaml_model(Path(path), _PartialStreamSpec).model_dump(exclude_unset=True)
+        return cls.build(**{**base, **{k: v for k, v in overrides.items() if v is not None}})
+
     def job_spec(self) -> JobSpec:
         """The batch job spec with this stream's model and columns, for the batch run's planning steps.
 
@@ -88,3 +102,11 @@ class StreamSpec(BaseModel):
             trust_pickle=self.trust_pickle,
             batch_size=self.batch_size,
         )
+
+
+class _PartialStreamSpec(StreamSpec):
+    """A stream file may leave out fields that the command line supplies."""
+
+    model: str = ""
+    source: str = ""
+    sink: str = ""

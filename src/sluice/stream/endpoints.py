@@ -7,6 +7,7 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 
+from sluice.errors import ConfigError
 from sluice.stream.config import StreamSpec
 from sluice.stream.failpoints import StreamFailpoints
 from sluice.stream.sinks import Committed, DirectorySink, SinkGroup
@@ -57,10 +58,39 @@ def open_source(spec: StreamSpec, planner: ColumnPlanner) -> StreamSource:
     )
 
 
-def open_sink(spec: StreamSpec, failpoints: StreamFailpoints) -> StreamSink:
-    """The sink ``spec.sink`` names."""
+def open_sink(spec: StreamSpec, failpoints: StreamFailpoints, source: StreamSource) -> StreamSink:
+    """The sink ``spec.sink`` names.
+
+    A Redis sink on the server of a Redis source acknowledges the source's entries in its commit,
+    which is what lets several consumers share the stream and claim a dead one's entries.
+    """
+    acknowledging = _redis_source_on_sink_server(spec, source)
+    if spec.claim_idle_ms is not None and not acknowledging:
+        raise ConfigError(
+            f"claiming another consumer's entries (`claim_idle_ms`) needs a Redis sink on the source's server "
+            f"(found source {spec.source}, sink {spec.sink}): only there does the commit acknowledge the entries "
+            "with their outputs. With another sink, run each consumer under its own name; it resumes its own entries",
+            params=("claim_idle_ms",),
+        )
     if is_redis(spec.sink):
         from sluice.stream.redis_sink import RedisSink
+        from sluice.stream.redis_source import RedisSource
 
+        if acknowledging and isinstance(source, RedisSource):
+            source.acks_in_commit = True
+            return RedisSink(spec, failpoints, source.delivered)
         return RedisSink(spec, failpoints)
-    return DirectorySink(spec.sink, spec.sink_format, failpoints)
+    return DirectorySink(spec.sink, spec.sink_format, failpoints, spec.storage_options)
+
+
+def _redis_source_on_sink_server(spec: StreamSpec, source: StreamSource) -> bool:
+    """Whether source and sink are streams on one Redis server (where one script can touch both)."""
+    if not (is_redis(spec.source) and is_redis(spec.sink)):
+        return False
+    from sluice.stream.redis_client import RedisAddress
+    from sluice.stream.redis_source import RedisSource
+
+    if not isinstance(source, RedisSource):
+        return False
+    a, b = source.address, RedisAddress.parse(spec.sink, "sink")
+    return (a.host, a.port, a.username, a.tls) == (b.host, b.port, b.username, b.tls)

@@ -6,8 +6,9 @@ case), :meth:`StreamFailpoints.hit` is a dictionary lookup.
 
 Points a stream passes, once per group: ``group.read`` (the first micro-batch is predicted and
 written to the pending part), ``group.written`` (the part and error file are durable under
-``_pending/``, the manifest not yet), ``group.committed`` (the manifest or the MULTI/EXEC is
-durable, the part not yet moved into place), ``group.published`` (the part is in place, the
+``_pending/``, the manifest not yet; for Redis, the transaction or script not yet sent),
+``group.committed`` (the manifest, the MULTI/EXEC or the commit script is durable, the part not
+yet moved into place), ``group.published`` (the part is in place, the
 source not yet acknowledged).
 """
 

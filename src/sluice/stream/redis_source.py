@@ -1,4 +1,4 @@
-"""A Redis stream as a source: entries read through a consumer group, acknowledged after commit.
+"""A Redis stream as a source: entries read through a consumer group, acknowledged with or after commit.
 
 ``redis://HOST:PORT/STREAM`` names the stream; the consumer group (``group``, created at the
 stream's start if missing) and the consumer name (``consumer``) say whose reads these are. A
@@ -6,17 +6,32 @@ record's columns are the entry's fields, or, with ``value_field``, the keys of t
 in that one field. Redis values are text: the features are parsed by the model's input type
 (a value that is not a number becomes a per-record error), the other columns are copied as text.
 
-Exactly once: the sink commits the ID of the last entry of each group with its outputs. On
-start, this consumer's pending entries (delivered before a crash, never acknowledged) are read
-first; those at or before the committed ID are acknowledged and skipped, the rest are predicted.
-Entries are acknowledged (``XACK``) only after their group is committed. One consumer per group
-name: two streams sharing a consumer name would share its pending entries.
+Exactly once, two ways, chosen by the sink (:func:`~sluice.stream.endpoints.open_sink`):
+
+- **Acknowledged in the commit** (a Redis sink on the source's server): the sink's one atomic
+  script checks that this consumer still owns every entry of the group, writes the outputs,
+  acknowledges (``XACK``) the entries and records the progress. A pending entry is therefore
+  never committed, so every pending entry is predicted, and several consumers of one group may
+  share the stream: one that dies has its pending entries claimed (``XAUTOCLAIM``, once they
+  have been idle for ``claim_idle_ms``) by another. A consumer that was only slow finds some
+  of its group's entries claimed away at its commit; the commit is refused
+  (:class:`~sluice.stream.sources.GroupLost`), and it reads its own pending entries again
+  (:meth:`RedisSource.rewind`).
+- **Acknowledged after the commit** (any other sink): the sink commits the ID of the last entry
+  of each group with its outputs. On start, this consumer's pending entries (delivered before a
+  crash, never acknowledged) are read first; those at or before the committed ID are
+  acknowledged and skipped, the rest are predicted. Entries are acknowledged (``XACK``) only
+  after their group is committed. The committed ID says nothing of another consumer's entries,
+  so nothing is claimed: a consumer resumes its own entries under its own name.
+
+Either way, two processes must not share a consumer name: they would share its pending entries.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -29,10 +44,22 @@ from sluice.stream.config import StreamSpec
 from sluice.stream.redis_client import RedisAddress, connect, entry_ms, id_after
 from sluice.stream.sources import ColumnPlanner, MicroBatch
 
-__all__ = ["RedisSource"]
+__all__ = ["Delivery", "RedisSource"]
 
 Entry = tuple[str, dict[str, str]]
 NUMERIC_SHARE = 0.9  # as for CSV: a column is numeric when this share of its first values are numbers
+CLAIM_IDLE_MS = 30_000.0  # claims' default idle time, where claims are safe
+_CLAIM_EVERY_S = 1.0  # a claim scan is a round trip: at most this often while the stream has new entries
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """Entries delivered to one consumer of a group and not acknowledged: what a commit acknowledges."""
+
+    stream: str
+    group: str
+    consumer: str
+    entry_ids: tuple[str, ...]
 
 
 class RedisSource:
@@ -49,6 +76,8 @@ class RedisSource:
         self.group = spec.group
         self.consumer = spec.consumer
         self.value_field = spec.value_field
+        self.claim_idle_ms = spec.claim_idle_ms
+        self.acks_in_commit = False  # set by a sink that acknowledges the entries in its commit
         self.text_columns = {c for c in (spec.key_column, *(spec.include or [])) if c is not None}
         self.client: Any = None
         self.committed_id = "0-0"
@@ -56,6 +85,8 @@ class RedisSource:
         self._cursor: str | None = "0"  # reading this consumer's pending entries; None: new entries
         self._unacked: list[str] = []
         self._schema: pa.Schema | None = None
+        self._claim_cursor = "0-0"
+        self._claimed_at = float("-inf")
 
     def open(self, committed: Any) -> None:
         """Join the consumer group (creating it) and resume after ``committed``."""
@@ -67,7 +98,15 @@ class RedisSource:
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise DataError(f"{self.url}: cannot create consumer group '{self.group}': {exc}") from exc
-        self.committed_id = self.last_id = (committed or {}).get("last_id", "0-0")
+        position = committed or {}
+        self.last_id = position.get("last_id", "0-0")
+        # acknowledged in the commit, a pending entry was never committed, and none is skipped;
+        # but a position without its consumer was committed by a Sluice that acknowledged after
+        # the commit, and this consumer's first pending entries may still be committed ones
+        before = not self.acks_in_commit or "consumer" not in position
+        self.committed_id = self.last_id if before else "0-0"
+        if self.acks_in_commit and self.claim_idle_ms is None:
+            self.claim_idle_ms = CLAIM_IDLE_MS
 
     def poll(self, wait_s: float) -> MicroBatch | None:
         """Up to ``batch_size`` entries: waits ``wait_s`` for the first, then up to ``batch_delay_ms`` to fill."""
@@ -87,11 +126,20 @@ class RedisSource:
     def progress(self) -> dict[str, Any]:
         return {"last_id": self.last_id}
 
+    def delivered(self) -> Delivery:
+        """The entries handed out since the last commit, for a sink that acknowledges them in its commit."""
+        return Delivery(self.address.stream, self.group, self.consumer, tuple(self._unacked))
+
     def acknowledge(self, progress: Any) -> None:
-        """XACK the entries the committed group read."""
-        if self._unacked:
+        """XACK the entries the committed group read (unless the commit did)."""
+        if self._unacked and not self.acks_in_commit:
             self.client.xack(self.address.stream, self.group, *self._unacked)
-            self._unacked = []
+        self._unacked = []
+
+    def rewind(self) -> None:
+        """The group was lost (another consumer claimed some of its entries): read our pending entries again."""
+        self._unacked = []
+        self._cursor = "0"
 
     def lag(self) -> int | None:
         import redis
@@ -116,6 +164,8 @@ class RedisSource:
             entries = self._xreadgroup(self._cursor, count, None)
             if not entries:
                 self._cursor = None
+                if self.acks_in_commit:
+                    self.committed_id = "0-0"  # from here on, commits acknowledge
                 break
             self._cursor = entries[-1][0]
             done = [e for e, _ in entries if not id_after(e, self.committed_id)]
@@ -124,8 +174,32 @@ class RedisSource:
             fresh = [e for e in entries if id_after(e[0], self.committed_id)]
             if fresh:
                 return fresh
+        claimed = self._claim(count)
+        if claimed:
+            return claimed
         block_ms = max(1, round(wait_s * 1000)) if wait_s > 0 else None
         return self._xreadgroup(">", count, block_ms)
+
+    def _claim(self, count: int) -> list[Entry]:
+        """Entries another consumer left pending longer than ``claim_idle_ms`` (it died), now this consumer's.
+
+        One ``XAUTOCLAIM`` step per call, resuming the scan where the last one stopped; a full
+        scan at most once a second unless it finds entries.
+        """
+        if self.claim_idle_ms is None:
+            return []
+        now = time.monotonic()
+        if self._claim_cursor == "0-0" and now - self._claimed_at < _CLAIM_EVERY_S:
+            return []
+        if self._claim_cursor == "0-0":
+            self._claimed_at = now
+        reply = self.client.xautoclaim(
+            self.address.stream, self.group, self.consumer, round(self.claim_idle_ms), self._claim_cursor, count=count
+        )
+        self._claim_cursor = _text(reply[0])
+        mine = set(self._unacked)  # an entry of the group in flight that idled, claimed from ourselves
+        entries = [(_text(i), _fields(fields)) for i, fields in reply[1] if fields is not None and _text(i) not in mine]
+        return entries
 
     def _xreadgroup(self, cursor: str, count: int, block_ms: int | None) -> list[Entry]:
         reply = self.client.xreadgroup(

@@ -8,12 +8,15 @@ that cannot bind or that the model rejects becomes an error record, and the stre
 Each group: wait for the first micro-batch; then run micro-batches back to back while the
 source has records, up to the group size or the group's time budget (:mod:`.scheduler`);
 then commit the outputs with the source position (:mod:`.sinks`), acknowledge the source, and
-let the scheduler size the next group. SIGINT or SIGTERM lets the group in flight finish and
-commit, and the run returns normally.
+let the scheduler size the next group. A sink may refuse a group whose source records another
+reader claimed meanwhile (:class:`~sluice.stream.sources.GroupLost`, a Redis consumer that was
+too slow): the group is dropped, and the source hands out again what is still its own. SIGINT
+or SIGTERM lets the group in flight finish and commit, and the run returns normally.
 """
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 import time
@@ -42,9 +45,11 @@ from sluice.stream.failpoints import StreamFailpoints
 from sluice.stream.metrics import StreamMetrics, StreamSummary
 from sluice.stream.metrics_http import MetricsServer
 from sluice.stream.scheduler import Clock, GroupScheduler
-from sluice.stream.sources import MicroBatch, StreamSource
+from sluice.stream.sources import GroupLost, MicroBatch, StreamSource
 
 __all__ = ["StreamRunner", "run_stream"]
+
+log = logging.getLogger(__name__)
 
 _METRICS_EVERY_S = 1.0
 
@@ -92,7 +97,7 @@ class StreamRunner:
         predictor = Predictor(model, setup.predict_threads)
         source = open_source(self.spec, self._columns)
         try:
-            sink = open_sink(self.spec, self.failpoints)
+            sink = open_sink(self.spec, self.failpoints, source)
             try:
                 committed = sink.open(self._fingerprint(model, source), self.spec.overwrite)
                 source.open(committed.progress)
@@ -207,7 +212,13 @@ class StreamRunner:
     ) -> None:
         self.scheduler.commit_started()
         progress = source.progress()
-        sink.commit(group.output, progress, group.failed, group.schema or self._empty_schema())
+        try:
+            sink.commit(group.output, progress, group.failed, group.schema or self._empty_schema())
+        except GroupLost as lost:
+            log.warning("%s; the group is dropped, its other records are read again", lost)
+            group.output.abort()
+            source.rewind()
+            return
         committed_s = self.wall()
         source.acknowledge(progress)
         metrics.group_size = self.scheduler.group_committed(full=full)

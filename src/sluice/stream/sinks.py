@@ -1,30 +1,40 @@
 """The directory sink: one part per committed group, exactly once through one manifest.
 
-A group's part and error file are first written, fsynced, under ``_pending/``. Then the
-manifest ``_stream.json`` is replaced atomically (temporary file, fsync, rename, fsync of the
-folder): it holds the number of committed groups, the source position after the last of them
-and the running counts. That rename is the commit. Last, the part moves to
-``part-NNNNN.parquet`` and its error file to ``_errors/errors-NNNNN.jsonl``.
+A group's part and error file are first written, whole, under ``_pending/``. Then the manifest
+``_stream.json`` is replaced atomically: it holds the number of committed groups, the source
+position after the last of them and the running counts. That replacement is the commit. Last,
+the part moves to ``part-NNNNN.parquet`` and its error file to ``_errors/errors-NNNNN.jsonl``.
 
 On start, what the manifest covers but had not moved yet is moved (rolled forward) and
 everything else under ``_pending/`` is dropped (rolled back), so readers only ever see
 committed parts, each once, and the source resumes at the committed position. Every name
 that is not a part starts with ``_`` or ``.``, so the directory reads as a dataset, as a batch
 run's output does.
+
+The files are written as a batch run writes its parts (:class:`~sluice.data.writers.AtomicFile`),
+so the steps mean, on each kind of store:
+
+- **Local directory**: a file is written under a hidden temporary name, fsynced and renamed;
+  the manifest's rename (and the fsync of its folder) is the commit; a part moves by rename.
+- **Object store** (``s3://`` and friends, through fsspec and the storage options): an object
+  appears whole when its upload completes, so pending parts and the manifest are written to
+  their keys directly; a PUT replaces the manifest whole, and that PUT is the commit. Object
+  stores have no rename: a committed part is copied server-side to its place and the pending
+  object deleted. Both steps are repeatable, so a crash between them only means the next start
+  copies again. An upload a crash cut short never becomes an object at all.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import pyarrow as pa
 
-from sluice.data.location import resolve_location
+from sluice.data.location import Location, resolve_location
 from sluice.data.writers import AtomicFile, ErrorWriter, OutputFormat, PartWriter, error_name, part_name
 from sluice.errors import ConfigError, OutputConflict
 from sluice.stream.failpoints import StreamFailpoints
@@ -62,8 +72,8 @@ class SinkGroup(Protocol):
 class GroupOutput:
     """The output of one group in flight: its part and its error file, under ``_pending/``."""
 
-    def __init__(self, root: str, index: int, fmt: OutputFormat) -> None:
-        location = resolve_location(os.path.join(root, PENDING))
+    def __init__(self, pending: Location, index: int, fmt: OutputFormat) -> None:
+        location = pending
         self.index = index
         self.part = PartWriter(location.child(part_name(index, fmt)), fmt)
         self.errors = ErrorWriter(location.child(error_name(index).rsplit("/", 1)[-1]))
@@ -85,37 +95,46 @@ class GroupOutput:
 
 
 class DirectorySink:
-    """A local directory of Parquet or JSON Lines parts, one per committed group."""
+    """A directory (local, or an object-store prefix) of Parquet or JSON Lines parts, one per committed group."""
 
-    def __init__(self, uri: str, fmt: OutputFormat, failpoints: StreamFailpoints) -> None:
-        location = resolve_location(uri)
-        if not location.is_local:
-            raise ConfigError(
-                f"sink {uri}: a directory sink must be a local directory (its commit is an atomic rename)"
-            )
-        self.url = self.root = location.path
+    def __init__(
+        self,
+        uri: str,
+        fmt: OutputFormat,
+        failpoints: StreamFailpoints,
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.root = resolve_location(uri, storage_options or None)
+        self.fs = self.root.fs
+        self.url = self.root.url
+        self.pending = self.root.child(PENDING)
         self.format = fmt
         self.failpoints = failpoints
         self.committed = Committed()
 
     def open(self, fingerprint: Mapping[str, Any], overwrite: bool) -> Committed:
         """Prepare the directory: check the manifest, roll the pending files forward or back."""
-        os.makedirs(os.path.join(self.root, PENDING), exist_ok=True)
+        if self.root.is_local:
+            os.makedirs(self.pending.path, exist_ok=True)
+        elif self.fs.isfile(self.root.path):
+            raise ConfigError(
+                f"sink {self.url} is an object, not a prefix: name a directory, which will hold the parts"
+            )
         manifest = self._read_manifest()
         if overwrite and manifest is not None:
             self._remove_outputs()
             manifest = None
         if manifest is None:
-            if any(n.startswith("part-") for n in os.listdir(self.root)):
+            if any(n.startswith("part-") for n in self._names(self.root)):
                 raise OutputConflict(
-                    f"{self.root} already holds part files that no stream recorded; pass `overwrite=True` "
+                    f"{self.url} already holds part files that no stream recorded; pass `overwrite=True` "
                     "to replace them, or choose another sink",
                     params=("overwrite",),
                 )
             manifest = {"fingerprint": dict(fingerprint), "groups": 0, "progress": None}
         elif manifest.get("fingerprint") != dict(fingerprint):
             raise OutputConflict(
-                f"{self.root} holds the output of a different stream (other model, source or columns); "
+                f"{self.url} holds the output of a different stream (other model, source or columns); "
                 "pass `overwrite=True` to replace it, or choose another sink",
                 params=("overwrite",),
             )
@@ -131,7 +150,7 @@ class DirectorySink:
 
     def begin(self) -> GroupOutput:
         """The output of the next group."""
-        return GroupOutput(self.root, self.committed.groups, self.format)
+        return GroupOutput(self.pending, self.committed.groups, self.format)
 
     def commit(self, output: SinkGroup, progress: Any, failed: int, empty_schema: pa.Schema) -> Committed:
         """Make ``output`` durable, commit it with the source's ``progress``, then publish it."""
@@ -154,7 +173,7 @@ class DirectorySink:
 
     def write_metrics(self, metrics: Mapping[str, Any]) -> None:
         """Replace ``_stream_metrics.json`` (whole, never half written)."""
-        _write_json(os.path.join(self.root, METRICS), metrics)
+        _write_json(self.root.child(METRICS), metrics)
 
     def close(self) -> None:
         pass
@@ -162,21 +181,23 @@ class DirectorySink:
     # -- manifest and recovery --------------------------------------------------------------
 
     def _read_manifest(self) -> dict[str, Any] | None:
-        path = os.path.join(self.root, MANIFEST)
+        where = self.root.child(MANIFEST)
+        if not self.root.is_local:
+            self.fs.invalidate_cache(self.root.path)  # another run may have written it since the last listing
         try:
-            with open(path, "rb") as fh:
+            with where.open("rb") as fh:
                 data = json.load(fh)
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as exc:
-            raise OutputConflict(f"{path} is not a readable stream manifest: {exc}") from exc
+            raise OutputConflict(f"{where.url} is not a readable stream manifest: {exc}") from exc
         if not isinstance(data, dict) or not isinstance(data.get("groups"), int):
-            raise OutputConflict(f"{path} is not a stream manifest: expected an object with `groups`")
+            raise OutputConflict(f"{where.url} is not a stream manifest: expected an object with `groups`")
         return data
 
     def _write_manifest(self, committed: Committed) -> None:
         _write_json(
-            os.path.join(self.root, MANIFEST),
+            self.root.child(MANIFEST),
             {
                 "fingerprint": self.fingerprint,
                 "groups": committed.groups,
@@ -188,37 +209,50 @@ class DirectorySink:
 
     def _recover(self) -> None:
         """Publish the pending files of committed groups; drop the rest (crashed temporaries too)."""
-        pending = os.path.join(self.root, PENDING)
-        for name in sorted(os.listdir(pending)):
+        for name in sorted(self._names(self.pending)):
             index = _index_of(name)
             if index is not None and index < self.committed.groups:
                 self._publish(index)
             else:
-                os.remove(os.path.join(pending, name))
-        for name in os.listdir(self.root):
-            if name.startswith(f".{MANIFEST}.tmp-") or name.startswith(f".{METRICS}.tmp-"):
-                os.remove(os.path.join(self.root, name))
+                self.fs.rm(self.pending.child(name).path)
+        if self.root.is_local:
+            for name in os.listdir(self.root.path):
+                if name.startswith(f".{MANIFEST}.tmp-") or name.startswith(f".{METRICS}.tmp-"):
+                    os.remove(os.path.join(self.root.path, name))
 
     def _publish(self, index: int) -> None:
-        pending = os.path.join(self.root, PENDING)
         part = part_name(index, self.format)
         errors = error_name(index)
-        moves = [(part, part), (errors.rsplit("/", 1)[-1], errors)]
-        for name, target in moves:
-            source = os.path.join(pending, name)
-            if os.path.exists(source):
-                os.makedirs(os.path.dirname(os.path.join(self.root, target)), exist_ok=True)
-                # not fsynced: a rename lost in a power cut leaves the file pending, and the
-                # next start moves it again
-                os.replace(source, os.path.join(self.root, target))
+        for name, target in ((part, part), (errors.rsplit("/", 1)[-1], errors)):
+            source, destination = self.pending.child(name), self.root.child(target)
+            if self.root.is_local:
+                if os.path.exists(source.path):
+                    os.makedirs(os.path.dirname(destination.path), exist_ok=True)
+                    # not fsynced: a rename lost in a power cut leaves the file pending, and the
+                    # next start moves it again
+                    os.replace(source.path, destination.path)
+            elif self.fs.exists(source.path):
+                self.fs.copy(source.path, destination.path)  # server-side; the object appears whole
+                self.fs.rm(source.path)
+
+    def _names(self, folder: Location) -> list[str]:
+        """The names directly in ``folder`` (none when an object-store prefix holds nothing yet)."""
+        if not self.root.is_local:
+            self.fs.invalidate_cache(folder.path)
+        try:
+            return [p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(folder.path, detail=False)]
+        except FileNotFoundError:
+            return []
 
     def _remove_outputs(self) -> None:
-        for name in os.listdir(self.root):
+        for name in self._names(self.root):
             if name.startswith("part-") or name in (MANIFEST, METRICS):
-                os.remove(os.path.join(self.root, name))
-        for folder in (PENDING, "_errors"):
-            shutil.rmtree(os.path.join(self.root, folder), ignore_errors=True)
-        os.makedirs(os.path.join(self.root, PENDING), exist_ok=True)
+                self.fs.rm(self.root.child(name).path)
+        for folder in (self.pending, self.root.child("_errors")):
+            for name in self._names(folder):
+                self.fs.rm(folder.child(name).path)
+        if self.root.is_local:
+            os.makedirs(self.pending.path, exist_ok=True)
 
 
 def _index_of(name: str) -> int | None:
@@ -230,7 +264,7 @@ def _index_of(name: str) -> int | None:
     return int(number) if number.isdigit() else None
 
 
-def _write_json(path: str, data: Mapping[str, Any]) -> None:
-    target = AtomicFile(resolve_location(path))
+def _write_json(where: Location, data: Mapping[str, Any]) -> None:
+    target = AtomicFile(where)
     target.open().write((json.dumps(data, indent=2) + "\n").encode())
     target.commit()

@@ -30,7 +30,7 @@ from sluice.data.schema import infer_schema
 from sluice.data.shards import Shard, plan_shards
 from sluice.errors import DataError
 
-__all__ = ["ColumnPlanner", "DirectorySource", "MicroBatch", "StreamSource"]
+__all__ = ["ColumnPlanner", "DirectorySource", "GroupLost", "MicroBatch", "StreamSource"]
 
 ColumnPlanner = Callable[[pa.Schema, bool], ColumnPlan]
 """``(schema, text_input) → ColumnPlan``: how records of that schema bind and pass through."""
@@ -52,6 +52,14 @@ class MicroBatch:
     entry_ids: tuple[str, ...] = ()
 
 
+class GroupLost(Exception):
+    """A sink refused a group's commit: another consumer claimed some of its source records.
+
+    Nothing of the group was written; the source's :meth:`StreamSource.rewind` reads again what
+    is still this consumer's. Not an error: the claimer commits the records it took.
+    """
+
+
 class StreamSource(Protocol):
     """Where a stream's records come from."""
 
@@ -69,6 +77,9 @@ class StreamSource(Protocol):
 
     def acknowledge(self, progress: Any) -> None:
         """``progress`` is committed in the sink: the source may forget what lies before it."""
+
+    def rewind(self) -> None:
+        """The group in flight was lost (:class:`GroupLost`): hand out again what is still this reader's."""
 
     def lag(self) -> int | None:
         """Records (or files) in the source not read yet, when the source can tell cheaply."""
@@ -160,6 +171,9 @@ class DirectorySource:
 
     def acknowledge(self, progress: Any) -> None:
         pass  # the sink's manifest is the only record of what was read
+
+    def rewind(self) -> None:
+        raise NotImplementedError("a directory has one reader: no other reader takes its files")
 
     def lag(self) -> int | None:
         return self._waiting
