@@ -1,8 +1,9 @@
 """Run the Open Inference Protocol server: in the foreground (``sluice serve``) or in a thread.
 
 :class:`ServeSettings` is the one validated settings object; :func:`run` serves until
-SIGINT/SIGTERM; :class:`ServerThread` starts the same server in-process on a background
-thread (tests, notebooks) and stops it again. uvicorn is imported only here (and by
+SIGINT/SIGTERM (with ``workers`` > 1, as a supervisor of that many serving processes:
+:mod:`sluice.serve.workers`); :class:`ServerThread` starts the same server in-process on a
+background thread (tests, notebooks) and stops it again. uvicorn is imported only here (and by
 :mod:`sluice.serve.slowclients`, whose protocol guards it against slow clients), when serving.
 """
 
@@ -17,7 +18,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Literal
@@ -32,14 +33,28 @@ if TYPE_CHECKING:
     from sluice.http import ASGIApp
     from sluice.serve.app import ServeApp
     from sluice.serve.grpc_config import GrpcEndpoint
+    from sluice.serve.host import ModelHost
 
-__all__ = ["ServeSettings", "ServerThread", "build_app", "run"]
+__all__ = [
+    "MountFactory",
+    "Mounts",
+    "ServeSettings",
+    "ServerThread",
+    "build_app",
+    "prepare_process",
+    "run",
+    "serve_app",
+]
 
 log = logging.getLogger(__name__)
 
 SWITCH_INTERVAL_S = 0.0005
 CUT_OFF_GRACE_S = 1
 """Seconds past the drain timeout that a batch already running may take before its requests are cut off."""
+
+Mounts = Mapping[str, "ASGIApp"]
+MountFactory = Callable[[], Mounts]
+"""Builds the mounted apps; with ``workers`` > 1 each worker process calls it (it must pickle)."""
 
 
 class ServeSettings(BaseModel):
@@ -71,6 +86,13 @@ class ServeSettings(BaseModel):
         le=256,
         description="Threads inside one predict call. One leaves the other cores to the HTTP loop and "
         "makes small batches fastest; more can help large batches of heavy models on a many-core machine.",
+    )
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=256,
+        description="Serving processes behind the same ports, each with its own copy of every model "
+        "(1: this process serves; more: a supervisor runs them, see sluice.serve.workers).",
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     access_log: str | None = Field(
@@ -106,10 +128,13 @@ class ServeSettings(BaseModel):
     )
 
 
-def build_app(settings: ServeSettings, *, mounts: Mapping[str, ASGIApp] | None = None) -> ServeApp:
+def build_app(
+    settings: ServeSettings, *, mounts: Mounts | None = None, host_type: type[ModelHost] | None = None
+) -> ServeApp:
     """The ASGI application for ``settings`` (models load when the server starts).
 
-    ``mounts`` adds apps by path prefix behind the same bearer token (see :class:`ServeApp`).
+    ``mounts`` adds apps by path prefix behind the same bearer token (see :class:`ServeApp`);
+    ``host_type`` holds the models (a worker process's :class:`~sluice.serve.worker.FleetHost`).
     """
     from sluice.models.config import LoadOptions
     from sluice.models.repository import ModelRepository
@@ -120,7 +145,7 @@ def build_app(settings: ServeSettings, *, mounts: Mapping[str, ASGIApp] | None =
 
     if not settings.repository.is_dir():
         raise ConfigError(f"model repository {settings.repository} is not a directory")
-    host = ModelHost(
+    host = (host_type or ModelHost)(
         ModelRepository(settings.repository),
         options=LoadOptions(trust_pickle=settings.trust_pickle, intra_op_threads=settings.intra_op_threads),
         target_p99_ms=settings.target_p99_ms,
@@ -157,10 +182,17 @@ def _grpc_endpoint(settings: ServeSettings) -> GrpcEndpoint | None:
         port=settings.grpc_port,
         max_message_bytes=settings.max_body_bytes,
         drain_timeout_s=settings.drain_timeout_s,
+        reuse_port=settings.workers > 1,
     )
 
 
-def _uvicorn_server(settings: ServeSettings, app: ServeApp, *, foreground: bool = False) -> uvicorn.Server:
+def _uvicorn_server(
+    settings: ServeSettings,
+    app: ServeApp,
+    *,
+    foreground: bool = False,
+    on_started: Callable[[], None] | None = None,
+) -> uvicorn.Server:
     try:
         import uvicorn
     except ImportError:
@@ -192,6 +224,11 @@ def _uvicorn_server(settings: ServeSettings, app: ServeApp, *, foreground: bool 
             app.host.begin_drain()  # readiness false at once; in-flight requests still finish
             log.info("shutting down: not ready; draining in-flight requests (up to %.0f s)", settings.drain_timeout_s)
             super().handle_exit(sig, frame)
+
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if on_started is not None and self.started:
+                on_started()
 
         async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
             app.host.begin_drain()
@@ -227,20 +264,52 @@ def _cut_off(app: ServeApp) -> None:
         log.warning("drain timeout passed: answered %d queued request(s) 503", shed)
 
 
-def run(settings: ServeSettings, *, mounts: Mapping[str, ASGIApp] | None = None) -> None:
-    """Serve in the foreground until interrupted; queued requests finish before it returns."""
+def run(settings: ServeSettings, *, mounts: Mounts | MountFactory | None = None) -> None:
+    """Serve in the foreground until interrupted; queued requests finish before it returns.
+
+    With ``settings.workers`` > 1 this process supervises that many serving processes
+    (:func:`sluice.serve.workers.run_workers`); ``mounts`` must then be a :data:`MountFactory`.
+    """
+    if settings.workers > 1:
+        from sluice.serve.workers import run_workers
+
+        if mounts is not None and not callable(mounts):
+            raise ConfigError(
+                "mounted apps cannot be shared by worker processes: pass a function that builds them "
+                "(each worker calls it), or `workers=1`",
+                params=("workers",),
+            )
+        run_workers(settings, mounts)
+        return
+    prepare_process(settings)
+    app = build_app(settings, mounts=mounts() if callable(mounts) else mounts)
+    serve_app(settings, app)
+
+
+def prepare_process(settings: ServeSettings) -> None:
+    """Set up a serving process: the server's logging, and the interpreter's switch interval."""
     _log_to_stderr(settings.log_level)
     # The event loop holds the GIL while it parses requests; a predict thread that finished
     # its batch waits up to the switch interval (5 ms by default) to hand results back. A
     # 0.5 ms interval keeps that hand-over well under the latency targets.
     sys.setswitchinterval(SWITCH_INTERVAL_S)
-    app = build_app(settings, mounts=mounts)
-    server = _uvicorn_server(settings, app, foreground=True)
+
+
+def serve_app(
+    settings: ServeSettings,
+    app: ServeApp,
+    *,
+    sockets: list[socket.socket] | None = None,
+    on_started: Callable[[], None] | None = None,
+) -> None:
+    """Serve ``app`` in the foreground (on ``sockets`` when given, else on the settings' port) until
+    SIGINT/SIGTERM; ``on_started`` runs on the event loop once the sockets listen."""
+    server = _uvicorn_server(settings, app, foreground=True, on_started=on_started)
     # uvicorn re-raises the signal it stopped on once it is done; a SIGTERM handler that does
     # nothing turns that into the clean exit 0 a supervisor expects after a drain
     previous = signal.signal(signal.SIGTERM, _ignore_signal)
     try:
-        _serve(server)
+        _serve(server, sockets)
     finally:
         signal.signal(signal.SIGTERM, previous)
     if not server.started:
@@ -252,11 +321,11 @@ def run(settings: ServeSettings, *, mounts: Mapping[str, ASGIApp] | None = None)
         )
 
 
-def _serve(server: uvicorn.Server) -> None:
+def _serve(server: uvicorn.Server, sockets: list[socket.socket] | None = None) -> None:
     # uvicorn exits the process (status 3) when it cannot start: a port in use, a failed
     # startup. The caller tells why instead, with the server's own exit codes.
     try:
-        server.run()
+        server.run(sockets)
     except SystemExit:
         if server.started:
             raise
@@ -281,7 +350,13 @@ def _ignore_signal(sig: int, frame: FrameType | None) -> None:
 class ServerThread:
     """The server on a background thread: ``with ServerThread(settings) as s: … s.url …``."""
 
-    def __init__(self, settings: ServeSettings, *, mounts: Mapping[str, ASGIApp] | None = None) -> None:
+    def __init__(self, settings: ServeSettings, *, mounts: Mounts | None = None) -> None:
+        if settings.workers > 1:
+            raise ConfigError(
+                "ServerThread serves in this process: `workers` must be 1 (sluice.serve.server.run, "
+                "or `sluice serve --workers N`, runs several)",
+                params=("workers",),
+            )
         self.settings = settings
         self.app = build_app(settings, mounts=mounts)
         self._server = _uvicorn_server(settings, self.app)
