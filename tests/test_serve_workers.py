@@ -1,7 +1,9 @@
 """``sluice serve --workers 2``: real worker processes behind one HTTP and one gRPC port on 127.0.0.1.
 
 One server runs for the module (starting Python processes is the slow part); the tests run in
-file order against it and the last one stops it with SIGTERM. A request on a fresh connection
+file order against it and the last one stops it with SIGTERM (a route change rewrites
+model.yaml, which the watcher then reloads: it comes after the unload test, which that reload
+would undo). A request on a fresh connection
 goes to whichever worker the kernel picks, so "both workers" is shown by the supervisor's
 ``sluice_worker_requests_total{worker,pid}``, and "every worker has X" by many fresh
 connections all seeing X (a worker without it would be picked with probability 1/2 each time).
@@ -41,9 +43,13 @@ def predict(x):
 
 CRASHING_MODULE = """\
 import os
+import time
 
 def predict(x):
-    os._exit(3)  # the warm-up calls it: the worker dies right after it started
+    # the warm-up calls it: the worker dies soon after it started (a worker that dies before it
+    # listens, at the server's start, stops the server instead: a broken setup, not a crash)
+    time.sleep(1.5)
+    os._exit(3)
 """
 
 
@@ -205,20 +211,6 @@ def test_grpc_through_tritonclient_on_the_shared_port(fleet: Fleet) -> None:
     assert _requests_total(fleet.port, "lr") == counted + FRESH_CONNECTIONS
 
 
-def test_a_route_change_reaches_both_workers(fleet: Fleet) -> None:
-    versions: list[str] = []
-
-    def infer() -> None:
-        status, body = _raw(fleet.port, "POST", "/v2/models/lr/infer", _lr_body())
-        assert status == 200, body
-        versions.append(json.loads(body)["model_version"])
-
-    ControlClient(f"127.0.0.1:{fleet.port}").set_routes("lr", weights={"2": 100})
-    answered = _spread(fleet.port, infer)
-    assert versions == ["2"] * FRESH_CONNECTIONS
-    assert all(n > 0 for n in answered.values()), answered
-
-
 def test_unload_and_load_reach_both_workers(fleet: Fleet) -> None:
     assert _raw(fleet.port, "POST", "/v2/repository/models/lr/unload", b"{}")[0] == 200
     statuses: list[int] = []
@@ -243,6 +235,20 @@ def test_hot_reload_reaches_both_workers(fleet: Fleet) -> None:
         _raw(fleet.port, "POST", "/v2/models/lr/versions/3/infer", _lr_body())[0] for _ in range(FRESH_CONNECTIONS)
     ]
     assert statuses == [200] * FRESH_CONNECTIONS
+
+
+def test_a_route_change_reaches_both_workers(fleet: Fleet) -> None:
+    versions: list[str] = []
+
+    def infer() -> None:
+        status, body = _raw(fleet.port, "POST", "/v2/models/lr/infer", _lr_body())
+        assert status == 200, body
+        versions.append(json.loads(body)["model_version"])
+
+    ControlClient(f"127.0.0.1:{fleet.port}").set_routes("lr", weights={"2": 100})
+    answered = _spread(fleet.port, infer)
+    assert versions == ["2"] * FRESH_CONNECTIONS
+    assert all(n > 0 for n in answered.values()), answered
 
 
 def test_a_killed_worker_comes_back_and_serving_continues(fleet: Fleet) -> None:

@@ -38,32 +38,11 @@ from sluice.serve.fleet_link import (
     read_spec,
 )
 from sluice.serve.host import ModelHost
+from sluice.serve.processes import listening_socket
 
-__all__ = ["FleetHost", "listening_socket", "main", "run_worker"]
+__all__ = ["FleetHost", "main", "run_worker"]
 
 log = logging.getLogger(__name__)
-
-LISTEN_BACKLOG = 2048
-
-
-def listening_socket(host: str, port: int, *, listen: bool = True) -> socket.socket:
-    """A TCP socket bound to ``host:port`` with ``SO_REUSEPORT``, listening unless ``listen`` is False.
-
-    Bound but not listening, it reserves the port for the workers without taking connections:
-    the kernel hands connections only to the listening sockets of the group.
-    """
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((host, port))
-        if listen:
-            sock.listen(LISTEN_BACKLOG)
-    except OSError:
-        sock.close()
-        raise
-    return sock
 
 
 class FleetHost(ModelHost):

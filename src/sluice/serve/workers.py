@@ -6,7 +6,7 @@ processes is ``SO_REUSEPORT``; HTTP uses the same, for one mechanism and for bal
 inherited socket, the worker that wakes first accepts a whole burst of connections (asyncio
 and libuv accept in a loop), while ``SO_REUSEPORT`` gives each worker its own accept queue and
 the kernel spreads new connections evenly across them. The supervisor binds each port first,
-without listening (:func:`~sluice.serve.worker.listening_socket`): that finds a port in use
+without listening (:func:`~sluice.serve.processes.listening_socket`): that finds a port in use
 before any worker starts, resolves port 0 once for all, and keeps any other server off the
 port while a worker restarts; the kernel hands connections only to the workers' listening
 sockets. What a worker that dies had accepted but not answered is lost with it (its clients see
@@ -16,7 +16,7 @@ the connection close), and so are the connections waiting in its own accept queu
 interpreter running :func:`sluice.serve.worker.main` with one control socket (:mod:`sluice.serve.fleet_link`) and:
 
 - restarts a worker that exits, logging its exit code or signal; one that keeps exiting soon
-  after it starts is restarted after a growing pause (:class:`RestartBackoff`) and reported as a
+  after it starts is restarted after a growing pause (:class:`~sluice.serve.processes.RestartBackoff`) and reported as a
   crash loop. A worker that fails at the server's own start stops the server with its exit code;
 - applies every model load and unload (HTTP, gRPC, a route change that rewrote model.yaml, a
   guardrail's rollback, and with ``--watch`` its one repository watcher) in every worker, one
@@ -33,15 +33,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import socket
-import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sluice.errors import ConfigError, SluiceError
@@ -58,58 +54,20 @@ from sluice.serve.fleet_link import (
     write_spec,
 )
 from sluice.serve.fleet_metrics import Retired, WorkerFigures, fleet_metrics_text
-from sluice.serve.server import CUT_OFF_GRACE_S, MountFactory, ServeSettings, prepare_process
-from sluice.serve.worker import listening_socket
+from sluice.serve.processes import RestartBackoff, WorkerProcess, describe_exit, listening_socket, start_worker
+from sluice.serve.settings import CUT_OFF_GRACE_S, MountFactory, ServeSettings, prepare_process
 
 if TYPE_CHECKING:
     from sluice.models.repository import ModelRepository
     from sluice.serve.watch import RepositoryWatcher
 
-__all__ = ["RestartBackoff", "Supervisor", "describe_exit", "run_workers"]
+__all__ = ["Supervisor", "run_workers"]
 
 log = logging.getLogger(__name__)
 
 COLLECT_TIMEOUT_S = 10.0
-_WORKER_MAIN = "import sys; from sluice.serve.worker import main; sys.exit(main())"
+
 STOP_MARGIN_S = 10.0  # past each worker's own drain and cut-off, before it is killed
-
-
-def describe_exit(returncode: int) -> str:
-    """``exit code 1`` or ``killed by SIGKILL``, from a process's return code."""
-    if returncode < 0:
-        try:
-            return f"killed by {signal.Signals(-returncode).name}"
-        except ValueError:
-            return f"killed by signal {-returncode}"
-    return f"exit code {returncode}"
-
-
-@dataclass
-class RestartBackoff:
-    """How long to wait before restarting a worker that exited ``uptime_s`` after it started.
-
-    A worker that ran at least ``stable_after_s`` restarts at once; each exit sooner than that
-    in a row doubles the pause, from ``first_delay_s`` up to ``max_delay_s``. From
-    ``crash_loop_exits`` such exits in a row it is a crash loop.
-    """
-
-    stable_after_s: float = 30.0
-    first_delay_s: float = 0.5
-    max_delay_s: float = 30.0
-    crash_loop_exits: int = 3
-    quick_exits: int = 0
-
-    def next_delay_s(self, uptime_s: float) -> float:
-        """The pause before the next start, counting this exit."""
-        if uptime_s >= self.stable_after_s:
-            self.quick_exits = 0
-            return 0.0
-        self.quick_exits += 1
-        return float(min(self.max_delay_s, self.first_delay_s * 2 ** (self.quick_exits - 1)))
-
-    @property
-    def crash_looping(self) -> bool:
-        return self.quick_exits >= self.crash_loop_exits
 
 
 @dataclass
@@ -117,7 +75,7 @@ class _Slot:
     """One worker position: the process now in it and what the supervisor knows of it."""
 
     index: int
-    process: _Child | None = None
+    process: WorkerProcess | None = None
     link: Link | None = None
     pid: int = 0
     started_at_s: float = 0.0
@@ -226,19 +184,12 @@ class Supervisor:
         watcher.prime()  # before the workers load: a change made meanwhile is seen on the first poll
         return watcher
 
-    async def _spawn(self, slot: _Slot) -> _Child:
+    async def _spawn(self, slot: _Slot) -> WorkerProcess:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         spec = WorkerSpec(slot.index, self._worker_settings, self.mounts, frozenset(self.unloaded), tuple(sys.path))
         write_spec(ours, spec)
-        popen = subprocess.Popen(
-            [sys.executable, "-c", _WORKER_MAIN, str(theirs.fileno())],
-            pass_fds=(theirs.fileno(),),
-            process_group=0,  # Ctrl-C reaches the supervisor, which stops the workers in order
-            env=_worker_environment(),
-        )
-        theirs.close()
-        slot.process = _Child(popen, asyncio.get_running_loop())
-        slot.pid, slot.started, slot.ready = popen.pid, False, False
+        slot.process = start_worker(theirs, asyncio.get_running_loop())
+        slot.pid, slot.started, slot.ready = slot.process.popen.pid, False, False
         slot.started_at_s = time.monotonic()
         slot.link = await Link.open(ours, lambda message: self._handle(slot, message), name=f"worker {slot.index}")
         slot.reading = asyncio.get_running_loop().create_task(slot.link.serve())
@@ -246,7 +197,7 @@ class Supervisor:
 
     # -- keeping workers alive -----------------------------------------------------------------
 
-    async def _keep(self, slot: _Slot, process: _Child) -> None:
+    async def _keep(self, slot: _Slot, process: WorkerProcess) -> None:
         while True:
             returncode = await process.exited
             if slot.reading is not None:  # what it said before it died (that it started, say) counts first
@@ -401,32 +352,6 @@ class Supervisor:
             self.exit_code = 1
 
 
-class _Child:
-    """A worker process, and a future of its return code (set by a thread that waits for it).
-
-    Not asyncio's subprocess: its child watcher and ``Popen.send_signal`` both reap the
-    process, so a worker that exits just as it is signalled was reported with code 255.
-    """
-
-    def __init__(self, popen: subprocess.Popen[bytes], loop: asyncio.AbstractEventLoop) -> None:
-        self.popen = popen
-        self.exited: asyncio.Future[int] = loop.create_future()
-
-        def wait() -> None:
-            code = popen.wait()
-            loop.call_soon_threadsafe(self._exited, code)
-
-        threading.Thread(target=wait, name=f"sluice-wait-{popen.pid}", daemon=True).start()
-
-    def _exited(self, code: int) -> None:
-        if not self.exited.done():
-            self.exited.set_result(code)
-
-    @property
-    def returncode(self) -> int | None:
-        return self.exited.result() if self.exited.done() else None
-
-
 class _EveryWorker:
     """What the repository watcher drives in the supervisor: each change applied in every worker."""
 
@@ -442,14 +367,6 @@ class _EveryWorker:
 
     async def unload(self, name: str) -> None:
         await self._supervisor.apply_everywhere(ModelChange("unload", name))
-
-
-def _worker_environment() -> dict[str, str]:
-    # the worker imports this very sluice, wherever this process found it
-    root = str(Path(__file__).resolve().parents[2])
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
-    return env
 
 
 def run_workers(settings: ServeSettings, mounts: MountFactory | None = None) -> None:
