@@ -8,6 +8,11 @@ For each server × model × mode, one at a time, each server in its own process:
 3. open-loop Poisson load at 3× that capacity: admitted p99, 503s, other failures, and whether
    the server still answers afterwards.
 
+With ``--workers 1,2`` Sluice adaptive also runs as ``sluice serve --workers N`` for each N
+(rows ``adaptive w=N``), and perf_analyzer finds each one's highest throughput with p99 ≤ 10 ms
+over HTTP (binary tensors, 1 row per request). ``--modes`` picks the single-process modes,
+``--mlp-width`` the MLP's hidden width (the workers rows were measured with 512).
+
 Peers (a plain FastAPI + ONNX Runtime endpoint, LitServe and BentoML with their batching on) are
 each installed into their own venv under ``bench/.data/venvs/`` and serve the same ONNX model on a
 JSON endpoint. Load comes from ``sluice.bench.loadgen``. See bench/README.md.
@@ -167,9 +172,10 @@ def errors(result: LevelResult) -> int:
 # -- models ----------------------------------------------------------------------------------
 
 
-def mlp_model() -> Path:
-    """A 32 → Gemm+Relu 1024 → Gemm+Relu 1024 → Gemm 2 → Softmax model with seeded random weights."""
-    return write_mlp_onnx(DATA_DIR / f"mlp-{'-'.join(map(str, MLP_WIDTHS))}.onnx", MLP_WIDTHS, MLP_SEED)
+def mlp_model(width: int = MLP_WIDTHS[1]) -> Path:
+    """A 32 → Gemm+Relu W → Gemm+Relu W → Gemm 2 → Softmax model with seeded random weights (W 1024 by default)."""
+    widths = (MLP_WIDTHS[0], width, width, MLP_WIDTHS[-1])
+    return write_mlp_onnx(DATA_DIR / f"mlp-{'-'.join(map(str, widths))}.onnx", widths, MLP_SEED)
 
 
 def demo_model() -> Path:
@@ -349,7 +355,10 @@ def measure(row: Row, request: HttpRequest, proc: subprocess.Popen[bytes], check
         )
 
 
-def bench_sluice(mode: str, models: dict[str, Path], duration_s: float, target_ms: float) -> list[Row]:
+def bench_sluice(
+    mode: str, models: dict[str, Path], duration_s: float, target_ms: float, workers: int = 0
+) -> list[Row]:
+    """``workers`` 0: one process (``sluice serve`` as it starts by default); N: ``--workers N``."""
     repo = sluice_repository(mode, models)
     port = free_port()
     url = f"http://{HOST}:{port}"
@@ -357,36 +366,53 @@ def bench_sluice(mode: str, models: dict[str, Path], duration_s: float, target_m
     cmd = [str(sluice), "serve", "--repository", str(repo), "--port", str(port), "--target-p99-ms", str(target_ms)]
     grpc_port = free_port()
     cmd += ["--grpc-port", str(grpc_port)]
-    log = WORK / "logs" / f"sluice-{mode}.log"
+    label = mode
+    if workers:
+        cmd += ["--workers", str(workers)]
+        label = f"{mode} w={workers}"
+    log = WORK / "logs" / f"sluice-{label.replace(' ', '-')}.log"
     proc = start([*cmd, "--log-level", "warning"], {}, repo, log)
-    rows = [Row("sluice", name, mode) for name in models]
+    rows = [Row("sluice", name, label) for name in models]
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:  # readiness: /v2/health/ready
-            try:
-                with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                for row in rows:
-                    row.note = f"not measured: sluice serve did not become ready (see {log})"
-                return rows
-            time.sleep(0.2)
+        if not wait_ready(url, proc):
+            for row in rows:
+                row.note = f"not measured: sluice serve did not become ready (see {log})"
+            return rows
         for row in rows:
             metadata = model_metadata(url, row.model)
             request = infer_request(url, row.model, metadata)
             path = f"/v2/models/{row.model}/infer"
             body = request.payload.split(b"\r\n\r\n", 1)[1]
             measure(row, request, proc, lambda p=path, b=body, r=request: post_once(r, p, b), duration_s)
-            if mode == "adaptive" and PERF_ANALYZER.enabled:
-                for protocol, at in (("http", port), ("grpc", grpc_port)):
-                    for concurrency in PERF_CONCURRENCY:
-                        PERF_ROWS.append(perf_analyzer(row.model, protocol, at, concurrency))
+            if PERF_ANALYZER.enabled:
+                perf_rows(row.model, mode, workers, port, grpc_port)
     finally:
         stop(proc)
     return rows
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes]) -> bool:
+    """True once /v2/health/ready answers 200; False when the server exits or takes too long."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=2) as r:
+                if r.status == 200:
+                    return True
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+
+
+def perf_rows(model: str, mode: str, workers: int, port: int, grpc_port: int) -> None:
+    if workers:
+        WORKER_ROWS.append(perf_max_throughput(model, port, workers))
+    elif mode == "adaptive":
+        for protocol, at in (("http", port), ("grpc", grpc_port)):
+            for concurrency in PERF_CONCURRENCY:
+                PERF_ROWS.append(perf_analyzer(model, protocol, at, concurrency))
 
 
 # -- perf_analyzer (Triton's own load generator, binary tensors) ------------------------------
@@ -441,14 +467,14 @@ def ensure_perf_analyzer() -> None:
     PERF_ANALYZER.binary = binary
 
 
-def perf_analyzer(model: str, protocol: str, port: int, concurrency: int) -> PerfRow:
+def perf_analyzer(model: str, protocol: str, port: int, concurrency: int, tag: str = "") -> PerfRow:
     row = PerfRow(model, protocol, concurrency)
     if PERF_ANALYZER.binary is None:
         row.note = f"not measured: {PERF_ANALYZER.why_not}"
         return row
     cudart = next(PERF_VENV.glob("lib/python*/site-packages/nvidia/cuda_runtime/lib"), None)
     env = {**os.environ, "LD_LIBRARY_PATH": str(cudart or "")}
-    csv = WORK / f"perf-{model}-{protocol}-c{concurrency}.csv"
+    csv = WORK / f"perf-{model}-{protocol}-c{concurrency}{tag}.csv"
     cmd = [str(PERF_ANALYZER.binary), "-m", model, "-u", f"{HOST}:{port}", "-i", protocol]
     cmd += ["--concurrency-range", str(concurrency), "--measurement-mode", "count_windows"]
     cmd += ["--measurement-request-count", "3000", "-s", "50", "--percentile", "99", "-f", str(csv)]
@@ -471,6 +497,59 @@ def perf_analyzer(model: str, protocol: str, port: int, concurrency: int) -> Per
         flush=True,
     )
     return row
+
+
+@dataclass
+class WorkersRow:
+    model: str
+    workers: int
+    best: PerfRow | None = None
+    levels: list[PerfRow] = field(default_factory=list)
+
+
+WORKER_ROWS: list[WorkersRow] = []
+WORKERS_CONCURRENCY = (4, 16, 32, 64)
+
+
+def perf_max_throughput(model: str, port: int, workers: int) -> WorkersRow:
+    """perf_analyzer over HTTP at each of WORKERS_CONCURRENCY: the best level with p99 ≤ 10 ms."""
+    result = WorkersRow(model, workers)
+    for concurrency in WORKERS_CONCURRENCY:
+        level = perf_analyzer(model, "http", port, concurrency, tag=f"w{workers}")
+        result.levels.append(level)
+        if level.note:
+            break
+        if level.p99_us <= P99_SLO_MS * 1000 and (
+            result.best is None or level.throughput_per_s > result.best.throughput_per_s
+        ):
+            result.best = level
+        if level.p99_us > 2 * P99_SLO_MS * 1000:
+            break
+    return result
+
+
+def print_workers_table(rows: list[Row]) -> None:
+    if not WORKER_ROWS:
+        return
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(
+        f"\nsluice serve --workers N, adaptive: max throughput with p99 ≤ {P99_SLO_MS:g} ms, 1 row per request, "
+        f"{os.cpu_count()} cores shared by the servers, the load generators and whatever else runs "
+        f"(load average now {load}):"
+    )
+    print(
+        f"{'model':<5} {'N':>2} {'perf_analyzer http req/s':>25} {'@c':>3} {'loadgen JSON req/s':>19}  ÷ FastAPI (JSON)"
+    )
+    for r in WORKER_ROWS:
+        ours = next(
+            (x for x in rows if x.server == "sluice" and x.model == r.model and x.mode.endswith(f"w={r.workers}")), None
+        )
+        fastapi = next((x for x in rows if x.server == "fastapi" and x.model == r.model), None)
+        perf = f"{r.best.throughput_per_s:>25,.0f} {r.best.concurrency:>3}" if r.best else f"{'none':>25} {'-':>3}"
+        json_best = ours.best.throughput_per_s if ours and ours.best else 0.0
+        base = fastapi.best.throughput_per_s if fastapi and fastapi.best else 0.0
+        ratio = f"{json_best / base:.2f}×" if base and json_best else "n/a"
+        print(f"{r.model:<5} {r.workers:>2} {perf} {json_best:>19,.0f}  {ratio}")
 
 
 def print_perf_table() -> None:
@@ -603,6 +682,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--target-p99-ms", type=float, default=P99_SLO_MS, help="sluice serve --target-p99-ms (default 10)"
     )
     parser.add_argument("--no-perf-analyzer", action="store_true", help="skip the perf_analyzer runs")
+    parser.add_argument("--modes", default=None, help="single-process sluice modes (default off,fixed,adaptive)")
+    parser.add_argument(
+        "--workers", default="", help="also sluice adaptive with `sluice serve --workers N` for each N (e.g. 1,2)"
+    )
+    parser.add_argument(
+        "--mlp-width", type=int, default=MLP_WIDTHS[1], help=f"the MLP's hidden width (default {MLP_WIDTHS[1]})"
+    )
     return parser.parse_args(argv)
 
 
@@ -611,12 +697,15 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     duration = args.duration or (1.5 if args.quick else 4.0)
     peers = args.peers.split(",") if args.peers else (["fastapi"] if args.quick else list(PEERS))
-    models = {"demo": demo_model()} if args.quick else {"demo": demo_model(), "mlp": mlp_model()}
+    models = {"demo": demo_model()} if args.quick else {"demo": demo_model(), "mlp": mlp_model(args.mlp_width)}
     modes = ["off", "adaptive"]
     if "max_queue_delay_us" not in BatchingConfig.model_fields:
         print("sluice 'fixed' mode skipped: model.yaml `batching:` (BatchingConfig) has no fixed-window setting")
     else:
         modes.insert(1, "fixed")
+    if args.modes is not None:
+        modes = [m for m in args.modes.split(",") if m]
+    workers = [int(n) for n in args.workers.split(",") if n]
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     PERF_ANALYZER.enabled = not args.no_perf_analyzer
     if PERF_ANALYZER.enabled:
@@ -625,6 +714,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         for mode in modes:
             rows += bench_sluice(mode, models, duration, args.target_p99_ms)
+        for count in workers:
+            rows += bench_sluice("adaptive", models, duration, args.target_p99_ms, workers=count)
         for name in peers:
             rows += bench_peer(name, models, duration)
     except KeyboardInterrupt:
@@ -633,6 +724,7 @@ def main(argv: list[str] | None = None) -> None:
         stop_all()
     print_table(rows, duration, args.target_p99_ms)
     print_perf_table()
+    print_workers_table(rows)
     print(f"\nTotal wall time {time.perf_counter() - started:.1f} s")
 
 

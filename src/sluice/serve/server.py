@@ -258,8 +258,8 @@ class ServerThread:
     def __init__(self, settings: ServeSettings, *, mounts: Mounts | None = None) -> None:
         if settings.workers > 1:
             raise ConfigError(
-                "ServerThread serves in this process: `workers` must be 1 (sluice.serve.server.run, "
-                "or `sluice serve --workers N`, runs several)",
+                "ServerThread serves in this process: `workers` must be 1 "
+                "(sluice.serve.server.run serves with several)",
                 params=("workers",),
             )
         self.settings = settings
