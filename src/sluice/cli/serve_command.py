@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Annotated, Any
 
@@ -80,6 +81,17 @@ def serve(
         str,
         typer.Option(metavar="PRECISION", help="fp32, fp16 or bf16: what PyTorch and Hugging Face models compute in."),
     ] = "fp32",
+    workers: Annotated[
+        int,
+        typer.Option(
+            metavar="N",
+            help="Serving processes behind the same HTTP and gRPC ports (SO_REUSEPORT), each with its own copy "
+            "of every model and its own batchers: N times the model memory. A supervisor restarts a worker "
+            "that dies, applies load/unload, route changes and --watch reloads in all of them, and answers "
+            "/metrics and readiness for all. Raise it when one process's CPU is the limit and cores are idle "
+            "(see docs/serving.md); 1 serves in this process.",
+        ),
+    ] = 1,
     log_level: Annotated[str, typer.Option(help="critical, error, warning, info or debug.")] = "info",
     access_log: Annotated[
         str | None,
@@ -191,7 +203,7 @@ def serve(
     grpc-retry-pushback-ms trailers); model.yaml 'batching: {max_queue_rows: N}' caps the queue.
     Stop with Ctrl-C or SIGTERM: readiness turns false at once, in-flight requests
     finish (up to --drain-timeout; what is still queued then gets 503 with Retry-After), then it
-    exits 0.
+    exits 0. With --workers N, every worker drains so, and the server exits 0 once all have.
 
     Exit codes: 0 stopped cleanly, 1 server failure, 2 usage error or unusable input (a port in use
     included), 130 interrupted before it started.
@@ -219,6 +231,7 @@ def serve(
                     "intra_op_threads": intra_op_threads,
                     "device": device,
                     "precision": precision,
+                    "workers": workers,
                     "log_level": log_level.lower(),
                     "access_log": access_log,
                     "watch": watch,
@@ -233,7 +246,8 @@ def serve(
         except ValidationError as exc:
             raise ConfigError(format_validation_error(exc)) from None
         policy = (settings.repository, tuple(jobs_data_root or ()), tuple(jobs_allow_model or ()))
-        run(settings, mounts=_jobs_api(*policy) if jobs else None)
+        # a function, not the apps: with --workers N each worker process builds its own
+        run(settings, mounts=functools.partial(_jobs_api, *policy) if jobs else None)
 
     run_cli(start)
 

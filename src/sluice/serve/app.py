@@ -16,7 +16,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from sluice.errors import HttpError, Overloaded, SluiceError
@@ -101,6 +101,8 @@ class ServeApp:
         self._loading: asyncio.Task[None] | None = None
         self.traffic = TrafficRouter(host)
         self.inference = InferencePath(host, self.traffic, non_finite=non_finite)
+        # a worker of `sluice serve --workers N` answers /metrics for all workers (sluice.serve.worker)
+        self.gather_metrics: Callable[[], Awaitable[str]] | None = None
 
     @property
     def auth_token(self) -> str | None:
@@ -291,9 +293,13 @@ class ServeApp:
         return Response.json(config)
 
     async def _metrics(self, request: Request) -> Response:
-        text = render_metrics(self.host.served(), self.requests, self.failures)
-        text += render_experiment_metrics(self.traffic.experiments())
+        text = self.metrics_text() if self.gather_metrics is None else await self.gather_metrics()
         return Response(200, text.encode("utf-8"), {"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+    def metrics_text(self) -> str:
+        """This process's Prometheus text: request counts, the dispatchers' and the experiments' figures."""
+        text = render_metrics(self.host.served(), self.requests, self.failures)
+        return text + render_experiment_metrics(self.traffic.experiments())
 
     # -- inference and routing control ---------------------------------------------------------
 

@@ -15,6 +15,7 @@ class GrpcEndpoint:
     port: int = 8001
     max_message_bytes: int = 64 << 20
     drain_timeout_s: float = 30.0
+    reuse_port: bool = False  # share the port with the other worker processes of `sluice serve --workers N`
 
     @property
     def address(self) -> str:

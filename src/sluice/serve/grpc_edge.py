@@ -256,7 +256,9 @@ class GrpcEdge:
             options=[
                 ("grpc.max_receive_message_length", self.endpoint.max_message_bytes),
                 ("grpc.max_send_message_length", -1),
-                ("grpc.so_reuseport", 0),  # a port in use must fail to bind, not be shared silently
+                # a port in use must fail to bind, not be shared silently; the workers of one
+                # server share theirs (their supervisor holds it, so no other server can join)
+                ("grpc.so_reuseport", 1 if self.endpoint.reuse_port else 0),
             ]
         )
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self.service, server)

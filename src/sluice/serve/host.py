@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Container
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -186,12 +187,16 @@ class ModelHost:
 
     # -- loading -------------------------------------------------------------------------------
 
-    async def load_all(self) -> None:
-        """Load every model in the repository; a model that fails is logged and left unavailable."""
+    async def load_all(self, *, exclude: Container[str] = frozenset()) -> None:
+        """Load every model in the repository but those in ``exclude`` (read as each model's turn
+        comes); a model that fails is logged and left unavailable."""
         try:
             for name in self.repository.names():
+                if name in exclude:
+                    continue
                 try:
-                    await self.load(name)
+                    # this process's own start-up: a subclass's load (a request from a client) may do more
+                    await ModelHost.load(self, name)
                 except SluiceError as exc:
                     log.error("model '%s' failed to load: %s", name, exc)
         finally:
@@ -270,7 +275,7 @@ class ModelHost:
     async def close(self) -> None:
         """Unload every model (queued requests finish first)."""
         for name in list(self._served):
-            await self.unload(name)
+            await ModelHost.unload(self, name)  # this process's own shutdown, as in load_all
 
     def _wanted_versions(self, name: str, config: ModelConfig) -> set[int]:
         versions = self.repository.versions(name)

@@ -1,8 +1,9 @@
 """Run the Open Inference Protocol server: in the foreground (``sluice serve``) or in a thread.
 
 :class:`ServeSettings` is the one validated settings object; :func:`run` serves until
-SIGINT/SIGTERM; :class:`ServerThread` starts the same server in-process on a background
-thread (tests, notebooks) and stops it again. uvicorn is imported only here (and by
+SIGINT/SIGTERM (with ``workers`` > 1, as a supervisor of that many serving processes:
+:mod:`sluice.serve.workers`); :class:`ServerThread` starts the same server in-process on a
+background thread (tests, notebooks) and stops it again. uvicorn is imported only here (and by
 :mod:`sluice.serve.slowclients`, whose protocol guards it against slow clients), when serving.
 """
 
@@ -14,114 +15,52 @@ import logging
 import math
 import signal
 import socket
-import sys
 import threading
 import time
-from collections.abc import Mapping
-from pathlib import Path
+from collections.abc import Callable
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
-
 from sluice.errors import ConfigError, MissingDependency
+from sluice.serve.settings import (
+    CUT_OFF_GRACE_S,
+    SWITCH_INTERVAL_S,
+    MountFactory,
+    Mounts,
+    ServeSettings,
+    prepare_process,
+)
 
 if TYPE_CHECKING:
     import uvicorn
 
-    from sluice.http import ASGIApp
     from sluice.serve.app import ServeApp
     from sluice.serve.grpc_config import GrpcEndpoint
+    from sluice.serve.host import ModelHost
 
-__all__ = ["ServeSettings", "ServerThread", "build_app", "run"]
+__all__ = [
+    "CUT_OFF_GRACE_S",
+    "SWITCH_INTERVAL_S",
+    "MountFactory",
+    "Mounts",
+    "ServeSettings",
+    "ServerThread",
+    "build_app",
+    "prepare_process",
+    "run",
+    "serve_app",
+]
 
 log = logging.getLogger(__name__)
 
-SWITCH_INTERVAL_S = 0.0005
-CUT_OFF_GRACE_S = 1
-"""Seconds past the drain timeout that a batch already running may take before its requests are cut off."""
 
-
-class ServeSettings(BaseModel):
-    """Everything ``sluice serve`` needs; flags > environment > defaults are merged by the CLI."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    repository: Path = Field(description="Model repository directory.")
-    host: str = Field(default="127.0.0.1", description="Address to bind; other hosts can reach only 0.0.0.0 or an IP.")
-    port: int = Field(default=8000, ge=0, le=65535, description="TCP port (0: any free port).")
-    grpc_port: int | None = Field(
-        default=None,
-        ge=0,
-        le=65535,
-        description="Port of the gRPC service on the same address (0: any free port; None: no gRPC). "
-        "`sluice serve` listens on 8001 unless told --no-grpc.",
-    )
-    auth_token: SecretStr | None = Field(
-        default=None, description="Bearer token required for inference and repository control."
-    )
-    max_body_bytes: int = Field(default=64 << 20, ge=1, description="Largest request body accepted (413 beyond).")
-    target_p99_ms: float = Field(
-        default=100.0, gt=0, description="Default latency target of the adaptive batcher (model.yaml may override)."
-    )
-    trust_pickle: bool = Field(default=False, description="Allow pickle/joblib model files, which can run any code.")
-    intra_op_threads: int = Field(
-        default=1,
-        ge=1,
-        le=256,
-        description="Threads inside one predict call. One leaves the other cores to the HTTP loop and "
-        "makes small batches fastest; more can help large batches of heavy models on a many-core machine.",
-    )
-    device: str = Field(default="auto", description="auto (a GPU when there is one), cpu, cuda or cuda:N.")
-    precision: Literal["fp32", "fp16", "bf16"] = Field(
-        default="fp32", description="What PyTorch and Hugging Face models compute in (fp32: as saved)."
-    )
-
-    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
-    access_log: str | None = Field(
-        default=None, description="Write one JSON line per request to this file ('-': stderr); off by default."
-    )
-    watch: bool = Field(
-        default=False,
-        description="Reload models whose files change, or whose MLflow registry alias moves, without a restart.",
-    )
-    watch_interval_s: float = Field(default=1.0, gt=0, description="Seconds between polls of the repository.")
-    drain_timeout_s: float = Field(
-        default=30.0, ge=0, description="On shutdown, how long in-flight requests may take to finish."
-    )
-    header_timeout_s: float = Field(
-        default=10.0,
-        gt=0,
-        description="Seconds a connection may take to send a request's head (408 beyond), counted from the "
-        "connection or the request's first byte.",
-    )
-    body_timeout_s: float = Field(
-        default=60.0, gt=0, description="Seconds a request's body may take to arrive after its head (408 beyond)."
-    )
-    max_incomplete_requests: int | None = Field(
-        default=None,
-        ge=1,
-        description="Most connections still sending a request; past it the one waiting longest gets 503 "
-        "(None: half the open-file limit, at most 1024).",
-    )
-    json_non_finite: Literal["null", "triton"] = Field(
-        default="triton",
-        description="NaN and infinity in JSON outputs: triton (bare NaN, Infinity, -Infinity, as Triton "
-        "writes them and tritonclient reads them) or null (strict JSON; the values become null).",
-    )
-
-    @field_validator("device")
-    @classmethod
-    def _device(cls, device: str) -> str:
-        from sluice.models.config import check_device_name  # here: the settings load without the model layer
-
-        return check_device_name(device)
-
-
-def build_app(settings: ServeSettings, *, mounts: Mapping[str, ASGIApp] | None = None) -> ServeApp:
+def build_app(
+    settings: ServeSettings, *, mounts: Mounts | None = None, host_type: type[ModelHost] | None = None
+) -> ServeApp:
     """The ASGI application for ``settings`` (models load when the server starts).
 
-    ``mounts`` adds apps by path prefix behind the same bearer token (see :class:`ServeApp`).
+    ``mounts`` adds apps by path prefix behind the same bearer token (see :class:`ServeApp`);
+    ``host_type`` holds the models (a worker process's :class:`~sluice.serve.worker.FleetHost`).
     """
     from sluice.models.config import LoadOptions
     from sluice.models.repository import ModelRepository
@@ -132,7 +71,7 @@ def build_app(settings: ServeSettings, *, mounts: Mapping[str, ASGIApp] | None =
 
     if not settings.repository.is_dir():
         raise ConfigError(f"model repository {settings.repository} is not a directory")
-    host = ModelHost(
+    host = (host_type or ModelHost)(
         ModelRepository(settings.repository),
         options=LoadOptions(
             trust_pickle=settings.trust_pickle,
@@ -174,10 +113,17 @@ def _grpc_endpoint(settings: ServeSettings) -> GrpcEndpoint | None:
         port=settings.grpc_port,
         max_message_bytes=settings.max_body_bytes,
         drain_timeout_s=settings.drain_timeout_s,
+        reuse_port=settings.workers > 1,
     )
 
 
-def _uvicorn_server(settings: ServeSettings, app: ServeApp, *, foreground: bool = False) -> uvicorn.Server:
+def _uvicorn_server(
+    settings: ServeSettings,
+    app: ServeApp,
+    *,
+    foreground: bool = False,
+    on_started: Callable[[], None] | None = None,
+) -> uvicorn.Server:
     try:
         import uvicorn
     except ImportError:
@@ -209,6 +155,11 @@ def _uvicorn_server(settings: ServeSettings, app: ServeApp, *, foreground: bool 
             app.host.begin_drain()  # readiness false at once; in-flight requests still finish
             log.info("shutting down: not ready; draining in-flight requests (up to %.0f s)", settings.drain_timeout_s)
             super().handle_exit(sig, frame)
+
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if on_started is not None and self.started:
+                on_started()
 
         async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
             app.host.begin_drain()
@@ -244,20 +195,43 @@ def _cut_off(app: ServeApp) -> None:
         log.warning("drain timeout passed: answered %d queued request(s) 503", shed)
 
 
-def run(settings: ServeSettings, *, mounts: Mapping[str, ASGIApp] | None = None) -> None:
-    """Serve in the foreground until interrupted; queued requests finish before it returns."""
-    _log_to_stderr(settings.log_level)
-    # The event loop holds the GIL while it parses requests; a predict thread that finished
-    # its batch waits up to the switch interval (5 ms by default) to hand results back. A
-    # 0.5 ms interval keeps that hand-over well under the latency targets.
-    sys.setswitchinterval(SWITCH_INTERVAL_S)
-    app = build_app(settings, mounts=mounts)
-    server = _uvicorn_server(settings, app, foreground=True)
+def run(settings: ServeSettings, *, mounts: Mounts | MountFactory | None = None) -> None:
+    """Serve in the foreground until interrupted; queued requests finish before it returns.
+
+    With ``settings.workers`` > 1 this process supervises that many serving processes
+    (:func:`sluice.serve.workers.run_workers`); ``mounts`` must then be a :data:`MountFactory`.
+    """
+    if settings.workers > 1:
+        from sluice.serve.workers import run_workers
+
+        if mounts is not None and not callable(mounts):
+            raise ConfigError(
+                "mounted apps cannot be shared by worker processes: pass a function that builds them "
+                "(each worker calls it), or `workers=1`",
+                params=("workers",),
+            )
+        run_workers(settings, mounts)
+        return
+    prepare_process(settings)
+    app = build_app(settings, mounts=mounts() if callable(mounts) else mounts)
+    serve_app(settings, app)
+
+
+def serve_app(
+    settings: ServeSettings,
+    app: ServeApp,
+    *,
+    sockets: list[socket.socket] | None = None,
+    on_started: Callable[[], None] | None = None,
+) -> None:
+    """Serve ``app`` in the foreground (on ``sockets`` when given, else on the settings' port) until
+    SIGINT/SIGTERM; ``on_started`` runs on the event loop once the sockets listen."""
+    server = _uvicorn_server(settings, app, foreground=True, on_started=on_started)
     # uvicorn re-raises the signal it stopped on once it is done; a SIGTERM handler that does
     # nothing turns that into the clean exit 0 a supervisor expects after a drain
     previous = signal.signal(signal.SIGTERM, _ignore_signal)
     try:
-        _serve(server)
+        _serve(server, sockets)
     finally:
         signal.signal(signal.SIGTERM, previous)
     if not server.started:
@@ -269,26 +243,14 @@ def run(settings: ServeSettings, *, mounts: Mapping[str, ASGIApp] | None = None)
         )
 
 
-def _serve(server: uvicorn.Server) -> None:
+def _serve(server: uvicorn.Server, sockets: list[socket.socket] | None = None) -> None:
     # uvicorn exits the process (status 3) when it cannot start: a port in use, a failed
     # startup. The caller tells why instead, with the server's own exit codes.
     try:
-        server.run()
+        server.run(sockets)
     except SystemExit:
         if server.started:
             raise
-
-
-def _log_to_stderr(level: str) -> None:
-    # uvicorn configures only its own loggers; the server's own news (a model loaded, failed,
-    # swapped; a drain began) goes to stderr at the same level
-    package = logging.getLogger("sluice")
-    if not package.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
-        package.addHandler(handler)
-        package.propagate = False
-    package.setLevel(level.upper())
 
 
 def _ignore_signal(sig: int, frame: FrameType | None) -> None:
@@ -298,7 +260,13 @@ def _ignore_signal(sig: int, frame: FrameType | None) -> None:
 class ServerThread:
     """The server on a background thread: ``with ServerThread(settings) as s: … s.url …``."""
 
-    def __init__(self, settings: ServeSettings, *, mounts: Mapping[str, ASGIApp] | None = None) -> None:
+    def __init__(self, settings: ServeSettings, *, mounts: Mounts | None = None) -> None:
+        if settings.workers > 1:
+            raise ConfigError(
+                "ServerThread serves in this process: `workers` must be 1 "
+                "(sluice.serve.server.run serves with several)",
+                params=("workers",),
+            )
         self.settings = settings
         self.app = build_app(settings, mounts=mounts)
         self._server = _uvicorn_server(settings, self.app)

@@ -6,7 +6,8 @@ event loop (one ``asyncio.sleep`` per poll, no busy loop). Per model it compares
 mtime; copying a file into a version directory changes its mtime) with the previous poll,
 and, for a model whose ``model.yaml`` has an MLflow registry ``source:``, the version its alias
 names now (one registry call per poll: moving the alias rolls the model to the new version),
-and asks :class:`~sluice.serve.host.ModelHost` to reload a model that changed, load a new one,
+and asks :class:`~sluice.serve.host.ModelHost` (with ``--workers N``: every worker's, through
+:mod:`sluice.serve.workers`) to reload a model that changed, load a new one,
 or unload one whose directory is gone. The host swaps versions atomically; a model that
 fails to reload keeps serving what it served, and its next change is tried again.
 """
@@ -19,12 +20,12 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from sluice.errors import SluiceError
 from sluice.models.repository import ModelRepository
-from sluice.serve.host import ModelHost
 
-__all__ = ["ModelSnapshot", "RepositoryWatcher", "Snapshot", "changed_models", "snapshot"]
+__all__ = ["ModelSnapshot", "RepositoryWatcher", "Snapshot", "WatchedHost", "changed_models", "snapshot"]
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,18 @@ class ModelSnapshot:
 
 Snapshot = Mapping[str, ModelSnapshot]
 _Action = Callable[[str], Awaitable[None]]
+
+
+class WatchedHost(Protocol):
+    """What the watcher drives: a :class:`~sluice.serve.host.ModelHost`, or the supervisor of
+    ``sluice serve --workers N``, which applies each change in every worker."""
+
+    @property
+    def repository(self) -> ModelRepository: ...
+
+    async def load(self, name: str) -> None: ...
+
+    async def unload(self, name: str) -> None: ...
 
 
 def snapshot(repository: ModelRepository) -> dict[str, ModelSnapshot]:
@@ -73,7 +86,7 @@ def changed_models(before: Snapshot, after: Snapshot) -> tuple[list[str], list[s
 class RepositoryWatcher:
     """Polls ``host.repository`` and applies its changes to ``host``; see the module docstring."""
 
-    def __init__(self, host: ModelHost, *, interval_s: float = 1.0) -> None:
+    def __init__(self, host: WatchedHost, *, interval_s: float = 1.0) -> None:
         self.host = host
         self.interval_s = interval_s
         self._last: dict[str, ModelSnapshot] = {}
