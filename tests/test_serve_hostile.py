@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import re
 import resource
 import shutil
 import signal
@@ -289,12 +290,14 @@ def test_json_past_the_parser_limits_is_400_and_logged_once_per_kind(
                 status, _, answer = _request(server.port, "POST", "/v2/models/reg/infer", body)
                 assert (status, json.loads(answer)) == (400, {"error": message})
     logged = [r for r in caplog.records if r.levelno >= logging.WARNING]
-    assert [r.getMessage() for r in logged] == [
+    # the counts are flushed on shutdown; how many seconds they span depends on the machine's pace
+    messages = [re.sub(r"in the last \d+ s", "in the last N s", r.getMessage()) for r in logged]
+    assert messages == [
         f"refused POST /v2/models/reg/infer: {expected[deep]} (more of this kind are counted, not logged one by one)",
         f"refused POST /v2/models/reg/infer: {expected[long_number]} "
         "(more of this kind are counted, not logged one by one)",
-        "9 more of kind 'JSON nested too deeply' in the last 0 s (10 in all)",  # flushed on shutdown
-        "9 more of kind 'JSON number too long' in the last 0 s (10 in all)",
+        "9 more of kind 'JSON nested too deeply' in the last N s (10 in all)",
+        "9 more of kind 'JSON number too long' in the last N s (10 in all)",
     ]
     assert all(r.exc_info is None for r in logged)
     assert server.app.notices.counts == {"JSON nested too deeply": 10, "JSON number too long": 10}

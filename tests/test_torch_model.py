@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from sluice.errors import ModelLoadError, PredictError, UnsafeModelError
+from sluice.errors import ModelLoadError, ModelOutOfMemory, PredictError, UnsafeModelError
 from sluice.models import LoadOptions, ModelConfig, TensorConfig, load_model
 from torch_support import OomAbove, SequenceNet, direct, save_export, save_torchscript, tiny_net
 
@@ -196,14 +196,16 @@ def test_an_export_program_with_a_fixed_batch_size_is_refused(tmp_path: Path) ->
     )
 
 
-def test_out_of_memory_reaches_the_engine_as_torchs_own_error(tmp_path: Path) -> None:
+def test_out_of_memory_reaches_the_engine_as_model_out_of_memory_from_torchs_error(tmp_path: Path) -> None:
     path = tmp_path / "oom.pt"
     torch.save(OomAbove(4), path)
     config = ModelConfig(inputs=[TensorConfig(name="x", dtype="float32", shape=[-1, 4])])
     model = load_model(str(path), config=config, options=LoadOptions(trust_pickle=True))
     assert model.predict_checked({"x": X[:4]})["output"].shape == (4, 4)
-    with pytest.raises(torch.OutOfMemoryError):
+    with pytest.raises(ModelOutOfMemory) as info:
         model.predict_checked({"x": X[:5]})
+    assert str(info.value) == "oom.pt ran out of memory: a batch of 5 rows does not fit"
+    assert isinstance(info.value.__cause__, torch.OutOfMemoryError)
 
 
 def test_format_torch_in_model_yaml_names_a_file_of_any_extension(programs: Programs, tmp_path: Path) -> None:
