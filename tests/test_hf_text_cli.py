@@ -118,3 +118,19 @@ def test_help_lists_the_text_flags() -> None:
     for flag in ("--text-column", "--task", "--pooling", "--normalize", "--max-length", "--no-bucketing",
                  "--forward-batch-size"):  # fmt: skip
         assert flag in result.stdout, flag
+
+
+def test_without_a_batch_size_a_text_model_takes_eight_forward_passes_per_batch(
+    text_models: TextModels, corpus: tuple[Path, list[str]], tmp_path: Path
+) -> None:
+    path, texts = corpus
+    out = tmp_path / "o"
+    summary = sluice.predict(
+        str(text_models.embedding), str(path), str(out), forward_batch_size=4, text_column="body", include=["doc_id"]
+    )
+    assert (summary.batch_size, summary.batch_size_source) == (32, "model")
+    assert summary.batch_size_reason == "the model's own batch size (a deep model is not auto-tuned: one batch takes seconds)"
+    table = pq.read_table(out / "part-00000.parquet")
+    assert table.column("doc_id").to_pylist() == list(range(120))
+    got = np.array(table.column("embedding").to_pylist(), dtype=np.float32)
+    assert np.abs(got - direct_embeddings(text_models.embedding, texts)).max() <= 1e-4

