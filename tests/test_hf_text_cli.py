@@ -129,7 +129,9 @@ def test_without_a_batch_size_a_text_model_takes_eight_forward_passes_per_batch(
         str(text_models.embedding), str(path), str(out), forward_batch_size=4, text_column="body", include=["doc_id"]
     )
     assert (summary.batch_size, summary.batch_size_source) == (32, "model")
-    assert summary.batch_size_reason == "the model's own batch size (a deep model is not auto-tuned: one batch takes seconds)"
+    assert summary.batch_size_reason == (
+        "the model's own batch size (a deep model is not auto-tuned: one batch takes seconds)"
+    )
     table = pq.read_table(out / "part-00000.parquet")
     assert table.column("doc_id").to_pylist() == list(range(120))
     got = np.array(table.column("embedding").to_pylist(), dtype=np.float32)
