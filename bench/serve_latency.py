@@ -292,6 +292,7 @@ def ensure_venv(name: str) -> str:
         return ""
     print(f"[{name}] installing {' '.join(spec['packages'])} into {venv} …", flush=True)
     log = VENVS / f"{name}.install.log"
+    VENVS.mkdir(parents=True, exist_ok=True)  # a fresh checkout has no bench/.data yet
     try:
         with log.open("wb") as out:
             base = shutil.which("python3.11") or sys.executable
@@ -483,6 +484,7 @@ def ensure_perf_analyzer() -> None:
     if not binary.exists():
         print(f"[perf_analyzer] installing tritonclient[http]==2.51.0 into {PERF_VENV} …", flush=True)
         log = VENVS / "perf.install.log"
+        VENVS.mkdir(parents=True, exist_ok=True)
         try:
             with log.open("wb") as out:
                 base = shutil.which("python3.11") or sys.executable
