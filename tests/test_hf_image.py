@@ -15,7 +15,7 @@ import pytest
 
 import sluice
 from image_support import BAD, GOOD, LABELS, ImageKit, expected, image_kit, object_array, read_bytes
-from sluice.errors import ModelNotFound, PredictError, UnsafeModelError
+from sluice.errors import ModelLoadError, ModelNotFound, PredictError, UnsafeModelError
 from sluice.models.config import LoadOptions
 from support import SRC_ROOT
 
@@ -143,3 +143,16 @@ def test_png_and_webp_images(image_kit: ImageKit, fmt: str) -> None:
         encoded.append(buffer.getvalue())
     got = sluice.load_model(str(image_kit.model)).predict_checked({"image": object_array(encoded)})
     np.testing.assert_allclose(got["probabilities"], expected(image_kit.model, encoded)["probabilities"], atol=1e-4)
+
+
+def test_a_gpu_asked_for_where_there_is_none_is_named(image_kit: ImageKit) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ModelLoadError) as info:
+        sluice.load_model(str(image_kit.model), options=LoadOptions(device="cuda"))
+    why = "this PyTorch build has no CUDA support" if torch.version.cuda is None else "it finds no CUDA GPU"
+    assert str(info.value) == (
+        f"device 'cuda' was requested but PyTorch cannot use a GPU here ({why}); use `device='cpu'` or `device='auto'`"
+    )
