@@ -117,22 +117,40 @@ class StageTimer:
             self.seconds[stage] += seconds
 
 
-def reset_peak_rss() -> None:
-    """Start the kernel's peak-RSS mark afresh (Linux), so a peak is a run's, not the process's."""
+def reset_peak_rss(pid: int | None = None) -> None:
+    """Start the kernel's peak-RSS mark of this process (or ``pid``) afresh (Linux), so a peak
+    is a run's, not the process's."""
     try:
-        with open("/proc/self/clear_refs", "w") as fh:
+        with open(f"/proc/{pid or 'self'}/clear_refs", "w") as fh:
             fh.write("5")
     except OSError:
         pass
 
 
-def peak_rss_bytes() -> int:
-    """Peak resident memory of this process since the last :func:`reset_peak_rss`."""
+def peak_rss_bytes(pid: int | None = None) -> int:
+    """Peak resident memory of this process (or ``pid``) since the last :func:`reset_peak_rss`;
+    0 for a ``pid`` that is gone."""
+    return _status_bytes(pid, "VmHWM:")
+
+
+def rss_bytes(pid: int | None = None) -> int:
+    """Resident memory of this process (or ``pid``) now; 0 for a ``pid`` that is gone."""
+    import psutil
+
     try:
-        with open("/proc/self/status") as fh:
+        return int(psutil.Process(pid).memory_info().rss)
+    except psutil.Error:
+        return 0
+
+
+def _status_bytes(pid: int | None, field: str) -> int:
+    try:
+        with open(f"/proc/{pid or 'self'}/status") as fh:
             for line in fh:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
+    if pid is not None:
+        return 0
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

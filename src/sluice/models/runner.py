@@ -60,16 +60,25 @@ class ModelRunner:
             return self.model.predict_prepared(inputs)
         return self._pool.submit(_worker_predict, dict(inputs)).result()
 
-    def worker_memory_bytes(self) -> int:
-        """Resident memory of the worker processes (0 when predict runs in this process)."""
+    def warm_up(self, batches: list[Tensors]) -> None:
+        """One call per batch, all submitted at once: afterwards every worker process the
+        batches need has started, loaded the model and made a call."""
         if self._pool is None:
-            return 0
-        import psutil
+            for inputs in batches:
+                self.model.predict_prepared(inputs)
+            return
+        for future in [self._pool.submit(_worker_predict, dict(inputs)) for inputs in batches]:
+            future.result()
 
-        try:
-            return sum(int(c.memory_info().rss) for c in psutil.Process().children(recursive=True))
-        except psutil.Error:
-            return 0
+    def worker_pids(self) -> list[int]:
+        """The process ids of this runner's workers (none when predict runs in this process).
+
+        Only the pool's own workers: other children of this process (a server, a cluster,
+        another runner's pool) are not this model's.
+        """
+        if self._pool is None:
+            return []
+        return sorted(getattr(self._pool, "_processes", None) or {})
 
     def close(self) -> None:
         if self._pool is not None:

@@ -2,12 +2,12 @@
 
 Each measurement loads the model afresh with the set-up's intra-op thread count (so memory
 an earlier set-up left in the runtime's arena cannot hide this one's), warms up, then has
-``workers`` threads call
-``predict`` on batches cut from the sample for at least ``min_seconds``. Memory is the
-growth of the process's peak RSS over the measurement (plus worker processes for Python
-models), or, for a model torch put on a CUDA device, the peak device memory its allocator
-handed out (:func:`sluice.tune.memory.memory_meter`). Running out of memory or past the time
-cap is recorded, never fatal.
+``workers`` threads call ``predict`` on batches cut from the sample for at least
+``min_seconds``. Memory is the growth of the process's peak RSS over the measurement (plus,
+for Python models, the growth of each of the runner's worker processes after its first call),
+or, for a model torch put on a CUDA device, the peak device memory its allocator handed out
+(:func:`sluice.tune.memory.memory_meter`). Running out of memory or past the time cap is
+recorded, never fatal.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from sluice.errors import ModelOutOfMemory, PredictError
-from sluice.metrics import LatencyHistogram, peak_rss_bytes, reset_peak_rss
+from sluice.metrics import LatencyHistogram, peak_rss_bytes, reset_peak_rss, rss_bytes
 from sluice.models.base import Model, ModelSource
 from sluice.models.loader import load_source
 from sluice.models.runner import ModelRunner
@@ -96,7 +96,7 @@ class ModelBench:
             _trim()
 
     def _measure(self, runner: ModelRunner, setup: Setup) -> Measurement:
-        baseline = _rss()
+        baseline = rss_bytes()
         reset_peak_rss()
         meter = memory_meter()
         on_device = meter.where != "host"
@@ -106,11 +106,11 @@ class ModelBench:
         # run, beside the previous batch's predict: what is measured here is the model's call
         batches = [runner.model.prepare(b).inputs for b in self.batches(setup.batch_size, max(2, setup.workers))]
         start = time.perf_counter()
-        for b in batches[: setup.workers]:
-            runner.call(b)  # warm-up: first calls allocate and plan
+        runner.warm_up(batches[: setup.workers])  # first calls allocate and plan; every worker starts
         first = (time.perf_counter() - start) / setup.workers
         if first > self.max_batch_seconds:
             return Measurement(setup, "timeout", note=f"one batch took {first:.1f} s")
+        workers = _WorkerPeaks(runner.worker_pids())
         latency = LatencyHistogram()
         rows = [0] * setup.workers
         errors: list[BaseException] = []
@@ -146,18 +146,25 @@ class ModelBench:
             latency_p99_ms=pct["p99"],
             peak_memory_bytes=meter.peak_growth_bytes()
             if on_device
-            else max(0, peak_rss_bytes() - baseline) + runner.worker_memory_bytes(),
+            else max(0, peak_rss_bytes() - baseline) + workers.growth_bytes(),
             batches=latency.count,
         )
+
+
+class _WorkerPeaks:
+    """The peak resident memory of worker processes above what each held when this started."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self._baseline = {}
+        for pid in pids:
+            reset_peak_rss(pid)
+            self._baseline[pid] = rss_bytes(pid)
+
+    def growth_bytes(self) -> int:
+        return sum(max(0, peak_rss_bytes(pid) - rss) for pid, rss in self._baseline.items())
 
 
 def _trim() -> None:
     """Give freed heap memory back to the system (glibc), so the next baseline is honest."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-def _rss() -> int:
-    import psutil
-
-    return int(psutil.Process().memory_info().rss)
