@@ -75,18 +75,24 @@ def _kill_plan(rng: random.Random) -> list[tuple[str, int]]:
     return plan + [(rng.choice(POINTS), rng.randint(1, 2)) for _ in range(3)]
 
 
+TRIALS = 5
+
+
 @pytest.mark.slow
 def test_sigkill_at_every_phase_then_restart_gives_every_record_once(tmp_path: Path, models) -> None:
-    source, sink = tmp_path / "in", tmp_path / "out"
-    _source_with_a_bad_record(source)
-    killed = []
-    for point, visit in _kill_plan(random.Random(SEED)):
-        done = run_stream_process(*_args(models, source, sink), failpoints=f"{point}={visit}")
-        killed.append((point, done.returncode))
-    assert [code for _, code in killed] == [-signal.SIGKILL] * len(killed), killed
-    done = run_stream_process(*_args(models, source, sink))
-    assert done.returncode == 0, done.stderr
-    _assert_exactly_once(sink, models, source, tmp_path)
+    """Five seeded trials, each in a folder of its own and checked against a batch run of its records."""
+    for trial in range(TRIALS):
+        work = tmp_path / f"trial-{trial}"
+        source, sink = work / "in", work / "out"
+        _source_with_a_bad_record(source)
+        killed = []
+        for point, visit in _kill_plan(random.Random(SEED + trial)):
+            done = run_stream_process(*_args(models, source, sink), failpoints=f"{point}={visit}")
+            killed.append((point, done.returncode))
+        assert [code for _, code in killed] == [-signal.SIGKILL] * len(killed), (trial, killed)
+        done = run_stream_process(*_args(models, source, sink))
+        assert done.returncode == 0, done.stderr
+        _assert_exactly_once(sink, models, source, work)
 
 
 @pytest.mark.slow
