@@ -325,7 +325,7 @@ def child_way(kind: str, workload: str, model_dir: Path, source: Path) -> Way:
         done = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True)
     inner = Way(**json.loads(done.stdout.splitlines()[-1]))
     note = f"{inner.rows_per_s:.1f} rows/s after its imports" + (f"; {inner.note}" if inner.note else "")
-    cpu = meter.percent if kind == "loop" else None  # Ray's workers are not this process's children
+    cpu = None if inner.cpu_percent is None else meter.percent  # a way that cannot count its CPU says None
     return replace(inner, rows_per_s=inner.rows / meter.seconds, cpu_percent=cpu, note=note)
 
 
